@@ -1,0 +1,77 @@
+"""The job-type registry: `@job_type("name")` turns a function into a job type.
+
+A plain function runs in a worker process; an `async def` runs on the service's event
+loop (for I/O-bound work such as mail). Either is called as `handler(data, ctx)` with the
+job's JSON `data` and a `Context`, and returns a JSON-able value, a `FileOutput`, or None.
+
+An optional `validate(data, settings)` runs in the service when a job is submitted, before
+it is stored, and raises `ValidationError` naming the field; a job that passes is stored
+as sent. Keep it fast: it runs on the event loop.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+Validator = Callable[[Any, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FileOutput:
+    """A file result. The worker writes it under the results folder; the service serves it
+    at `/api/jobs/{id}/download` with this filename and content type."""
+
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    handler: Callable[..., Any]
+    validate: Validator | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+_registry: dict[str, JobType] = {}
+
+#: Modules holding the built-in job types; imported by `load()`.
+BUILTIN_MODULES = ("workers.pdf",)
+
+
+def job_type(name: str, *, validate: Validator | None = None) -> Callable[[Callable], Callable]:
+    """Register the decorated function as the handler of job type `name`."""
+
+    def register(handler: Callable) -> Callable:
+        existing = _registry.get(name)
+        if existing is not None and existing.handler is not handler:
+            if (existing.handler.__module__, existing.handler.__qualname__) != (
+                handler.__module__,
+                handler.__qualname__,
+            ):
+                raise ValueError(f"job type {name!r} is already registered by {existing.handler.__module__}")
+        _registry[name] = JobType(name, handler, validate)
+        return handler
+
+    return register
+
+
+def load(modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the built-in job types and the application's modules (config `workers.modules`).
+    Called once in the service and once in each worker process."""
+    for module in (*BUILTIN_MODULES, *modules):
+        importlib.import_module(module)
+
+
+def get(name: str) -> JobType | None:
+    return _registry.get(name)
+
+
+def names() -> list[str]:
+    return sorted(_registry)
