@@ -1,0 +1,119 @@
+"""`create_app(config)`: the whole service as one aiohttp application.
+
+Start order (cleanup contexts): store → worker pool → scheduler; stop order is the reverse,
+so running jobs are handed back before the pool stops and the store closes last.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from weakref import WeakSet
+
+from aiohttp import WSCloseCode, web
+
+from service import api, ws
+from service.config import Config
+from service.errors import NotFound, OffloadError, PayloadTooLarge
+from service.events import EventHub
+from service.keys import CONFIG, HUB, OWNER, SCHEDULER, SOCKETS, STORE
+from service.pool import WorkerPool
+from service.scheduler import Scheduler
+from service.store import open_store
+from workers import registry
+
+log = logging.getLogger("offload.app")
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_BODY = 16 * 1024 * 1024
+
+
+@web.middleware
+async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    try:
+        response = await handler(request)
+    except OffloadError as exc:
+        if exc.status >= 500:
+            log.error("request %s %s %s: %s", request_id, request.method, request.path, exc.message)
+        response = api.json_response(exc.to_wire(), exc.status)
+        response.headers.update(exc.headers)
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = api.json_response(PayloadTooLarge(f"the request body is larger than {exc.max_size} bytes").to_wire(), 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        message = {404: f"no such endpoint: {request.path}",
+                   405: f"{request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
+        response = api.json_response({"error": {"code": code, "message": message}}, exc.status)
+        for header in ("Allow",):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+    except Exception:
+        log.exception("request %s %s %s failed", request_id, request.method, request.path)
+        response = api.json_response({"error": {"code": "internal_error", "message": "the service failed to "
+                                      f"answer this request; quote request id {request_id} when reporting it"}}, 500)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def single_user(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    request[OWNER] = "local"
+    return await handler(request)
+
+
+def create_app(config: Config) -> web.Application:
+    registry.load(config.workers.modules)
+    app = web.Application(middlewares=[errors, single_user], client_max_size=MAX_BODY)
+    app[CONFIG] = config
+    app[HUB] = EventHub()
+    app[SOCKETS] = WeakSet()
+    app.add_routes(api.routes)
+    app.router.add_get("/api/ws", ws.websocket)
+    app.router.add_get("/", _index)
+    if STATIC.is_dir():
+        app.router.add_static("/static", STATIC)
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_scheduler)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    page = STATIC / "index.html"
+    if not page.is_file():
+        raise NotFound("the demo page is not installed")
+    return web.FileResponse(page)
+
+
+async def _store(app: web.Application):  # type: ignore[no-untyped-def]
+    config = app[CONFIG]
+    store = open_store(config.store_url, synchronous=config.store.synchronous)
+    await store.open()
+    config.results_path.mkdir(parents=True, exist_ok=True)
+    app[STORE] = store
+    log.info("job store: %s", config.store_url)
+    yield
+    await store.close()
+
+
+async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
+    config = app[CONFIG]
+    pool = WorkerPool(config.process_count, modules=config.workers.modules,
+                      memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method)
+    await pool.start()
+    scheduler = Scheduler(config, app[STORE], app[HUB], pool)
+    await scheduler.start()
+    app[SCHEDULER] = scheduler
+    log.info("scheduler %s: %d worker processes", scheduler.node, pool.size)
+    yield
+    await scheduler.stop(config.server.shutdown_grace)
+    await pool.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    if SCHEDULER in app:
+        app[SCHEDULER].accepting = False
+    for socket in list(app[SOCKETS]):
+        await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -1,0 +1,210 @@
+"""Configuration: `config.toml`, then `OFFLOAD_<SECTION>_<KEY>` environment variables, then
+command-line flags, each stronger than the one before. An unknown key or a value of the
+wrong type stops start-up with a message naming it."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Seconds that running jobs get to finish on SIGTERM/Ctrl-C before they are stopped
+    #: and put back to pending.
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    #: `sqlite:///relative/or/absolute/path.db` or a plain path.
+    url: str = "sqlite:///data/offload.db"
+    #: `NORMAL` survives a crash of the process; `FULL` also survives power loss.
+    synchronous: str = "NORMAL"
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    #: Worker processes; 0 means one per CPU.
+    processes: int = 0
+    #: Jobs of `async def` types that may run at once on the event loop.
+    async_concurrency: int = 100
+    #: Per-process address-space limit in MiB; 0 means none.
+    memory_limit_mb: int = 0
+    #: Modules with the application's own `@job_type` handlers.
+    modules: tuple[str, ...] = ()
+    #: Process start method: forkserver (default: safe with threads, fast), spawn, fork.
+    start_method: str = "forkserver"
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    max_retries: int = 3
+    retry_delay_ms: int = 1000
+    timeout_ms: int = 300_000
+    #: How long a running job's lease holds without renewal before another node (or this
+    #: one after a restart) takes it back.
+    lease_ms: int = 30_000
+    results_dir: str = "data/results"
+    #: Settings handed to handlers as `ctx.settings`, keyed by job type.
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"pdf": {"currency": "EUR"}})
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    #: The folder relative paths resolve against: the config file's folder.
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def results_path(self) -> Path:
+        return self.path(self.jobs.results_dir)
+
+    @property
+    def store_url(self) -> str:
+        url = self.store.url
+        if url == ":memory:":
+            return url
+        if "://" not in url:
+            return f"sqlite:///{self.path(url)}"
+        scheme, _, rest = url.partition("://")
+        if scheme == "sqlite" and rest.startswith("/") and not rest.startswith("//"):
+            return f"sqlite:///{self.path(rest[1:])}"
+        return url
+
+    @property
+    def process_count(self) -> int:
+        return self.workers.processes or os.cpu_count() or 1
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some keys changed: `cfg.replace(workers={"processes": 1})`."""
+        changes = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base_dir"}
+
+
+def _coerce(where: str, value: Any, kind: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name in ("int", int):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind_name in ("float", float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind_name in ("str", str):
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+        if kind_name.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
+        if kind_name.startswith("Mapping"):
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return {k: dict(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind_name.split('[')[0]}, got {value!r}") from None
+    return value
+
+
+def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
+    cls = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig, "jobs": JobsConfig}[name]
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown key [{name}] {key!r} (known: {', '.join(sorted(known))})")
+        out[key] = _coerce(f"{origin}: [{name}] {key}", value, hints[key])
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the configuration. `path` defaults to `./config.toml` when that exists."""
+    environ = os.environ if environ is None else environ
+    layers: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    base_dir = Path.cwd()
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    if path is not None:
+        file = Path(path).expanduser().resolve()
+        try:
+            raw = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        base_dir = file.parent
+        for name, values in raw.items():
+            if name not in _SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"{file}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+            layers[name].update(_section(name, values, str(file)))
+    for var, value in environ.items():
+        if not var.startswith("OFFLOAD_"):
+            continue
+        name, _, key = var[len("OFFLOAD_") :].lower().partition("_")
+        if name not in _SECTIONS or not key:
+            raise ConfigError(f"environment: unknown variable {var} (use OFFLOAD_<SECTION>_<KEY>, e.g. OFFLOAD_SERVER_PORT)")
+        layers[name].update(_section(name, {key: value}, f"environment {var}"))
+    for name, values in (overrides or {}).items():
+        layers[name].update(_section(name, values, "command line"))
+    try:
+        cfg = Config(
+            server=ServerConfig(**layers["server"]),
+            store=StoreConfig(**layers["store"]),
+            workers=WorkersConfig(**layers["workers"]),
+            jobs=JobsConfig(**layers["jobs"]),
+            base_dir=base_dir,
+        )
+    except TypeError as exc:  # pragma: no cover - guarded by _section
+        raise ConfigError(str(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    checks = [
+        (0 < cfg.server.port < 65536, "[server] port must be between 1 and 65535"),
+        (cfg.server.shutdown_grace >= 0, "[server] shutdown_grace must be >= 0"),
+        (cfg.workers.processes >= 0, "[workers] processes must be >= 0 (0 = one per CPU)"),
+        (cfg.workers.async_concurrency > 0, "[workers] async_concurrency must be > 0"),
+        (cfg.workers.memory_limit_mb >= 0, "[workers] memory_limit_mb must be >= 0"),
+        (cfg.workers.start_method in ("forkserver", "spawn", "fork"), "[workers] start_method must be forkserver, spawn or fork"),
+        (0 <= cfg.jobs.max_retries <= 10, "[jobs] max_retries must be between 0 and 10"),
+        (cfg.jobs.retry_delay_ms >= 0, "[jobs] retry_delay_ms must be >= 0"),
+        (cfg.jobs.timeout_ms > 0, "[jobs] timeout_ms must be > 0"),
+        (cfg.jobs.lease_ms >= 1000, "[jobs] lease_ms must be >= 1000"),
+        (cfg.store.synchronous.upper() in ("NORMAL", "FULL"), "[store] synchronous must be NORMAL or FULL"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,77 @@
+"""One exception root for the service. Each error knows its HTTP status and its code;
+handlers raise, and the error middleware renders the contract's error shape."""
+from __future__ import annotations
+
+
+class OffloadError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def to_wire(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(OffloadError):
+    status, code = 400, "bad_request"
+
+
+class MalformedJSON(BadRequest):
+    code = "malformed_json"
+
+
+class Unauthorized(OffloadError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(OffloadError):
+    status, code = 404, "not_found"
+
+
+class Conflict(OffloadError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(OffloadError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(OffloadError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Invalid(OffloadError):
+    """Valid JSON that fails validation; the message names the field."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class TooManyRequests(OffloadError):
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class Unavailable(OffloadError):
+    status, code = 503, "unavailable"
+
+
+class ShuttingDown(Unavailable):
+    code = "shutting_down"
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job with id {job_id!r}")

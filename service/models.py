@@ -1,0 +1,117 @@
+"""The job record and its wire format.
+
+`Job` is immutable; the store returns a new one for every change. `to_wire` is the one
+place that turns a job into the contract's camelCase JSON.
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Priority(int, Enum):
+    """Lower sorts first: the store orders pending jobs by this value."""
+
+    HIGH = 0
+    MEDIUM = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, label: str) -> Priority:
+        return cls[label.upper()]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO-8601 UTC with milliseconds and `Z`."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def new_job_id() -> str:
+    """120 random bits, lowercase base32: unguessable and safe in paths and URLs."""
+    return "job_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    type: str
+    owner: str
+    data: Any
+    status: JobStatus = JobStatus.PENDING
+    priority: Priority = Priority.MEDIUM
+    progress: int = 0
+    message: str | None = None
+    attempts: int = 0
+    max_retries: int = 3
+    retry_delay_ms: int = 1000
+    timeout_ms: int | None = None
+    seq: int = 0
+    created_at: int = field(default_factory=now_ms)
+    started_at: int | None = None
+    completed_at: int | None = None
+    #: When the job becomes due; equal to `created_at` unless delayed or retrying.
+    due_at: int = 0
+    error: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    #: The node holding the running attempt and until when its lease holds.
+    lease_owner: str | None = None
+    lease_until: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.due_at:
+            object.__setattr__(self, "due_at", self.created_at)
+
+    def to_wire(self) -> dict[str, Any]:
+        result = self.result
+        if result is not None and "file" in result:
+            result = {k: v for k, v in result.items() if k != "file"}
+            result["url"] = f"/api/jobs/{self.id}/download"
+        return {
+            "id": self.id,
+            "type": self.type,
+            "status": self.status.value,
+            "priority": self.priority.label,
+            "progress": self.progress,
+            "message": self.message,
+            "attempts": self.attempts,
+            "maxRetries": self.max_retries,
+            "seq": self.seq,
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.started_at),
+            "completedAt": iso(self.completed_at),
+            "runAt": iso(self.due_at) if self.due_at > self.created_at else None,
+            "error": self.error,
+            "result": result,
+        }

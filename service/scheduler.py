@@ -1,0 +1,293 @@
+"""The scheduler: takes due jobs from the store and runs them, one per free worker slot.
+
+It owns the running attempts of this node: their deadlines, their leases (renewed while
+they run, so another node or a restart can take back the jobs of a node that died), their
+progress (forwarded to the store and the hub, in that order) and their endings (each one a
+fenced store transition: an attempt that lost its lease cannot overwrite the outcome).
+CPU work never runs here: process job types run in the pool, `async def` types run as
+tasks on the loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.config import Config
+from service.errors import Conflict, ShuttingDown, job_not_found
+from service.events import EventHub
+from service.models import Job, JobStatus, now_ms
+from service.pool import Outcome, WorkerPool
+from service.store import Store
+from workers import registry
+from workers.context import Context
+from workers.errors import Cancelled, JobError
+
+log = logging.getLogger("offload.scheduler")
+
+LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stopped before it finished"}
+
+
+@dataclass
+class Running:
+    job: Job
+    seq: int
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    final: Job | None = None
+
+
+class Scheduler:
+    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool) -> None:
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.pool = pool
+        self.node = "node_" + secrets.token_hex(6)
+        self.running: dict[str, Running] = {}
+        self.accepting = True
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._async_running = 0
+        pool.on_progress = self._on_progress
+
+    # ---- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        # This node owns the SQLite file alone, so a job still marked running was left by a
+        # previous run of the service: take it back now instead of waiting for its lease.
+        rescued = await self.store.rescue_expired(now_ms() + self.config.jobs.lease_ms + 1, LEASE_LOST)
+        for job in rescued:
+            log.warning("job %s was running when the service stopped: now %s", job.id, job.status.value)
+            self.hub.status(job)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="offload-scheduler")
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking jobs, give the running ones `grace` seconds, then stop them and hand
+        them back as pending without counting the attempt."""
+        self.accepting = False
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        waiting = [r.done.wait() for r in self.running.values()]
+        if waiting:
+            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace)
+            for entry in list(self.running.values()):
+                self._stop_entry(entry, "shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
+
+    def notify(self) -> None:
+        """Something changed (a job was submitted, a slot freed): look for work now."""
+        self._wake.set()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        renew_every = self.config.jobs.lease_ms / 3000
+        next_renew = asyncio.get_running_loop().time() + renew_every
+        while self.accepting:
+            self._wake.clear()
+            try:
+                await self._fill()
+                now = asyncio.get_running_loop().time()
+                if now >= next_renew:
+                    await self._renew()
+                    next_renew = now + renew_every
+                timeout = next_renew - now
+                due = await self.store.next_due(now_ms())
+                if due is not None:
+                    timeout = min(timeout, max(0.0, (due - now_ms()) / 1000))
+            except Exception:  # the store went away for a moment: try again soon
+                log.exception("scheduler pass failed")
+                timeout = 1.0
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _fill(self) -> None:
+        process_types = [n for n in registry.names() if not registry.get(n).is_async]  # type: ignore[union-attr]
+        async_types = [n for n in registry.names() if registry.get(n).is_async]  # type: ignore[union-attr]
+        while self.accepting:
+            types: list[str] = []
+            if self.pool.free_slot() is not None and len(self.running) - self._async_running < self.pool.size:
+                types += process_types
+            if self._async_running < self.config.workers.async_concurrency:
+                types += async_types
+            if not types:
+                return
+            job = await self.store.claim_next(self.node, now_ms(), self.config.jobs.lease_ms, types)
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        entry = Running(job, job.seq)
+        self.running[job.id] = entry
+        self.hub.status(job)
+        job_type = registry.get(job.type)
+        if job_type is not None and job_type.is_async:
+            self._async_running += 1
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"offload-job-{job.id}")
+
+    async def _renew(self) -> None:
+        if self.running:
+            await self.store.renew_leases(self.node, now_ms() + self.config.jobs.lease_ms)
+        expired = await self.store.rescue_expired(now_ms(), LEASE_LOST)
+        for job in expired:
+            self.hub.status(job)
+
+    # ---- one attempt -------------------------------------------------------------------------
+    async def _run(self, entry: Running) -> None:
+        job = entry.job
+        job_type = registry.get(job.type)
+        timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
+        settings = dict(self.config.jobs.settings.get(job.type, {}))
+        try:
+            if job_type is None:
+                outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
+                                  "is not registered on this node"}, permanent=True)
+            elif job_type.is_async:
+                outcome = await self._run_async(entry, job_type.handler, settings, timeout_ms)
+            else:
+                outcome = await self._run_in_process(entry, settings, timeout_ms)
+            entry.final = await self._finish(entry, outcome)
+        except Exception:
+            log.exception("job %s: could not record its outcome; its lease will expire and it will run again", job.id)
+        finally:
+            if job_type is not None and job_type.is_async:
+                self._async_running -= 1
+            del self.running[job.id]
+            entry.done.set()
+            self._wake.set()
+
+    async def _run_in_process(self, entry: Running, settings: dict[str, Any], timeout_ms: int) -> Outcome:
+        job = entry.job
+        slot = self.pool.free_slot()
+        assert slot is not None
+        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, "timeout")
+        try:
+            return await self.pool.run(slot, job.id, job.attempts, job.type, job.data, settings,
+                                       str(self.config.results_path))
+        finally:
+            timer.cancel()
+
+    async def _run_async(self, entry: Running, handler: Any, settings: dict[str, Any], timeout_ms: int) -> Outcome:
+        job = entry.job
+
+        def send(percent: int, message: str | None) -> None:
+            self._on_progress(job.id, job.attempts, percent, message)
+
+        ctx = Context(job.id, job.attempts, settings, send, lambda: entry.stop_reason is not None)
+        try:
+            value = await asyncio.wait_for(handler(job.data, ctx), timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            entry.stop_reason = "timeout"
+            return Outcome("stopped")
+        except (Cancelled, asyncio.CancelledError):
+            if entry.stop_reason is None:
+                raise
+            return Outcome("stopped")
+        except JobError as exc:
+            return Outcome("failed", error={"type": exc.type, "message": exc.message}, permanent=exc.permanent)
+        except Exception as exc:
+            return Outcome("failed", error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc)})
+        return Outcome("completed", result={"value": value})
+
+    def _stop_entry(self, entry: Running, reason: str) -> None:
+        if entry.stop_reason is not None:
+            return
+        entry.stop_reason = reason
+        if not self.pool.stop(entry.job.id, reason) and entry.task is not None:
+            job_type = registry.get(entry.job.type)
+            if job_type is not None and job_type.is_async:
+                entry.task.cancel()
+
+    async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
+        job, now = entry.job, now_ms()
+        reason = entry.stop_reason
+        if outcome.kind == "completed" and reason != "shutdown":
+            final = await self.store.complete(job, outcome.result, now)
+        elif reason == "shutdown":
+            final = await self.store.release(job)
+        elif reason == "cancelled" or outcome.kind == "cancelled":
+            final = await self.store.cancel_running(job, now)
+        else:
+            if reason == "timeout":
+                timeout = job.timeout_ms or self.config.jobs.timeout_ms
+                error, permanent = {"type": "Timeout", "message": f"the attempt ran past its timeout of {timeout} ms"}, False
+            else:
+                error, permanent = outcome.error or {"type": "Error", "message": "the job failed"}, outcome.permanent
+            retry_at = None if permanent or job.attempts > job.max_retries else now + self._backoff(job)
+            final = await self.store.fail(job, error, now, retry_at)
+        if final is None:
+            log.warning("job %s attempt %d lost its lease before finishing; its outcome is discarded",
+                        job.id, job.attempts)
+            self._discard_file(outcome)
+            return None
+        self.hub.status(final)
+        return final
+
+    def _backoff(self, job: Job) -> int:
+        """Exponential backoff from the job's retry delay, with up to 25 % jitter."""
+        base = job.retry_delay_ms * (2 ** (job.attempts - 1))
+        return int(min(base, 3_600_000) * (1 + random.random() * 0.25))
+
+    def _discard_file(self, outcome: Outcome) -> None:
+        if outcome.result and isinstance(outcome.result, dict) and "file" in outcome.result:
+            (Path(self.config.results_path) / outcome.result["file"]).unlink(missing_ok=True)
+
+    # ---- progress --------------------------------------------------------------------------------
+    def _on_progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> None:
+        entry = self.running.get(job_id)
+        if entry is None or entry.job.attempts != attempt:
+            return
+        entry.seq += 1
+        seq, owner = entry.seq, entry.job.owner
+        self.store.set_progress(entry.job, percent, message, seq,
+                                on_commit=lambda: self.hub.progress(job_id, owner, percent, message, seq))
+
+    # ---- cancellation ---------------------------------------------------------------------------
+    async def cancel(self, job_id: str, owner: str | None) -> Job:
+        """Cancel a pending or running job; 409 when it already finished."""
+        for attempt in range(50):
+            if attempt:
+                await asyncio.sleep(0.01)  # a claim or an ending is being recorded right now
+            job = await self.store.get(job_id, owner)
+            if job is None:
+                raise job_not_found(job_id)
+            if job.status.terminal:
+                raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
+            if job.status is JobStatus.PENDING:
+                cancelled = await self.store.cancel_pending(job_id, owner, now_ms())
+                if cancelled is not None:
+                    self.hub.status(cancelled)
+                    return cancelled
+                continue  # it was claimed meanwhile: look again
+            entry = self.running.get(job_id)
+            if entry is None:
+                if not self.accepting:
+                    raise ShuttingDown("the service is shutting down; try again shortly")
+                continue  # finishing right now, or (later) running on another node
+            self._stop_entry(entry, "cancelled")
+            await entry.done.wait()
+            if entry.final is not None:
+                return entry.final
+        job = await self.store.get(job_id, owner)
+        if job is None:
+            raise job_not_found(job_id)
+        if job.status.terminal and job.status is not JobStatus.CANCELLED:
+            raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
+        return job
+
+    def describe(self) -> dict[str, Any]:
+        return {"node": self.node, "running": len(self.running), "accepting": self.accepting,
+                "workers": self.pool.describe()}

@@ -1,0 +1,18 @@
+"""Job stores. `open_store(url)` picks the backend by URL scheme and imports its driver
+only when it is used."""
+from __future__ import annotations
+
+from service.store.base import Fence, IdempotencyMismatch, Page, Store
+
+
+def open_store(url: str, **options: object) -> Store:
+    scheme, _, rest = url.partition("://")
+    if url == ":memory:" or scheme == "sqlite":
+        from service.store.sqlite import SQLiteStore
+
+        path = ":memory:" if url == ":memory:" else rest[1:] if rest.startswith("/") else rest
+        return SQLiteStore(path, **options)  # type: ignore[arg-type]
+    raise ValueError(f"unsupported store URL {url!r} (supported: sqlite:///path/to/file.db)")
+
+
+__all__ = ["Fence", "IdempotencyMismatch", "Page", "Store", "open_store"]

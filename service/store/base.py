@@ -1,0 +1,170 @@
+"""The store contract: what the service asks of a job database, in job terms.
+
+The public methods own the lifecycle rules (which status may follow which, what a
+transition changes, fencing by attempt and lease); a backend implements the underscored
+hooks, which only move rows. Every state change bumps the job's `seq`, so an event's `seq`
+is the number of the change that produced it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from service.models import TERMINAL, Job, JobStatus
+
+Change = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Conditions a transition requires; a row that does not match is left alone."""
+
+    statuses: frozenset[JobStatus]
+    attempt: int | None = None
+    lease_owner: str | None = None
+    owner: str | None = None
+
+
+class IdempotencyMismatch(Exception):
+    """The idempotency key was used before with a different request."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.id)
+        self.job = job
+
+
+class Store(ABC):
+    """A job database. `open()` creates or migrates the schema; `close()` flushes and closes."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+
+    # ---- reads -------------------------------------------------------------------------
+    @abstractmethod
+    async def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another owner."""
+
+    @abstractmethod
+    async def list(
+        self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
+        limit: int = 50, cursor: str | None = None,
+    ) -> Page:
+        """Newest first; `cursor` is the `next_cursor` of the page before."""
+
+    @abstractmethod
+    async def count_by_status(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def next_due(self, now: int) -> int | None:
+        """When the earliest pending job that is not yet due becomes due, if any."""
+
+    @abstractmethod
+    async def unfinished(self, owner: str | None) -> list[Job]:
+        """Pending and running jobs of `owner` (every owner's when None), oldest first."""
+
+    # ---- writes --------------------------------------------------------------------------
+    async def create(self, job: Job, request_hash: str | None = None) -> tuple[Job, bool]:
+        """Store a new pending job; durable when this returns. With an idempotency key that
+        the owner used before, returns `(existing, False)` instead, or raises
+        `IdempotencyMismatch` when the earlier request differed."""
+        if job.status is not JobStatus.PENDING:
+            raise ValueError("a new job must be pending")
+        return await self._insert(job, request_hash)
+
+    async def claim_next(self, node: str, now: int, lease_ms: int, types: Iterable[str] | None = None) -> Job | None:
+        """Take the next due pending job (priority, then due time, then submission order) and
+        mark it running on `node`, counting an attempt."""
+        return await self._claim(
+            node, now, lease_ms, None if types is None else tuple(types),
+            {"status": JobStatus.RUNNING, "started_at": now, "progress": 0, "message": None,
+             "lease_owner": node, "lease_until": now + lease_ms},
+        )
+
+    def set_progress(self, job: Job, progress: int, message: str | None, seq: int,
+                     on_commit: Callable[[], None] | None = None) -> None:
+        """Record the latest progress of a running attempt. Not awaited: writes that arrive
+        together are coalesced per job, and `on_commit` runs once the value is durable."""
+        self._queue_progress(job.id, job.attempts, progress, message, seq, on_commit)
+
+    async def complete(self, job: Job, result: Any, now: int) -> Job | None:
+        """Finish the attempt `job` describes; None if that attempt no longer owns the job."""
+        return await self._transition(job.id, self._fence_attempt(job), {
+            "status": JobStatus.COMPLETED, "progress": 100, "completed_at": now, "result": result,
+            "error": None, "lease_owner": None, "lease_until": None})
+
+    async def fail(self, job: Job, error: dict[str, str], now: int, retry_at: int | None) -> Job | None:
+        """End the attempt with an error: back to pending until `retry_at`, or failed when
+        `retry_at` is None. None if the attempt no longer owns the job."""
+        change: Change = {"error": error, "lease_owner": None, "lease_until": None}
+        if retry_at is None:
+            change.update(status=JobStatus.FAILED, completed_at=now)
+        else:
+            change.update(status=JobStatus.PENDING, due_at=retry_at)
+        return await self._transition(job.id, self._fence_attempt(job), change)
+
+    async def release(self, job: Job) -> Job | None:
+        """Give a running attempt back without counting it (graceful shutdown)."""
+        return await self._transition(job.id, self._fence_attempt(job), {
+            "status": JobStatus.PENDING, "attempts": job.attempts - 1, "progress": 0, "message": None,
+            "lease_owner": None, "lease_until": None})
+
+    async def cancel_pending(self, job_id: str, owner: str | None, now: int) -> Job | None:
+        return await self._transition(job_id, Fence(frozenset({JobStatus.PENDING}), owner=owner), {
+            "status": JobStatus.CANCELLED, "completed_at": now})
+
+    async def cancel_running(self, job: Job, now: int) -> Job | None:
+        return await self._transition(job.id, self._fence_attempt(job), {
+            "status": JobStatus.CANCELLED, "completed_at": now, "lease_owner": None, "lease_until": None})
+
+    async def renew_leases(self, node: str, until: int) -> int:
+        """Extend every lease `node` holds; returns how many it still holds."""
+        return await self._renew(node, until)
+
+    async def rescue_expired(self, now: int, max_attempts_error: dict[str, str]) -> list[Job]:
+        """Take back running jobs whose lease ran out (their node died or hung): each goes
+        back to pending, or to failed when it has used all its attempts."""
+        return await self._rescue(now, max_attempts_error)
+
+    @staticmethod
+    def _fence_attempt(job: Job) -> Fence:
+        return Fence(frozenset({JobStatus.RUNNING}), attempt=job.attempts, lease_owner=job.lease_owner)
+
+    # ---- backend hooks ---------------------------------------------------------------------
+    @abstractmethod
+    async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]: ...
+
+    @abstractmethod
+    async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
+                     change: Change) -> Job | None: ...
+
+    @abstractmethod
+    async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:
+        """Apply `change` and bump `seq` if the row matches `fence`; return the new row."""
+
+    @abstractmethod
+    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None, seq: int,
+                        on_commit: Callable[[], None] | None) -> None: ...
+
+    @abstractmethod
+    async def _renew(self, node: str, until: int) -> int: ...
+
+    @abstractmethod
+    async def _rescue(self, now: int, exhausted_error: dict[str, str]) -> list[Job]: ...
+
+
+__all__ = ["TERMINAL", "Fence", "IdempotencyMismatch", "Page", "Store"]

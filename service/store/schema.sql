@@ -1,0 +1,34 @@
+-- offload job table, SQLite. `pos` is the submission order (FIFO and list cursors);
+-- times are milliseconds since the epoch; data, error and result are JSON text.
+CREATE TABLE IF NOT EXISTS jobs (
+    pos             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT    NOT NULL UNIQUE,
+    owner           TEXT    NOT NULL,
+    type            TEXT    NOT NULL,
+    status          TEXT    NOT NULL,
+    priority        INTEGER NOT NULL,
+    data            TEXT    NOT NULL,
+    progress        INTEGER NOT NULL DEFAULT 0,
+    message         TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_retries     INTEGER NOT NULL,
+    retry_delay_ms  INTEGER NOT NULL,
+    timeout_ms      INTEGER,
+    seq             INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,
+    started_at      INTEGER,
+    completed_at    INTEGER,
+    due_at          INTEGER NOT NULL,
+    error           TEXT,
+    result          TEXT,
+    idempotency_key TEXT,
+    request_hash    TEXT,
+    lease_owner     TEXT,
+    lease_until     INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_until) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, pos);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, pos);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;

@@ -1,0 +1,347 @@
+"""The SQLite store: one file, WAL, one writer connection with group commit and one reader.
+
+Writes never wait for each other's commit: whatever arrives while a transaction is in
+flight goes into the next one, so a burst of submissions, claims and progress updates
+costs one commit per batch, not one per change. Every write is durable (committed) before
+its awaitable returns, so a 201 is only sent for a committed job.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Awaitable
+
+import aiosqlite
+import orjson
+
+from service.errors import StoreUnavailable
+from service.models import Job, JobStatus, Priority
+from service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
+
+log = logging.getLogger("offload.store")
+
+SCHEMA_VERSION = 1
+_JOB_COLUMNS = (
+    "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
+    "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
+    "error", "result", "idempotency_key", "lease_owner", "lease_until",
+)
+_COLS = ", ".join(_JOB_COLUMNS)
+_JSON_COLUMNS = frozenset({"error", "result", "data"})
+
+WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+
+def _encode(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _JSON_COLUMNS:
+        return orjson.dumps(value).decode()
+    if isinstance(value, JobStatus):
+        return value.value
+    if isinstance(value, Priority):
+        return int(value)
+    return value
+
+
+def _job(row: sqlite3.Row) -> Job:
+    keys = row.keys()
+    values = {k: row[k] for k in keys if k in _JOB_COLUMNS or k == "data"}
+    values["status"] = JobStatus(values["status"])
+    values["priority"] = Priority(values["priority"])
+    for column in ("error", "result", "data"):
+        if values.get(column) is not None:
+            values[column] = orjson.loads(values[column])
+    values.setdefault("data", None)
+    return Job(**values)
+
+
+def _translate(exc: sqlite3.Error) -> StoreUnavailable:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        reason = "the database is locked by another process"
+    elif "readonly" in text or "read-only" in text:
+        reason = "the database is read-only"
+    elif "full" in text:
+        reason = "the disk holding the database is full"
+    else:
+        reason = "the database failed"
+    log.error("store unavailable: %s (%s)", reason, exc)
+    return StoreUnavailable(f"job store unavailable: {reason}; try again shortly")
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> None:
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._ops: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._progress: dict[str, tuple[int, str | None, int, str, int, Callable[[], None] | None]] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        version = (await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} was written by a newer offload (schema {version} > {SCHEMA_VERSION})")
+        await self._writer.executescript(resources.files("service.store").joinpath("schema.sql").read_text())
+        await self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._reader = self._writer if self.path == ":memory:" else await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="offload-store-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        await db.execute(f"PRAGMA synchronous={self.synchronous}")
+        return db
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        for db in {self._reader, self._writer}:
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1")
+
+    # ---- group commit ----------------------------------------------------------------------
+    async def _write(self, op: WriteOp) -> Any:
+        if self._closing:
+            raise StoreUnavailable("job store is closing")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._ops.append((op, future))
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        db = self._writer
+        assert db is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            progress, self._progress = self._progress, {}
+            if not ops and not progress:
+                if self._closing:
+                    return
+                continue
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                if progress:
+                    await db.executemany(
+                        "UPDATE jobs SET progress = ?, message = ?, seq = MAX(seq, ?) "
+                        "WHERE id = ? AND attempts = ? AND status = 'running'",
+                        [p[:5] for p in progress.values()],
+                    )
+                for op, future in ops:
+                    try:
+                        outcomes.append((future, await op(db), None))
+                    except (sqlite3.IntegrityError, IdempotencyMismatch) as exc:
+                        outcomes.append((future, None, exc))
+                await db.commit()
+            except sqlite3.Error as exc:
+                error = _translate(exc)
+                try:
+                    await db.rollback()
+                except sqlite3.Error:
+                    pass
+                for _, future in ops:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for future, value, exc in outcomes:
+                if future.done():
+                    continue
+                if exc is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(exc)
+            for *_, on_commit in progress.values():
+                if on_commit is not None:
+                    on_commit()
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        assert self._reader is not None, "store is not open"
+        try:
+            return list(await self._reader.execute_fetchall(sql, tuple(params)))
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    # ---- reads --------------------------------------------------------------------------------
+    async def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        sql = f"SELECT {_COLS} FROM jobs WHERE id = ?"
+        params: list[Any] = [job_id]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        rows = await self._read(sql, params)
+        return _job(rows[0]) if rows else None
+
+    async def get_data(self, job_id: str) -> Any:
+        rows = await self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return orjson.loads(rows[0]["data"]) if rows else None
+
+    async def list(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
+                   limit: int = 50, cursor: str | None = None) -> Page:
+        where, params = [], []
+        for column, value in (("owner", owner), ("status", status and status.value), ("type", type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor is not None:
+            where.append("pos < ?")
+            params.append(decode_cursor(cursor))
+        sql = f"SELECT pos, {_COLS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY pos DESC LIMIT ?"
+        rows = await self._read(sql, [*params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        counts = {s.value: 0 for s in JobStatus}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return counts
+
+    async def next_due(self, now: int) -> int | None:
+        rows = await self._read("SELECT MIN(due_at) AS due FROM jobs WHERE status = 'pending' AND due_at > ?", (now,))
+        return rows[0]["due"]
+
+    async def unfinished(self, owner: str | None) -> list[Job]:
+        sql = f"SELECT {_COLS} FROM jobs WHERE status IN ('pending', 'running')"
+        params: list[Any] = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        return [_job(r) for r in await self._read(sql + " ORDER BY pos", params)]
+
+    # ---- write hooks ----------------------------------------------------------------------------
+    async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
+        values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
+        values["data"] = _encode("data", job.data)
+        values["request_hash"] = request_hash
+        columns = ", ".join(values)
+        sql = (f"INSERT INTO jobs ({columns}) VALUES ({', '.join('?' * len(values))}) "
+               "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+               f"RETURNING {_COLS}")
+
+        async def op(db: aiosqlite.Connection) -> tuple[Job, bool]:
+            rows = await db.execute_fetchall(sql, tuple(values.values()))
+            if rows:
+                return _job(rows[0]), True
+            existing = await db.execute_fetchall(
+                f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                (job.owner, job.idempotency_key))
+            found = _job(existing[0])
+            if existing[0]["request_hash"] != request_hash:
+                raise IdempotencyMismatch(found)
+            return found, False
+
+        return await self._write(op)
+
+    async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
+                     change: Change) -> Job | None:
+        sets, params = _assignments(change)
+        pick = "SELECT id FROM jobs WHERE status = 'pending' AND due_at <= ?"
+        pick_params: list[Any] = [now]
+        if types is not None:
+            if not types:
+                return None
+            pick += f" AND type IN ({', '.join('?' * len(types))})"
+            pick_params.extend(types)
+        pick += " ORDER BY priority, due_at, pos LIMIT 1"
+        sql = (f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
+               f"WHERE id = ({pick}) AND status = 'pending' RETURNING {_COLS}, data")
+
+        async def op(db: aiosqlite.Connection) -> Job | None:
+            rows = await db.execute_fetchall(sql, (*params, *pick_params))
+            return _job(rows[0]) if rows else None
+
+        return await self._write(op)
+
+    async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:
+        sets, params = _assignments(change)
+        where = [f"status IN ({', '.join('?' * len(fence.statuses))})"]
+        params.extend(s.value for s in fence.statuses)
+        for column, value in (("attempts", fence.attempt), ("lease_owner", fence.lease_owner), ("owner", fence.owner)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"UPDATE jobs SET {sets}, seq = seq + 1 WHERE id = ? AND {' AND '.join(where)} RETURNING {_COLS}"
+
+        async def op(db: aiosqlite.Connection) -> Job | None:
+            rows = await db.execute_fetchall(sql, (*params[: len(change)], job_id, *params[len(change):]))
+            return _job(rows[0]) if rows else None
+
+        return await self._write(op)
+
+    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None, seq: int,
+                        on_commit: Callable[[], None] | None) -> None:
+        if self._closing:
+            return
+        self._progress[job_id] = (progress, message, seq, job_id, attempt, on_commit)
+        self._wake.set()
+
+    async def _renew(self, node: str, until: int) -> int:
+        async def op(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE status = 'running' AND lease_owner = ?", (until, node))
+            return cursor.rowcount
+
+        return await self._write(op)
+
+    async def _rescue(self, now: int, exhausted_error: dict[str, str]) -> list[Job]:
+        error = orjson.dumps(exhausted_error).decode()
+        sql = (
+            "UPDATE jobs SET "
+            "status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END, "
+            "completed_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
+            "due_at = ?, error = ?, progress = 0, message = NULL, lease_owner = NULL, lease_until = NULL, "
+            f"seq = seq + 1 WHERE status = 'running' AND lease_until < ? RETURNING {_COLS}"
+        )
+
+        async def op(db: aiosqlite.Connection) -> list[Job]:
+            return [_job(r) for r in await db.execute_fetchall(sql, (now, now, error, now))]
+
+        return await self._write(op)
+
+
+def _assignments(change: Change) -> tuple[str, list[Any]]:
+    return ", ".join(f"{c} = ?" for c in change), [_encode(c, v) for c, v in change.items()]
+
+
+def encode_cursor(pos: int) -> str:
+    return base64.urlsafe_b64encode(f"p{pos}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for a cursor this store did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("p"):
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError, base64.binascii.Error):
+        raise ValueError(f"invalid cursor {cursor!r}") from None

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.config import Config, load_config
+
+SAMPLE_INVOICE = {
+    "type": "invoice",
+    "order": {"number": "INV-1001", "date": "2026-11-28", "currency": "EUR", "taxRate": 0.2,
+              "customer": {"name": "Ada Lovelace", "address": "12 Analytical Row\nLondon", "email": "ada@example.com"}},
+    "items": [{"name": "Widget", "quantity": 2, "unitPrice": 9.5, "sku": "W-1"},
+              {"name": "Gadget", "quantity": 1, "unitPrice": 120, "sku": "G-7"}],
+}
+
+
+def invoice(n_items: int = 2, number: str = "INV-1001") -> dict[str, Any]:
+    items = [{"name": f"Item {i}", "quantity": 1 + i % 3, "unitPrice": 1.25 + i, "sku": f"SKU-{i}"}
+             for i in range(n_items)]
+    return {**SAMPLE_INVOICE, "order": {**SAMPLE_INVOICE["order"], "number": number}, "items": items}
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """A configuration on a fresh SQLite file in tmp_path; keyword sections override."""
+
+    def make(**sections: dict[str, Any]) -> Config:
+        base = load_config(None, environ={}, overrides={
+            "store": {"url": f"sqlite:///{tmp_path / 'offload.db'}"},
+            "workers": {"processes": 2, "modules": ["tests.jobtypes"]},
+            "jobs": {"results_dir": str(tmp_path / "results"), "retry_delay_ms": 10},
+            "server": {"shutdown_grace": 5},
+        })
+        return base.replace(**sections) if sections else base
+
+    return make
+
+
+@pytest.fixture
+async def start_server(make_config: Callable[..., Config]):
+    """Start the real service on a loopback port; returns a client. Stopped at test end."""
+    clients: list[TestClient] = []
+
+    async def start(config: Config | None = None, **sections: dict[str, Any]) -> TestClient:
+        app = create_app(config or make_config(**sections))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def submit(client: TestClient, type: str, data: Any, **options: Any) -> str:
+    response = await client.post("/api/jobs", json={"type": type, "data": data, "options": options})
+    body = await response.json()
+    assert response.status == 201, body
+    return body["jobId"]
+
+
+async def wait_status(client: TestClient, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        response = await client.get(f"/api/jobs/{job_id}")
+        job = await response.json()
+        return job if job["status"] in statuses else None
+
+    return await eventually(check, timeout, f"job {job_id} to be {'/'.join(statuses)}")
+
+
+async def ws_events_until(ws: Any, job_id: str, terminal: tuple[str, ...] = ("completed", "failed", "cancelled"),
+                          timeout: float = 30) -> list[dict[str, Any]]:
+    """Collect events for `job_id` until its terminal status event (or snapshot) arrives."""
+    events: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await ws.receive_json()
+            if event.get("jobId", event.get("job", {}).get("id")) != job_id:
+                continue
+            events.append(event)
+            status = event.get("status") or (event["job"]["status"] if event["event"] == "snapshot" else None)
+            if status in terminal:
+                return events

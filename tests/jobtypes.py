@@ -1,0 +1,86 @@
+"""Job types that misbehave on purpose, for the tests: they run in real worker processes."""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+from workers.errors import JobError, PermanentError
+from workers.registry import job_type
+
+
+@job_type("test.echo")
+def echo(data, ctx):
+    return data
+
+
+@job_type("test.steps")
+def steps(data, ctx):
+    """Reports `n` progress steps; waits for `gate` (a file path) to exist before finishing."""
+    n = int(data.get("n", 5))
+    for i in range(1, n + 1):
+        ctx.progress(i * 100 // n, f"step {i} of {n}")
+    gate = data.get("gate")
+    if gate:
+        deadline = time.monotonic() + 30
+        while not Path(gate).exists() and time.monotonic() < deadline:
+            ctx.check_cancelled()
+            time.sleep(0.005)
+    return {"steps": n, "pid": os.getpid()}
+
+
+@job_type("test.fail")
+def fail(data, ctx):
+    if data.get("permanent"):
+        raise PermanentError("this input can never work")
+    marker = data.get("succeed_after")
+    if marker is not None:
+        count_file = Path(data["counter"])
+        count = int(count_file.read_text()) + 1 if count_file.exists() else 1
+        count_file.write_text(str(count))
+        if count > marker:
+            return {"attempt": ctx.attempt}
+    raise JobError("it broke", type="Broken")
+
+
+@job_type("test.spin")
+def spin(data, ctx):
+    """A CPU loop that never looks at ctx: only killing its process stops it."""
+    if data.get("started"):
+        Path(data["started"]).write_text(str(os.getpid()))
+    while True:
+        pass
+
+
+@job_type("test.exit")
+def hard_exit(data, ctx):
+    os._exit(int(data.get("code", 1)))
+
+
+@job_type("test.segfault")
+def segfault(data, ctx):
+    ctypes.string_at(0)
+
+
+@job_type("test.kill_self")
+def kill_self(data, ctx):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job_type("test.alloc")
+def alloc(data, ctx):
+    blocks = []
+    while True:
+        blocks.append(bytearray(64 * 1024 * 1024))
+
+
+@job_type("test.async_steps")
+async def async_steps(data, ctx):
+    n = int(data.get("n", 3))
+    for i in range(1, n + 1):
+        await asyncio.sleep(0)
+        ctx.progress(i * 100 // n, f"async step {i}")
+    return {"steps": n}

@@ -1,0 +1,541 @@
+"""The invoice behind the built-in `pdf` job: payload validation, money math, and the PDF.
+
+`parse_invoice` runs twice per job: in the service at submit time (so bad input is a 422
+naming the field, before anything is stored) and again in the worker, so it must stay
+cheap: it runs on the service's event loop. Money is `Decimal` throughout and rounded half-up to cents
+per line, then once more for the tax.
+
+`render_invoice` lays the page out by hand on a reportlab canvas. Platypus tables are
+5-7x slower at a few thousand rows and need a second pass for "Page N of M"; here a
+layout pass measures every row first, so the page count is known before anything is drawn.
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from typing import Any, Callable, Mapping
+
+from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.pdfgen.canvas import Canvas
+
+from workers.errors import ValidationError
+
+MAX_ITEMS = 10_000
+#: Bound on quantity and unit price, so every amount fits its column and exact Decimal math.
+MAX_AMOUNT = Decimal(1_000_000_000)
+CENT = Decimal("0.01")
+
+_MATH = Context(prec=60, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    name: str
+    address: tuple[str, ...] = ()
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    name: str
+    quantity: Decimal
+    unit_price: Decimal
+    line_total: Decimal
+    sku: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    number: str
+    date: date
+    currency: str
+    tax_rate: Decimal
+    customer: Customer
+    items: tuple[Item, ...]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    notes: str | None = None
+
+
+def parse_invoice(data: Any, default_currency: str = "EUR") -> Invoice:
+    """Validate an invoice payload (see DESIGN.md, "Built-in job types") into an `Invoice`.
+
+    Raises `ValidationError(field, problem)` for the first field that is missing or of the
+    wrong type; `field` is relative to the job's `data` (`order.customer.name`,
+    `items[3].quantity`). Unknown fields are ignored. Floats go through `str()` so that
+    `0.335` means 0.335, not its binary approximation.
+    """
+    data = _object(data, "data")
+    kind = data.get("type")
+    if kind != "invoice":
+        raise ValidationError("type", "is required" if kind is None else 'must be "invoice"')
+    order = _object(data.get("order"), "order")
+    number = order.get("number")
+    if isinstance(number, int) and not isinstance(number, bool):
+        number = str(number)
+    number = _required(number, "order.number")
+    invoice_date = _date(order.get("date"))
+    currency = _currency(order.get("currency"), default_currency)
+    tax_rate = Decimal(0)
+    if order.get("taxRate") is not None:
+        tax_rate = _number(order["taxRate"], "order.taxRate", "must be a number between 0 and 1")
+        if tax_rate > 1:
+            raise ValidationError("order.taxRate", "must be a number between 0 and 1")
+    customer_data = _object(order.get("customer"), "order.customer")
+    address = customer_data.get("address")
+    if isinstance(address, list) and all(isinstance(line, str) for line in address):
+        address = "\n".join(address)
+    customer = Customer(
+        name=_required(customer_data.get("name"), "order.customer.name"),
+        address=tuple(_lines(_optional(address, "order.customer.address", multiline=True))),
+        email=_optional(customer_data.get("email"), "order.customer.email"),
+    )
+    notes = _optional(order.get("notes"), "order.notes", multiline=True)
+
+    items_data = data.get("items")
+    if items_data is None:
+        raise ValidationError("items", "is required")
+    if not isinstance(items_data, list):
+        raise ValidationError("items", "must be a list")
+    if not items_data:
+        raise ValidationError("items", "must not be empty")
+    if len(items_data) > MAX_ITEMS:
+        raise ValidationError("items", f"must have at most {MAX_ITEMS:,} entries, got {len(items_data):,}")
+    items = tuple(_item(entry, f"items[{i}]") for i, entry in enumerate(items_data))
+
+    subtotal = sum((item.line_total for item in items), Decimal("0.00"))
+    tax = _MATH.multiply(subtotal, tax_rate).quantize(CENT, context=_MATH)
+    return Invoice(number, invoice_date, currency, tax_rate, customer, items, subtotal, tax, subtotal + tax, notes)
+
+
+def _item(entry: Any, path: str) -> Item:
+    entry = _object(entry, path)
+    name = _required(entry.get("name"), f"{path}.name")
+    quantity = _amount(entry.get("quantity"), f"{path}.quantity", "must be a number greater than 0")
+    if quantity == 0:
+        raise ValidationError(f"{path}.quantity", "must be a number greater than 0")
+    unit_price = _amount(entry.get("unitPrice"), f"{path}.unitPrice", "must be a number, 0 or more")
+    sku = entry.get("sku")
+    if isinstance(sku, int) and not isinstance(sku, bool):
+        sku = str(sku)
+    line_total = _MATH.multiply(quantity, unit_price).quantize(CENT, context=_MATH)
+    return Item(name, quantity, unit_price, line_total, _optional(sku, f"{path}.sku"))
+
+
+def _object(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        raise ValidationError(path, "is required")
+    if not isinstance(value, Mapping):
+        raise ValidationError(path, "must be an object")
+    return value
+
+
+def _required(value: Any, path: str) -> str:
+    text = _optional(value, path)
+    if text is None:
+        raise ValidationError(path, "is required" if value is None else "must not be empty")
+    return text
+
+
+def _optional(value: Any, path: str, *, multiline: bool = False) -> str | None:
+    """The string with its whitespace collapsed (line breaks kept if `multiline`), or None
+    when absent or blank. Control characters would otherwise reach the PDF as stray glyphs."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(path, "must be a string")
+    if multiline:
+        return "\n".join(" ".join(line.split()) for line in value.strip().splitlines()) or None
+    return " ".join(value.split()) or None
+
+
+def _lines(text: str | None) -> list[str]:
+    return [line for line in text.split("\n") if line] if text else []
+
+
+def _number(value: Any, path: str, problem: str) -> Decimal:
+    """A finite number, 0 or more. Bools are refused although Python counts them as ints."""
+    if value is None:
+        raise ValidationError(path, "is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValidationError(path, problem)
+    number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    if not number.is_finite() or number < 0:
+        raise ValidationError(path, problem)
+    return number
+
+
+def _amount(value: Any, path: str, problem: str) -> Decimal:
+    number = _number(value, path, problem)
+    if number >= MAX_AMOUNT:
+        raise ValidationError(path, f"must be less than {MAX_AMOUNT:,}")
+    return number
+
+
+def _date(value: Any) -> date:
+    if value is None:
+        return datetime.now(timezone.utc).date()
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValidationError("order.date", "must be a date as YYYY-MM-DD")
+
+
+def _currency(value: Any, default: str) -> str:
+    if value is None:
+        return default.upper()
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+        raise ValidationError("order.currency", "must be a 3-letter currency code")
+    return value.upper()
+
+
+
+# Rendering. Coordinates are PDF points, origin bottom left; y runs up the page.
+
+PAGE_WIDTH, PAGE_HEIGHT = 595.2756, 841.8898  # A4
+MARGIN = 42.0
+LEFT, RIGHT, TOP = MARGIN, PAGE_WIDTH - MARGIN, PAGE_HEIGHT - MARGIN
+CONTINUED_TOP = TOP - 24
+TABLE_BOTTOM = MARGIN + 10
+FONT, BOLD = "Helvetica", "Helvetica-Bold"
+SIZE, LEADING, ROW, HEADER_ROW, PAD = 8.5, 10.0, 15.0, 18.0, 5.0
+SKU_MAX, NAME_LINES, ADDRESS_LINES = 80.0, 3, 6
+TOTALS_HEIGHT, NOTES_HEAD, NOTES_SIZE, NOTES_LEADING = 64.0, 24.0, 9.0, 12.0
+INK, MUTED, RULE = 0.1, 0.42, 0.82
+HEADER_FILL = (0.16, 0.22, 0.31)
+ELLIPSIS = "\u2026"
+
+Progress = Callable[[int, str], None]
+_Row = tuple[str, str, list[str], str, str, str]  # #, sku, name lines, qty, unit price, line total
+
+
+@dataclass(slots=True)
+class _Page:
+    top: float
+    table: bool
+    rows: range = range(0)
+    totals_y: float | None = None
+    notes: range = range(0)
+    notes_y: float = 0.0
+
+
+@dataclass(slots=True)
+class _Layout:
+    """Everything measured before the first page is drawn: the strings, where they go,
+    and which page each row lands on."""
+
+    rows: list[_Row]
+    heights: list[float]
+    x_index: float
+    x_sku: float
+    x_name: float
+    x_qty: float
+    x_unit: float
+    x_total: float
+    x_label: float
+    number: str
+    customer: list[str]
+    first_top: float
+    totals: list[tuple[str, str]]
+    notes: list[str]
+    pages: list[_Page] = field(default_factory=list)
+
+
+def render_invoice(invoice: Invoice, progress: Progress | None = None) -> bytes:
+    """Render `invoice` as an A4 PDF and return its bytes.
+
+    `progress(percent, message)` is called before each page (5..95 as the rows go by) and
+    with 95 just before the file is written; whatever it raises (`Cancelled`) aborts the
+    render, so a cancelled job stops within one page.
+    """
+    layout = _layout(invoice)
+    count = len(layout.pages)
+    rows = max(len(layout.rows), 1)
+    buffer = io.BytesIO()
+    canvas = Canvas(buffer, pagesize=(PAGE_WIDTH, PAGE_HEIGHT), pageCompression=1)
+    canvas.setTitle(f"Invoice {invoice.number}")
+    canvas.setSubject(invoice.customer.name)
+    for number, page in enumerate(layout.pages, 1):
+        if progress is not None:
+            progress(5 + 90 * page.rows.start // rows, f"rendering page {number} of {count}")
+        if number == 1:
+            _draw_first_header(canvas, invoice, layout)
+        else:
+            canvas.setFont(BOLD, 10)
+            canvas.setFillGray(INK)
+            canvas.drawString(LEFT, TOP - 8, f"Invoice {layout.number}")
+            canvas.setFont(FONT, 9)
+            canvas.setFillGray(MUTED)
+            canvas.drawRightString(RIGHT, TOP - 8, layout.customer[0])
+        if page.table:
+            _draw_rows(canvas, layout, page)
+        if page.totals_y is not None:
+            _draw_totals(canvas, layout, page.totals_y)
+        if page.notes:
+            _draw_notes(canvas, layout, page)
+        canvas.setFont(FONT, 8)
+        canvas.setFillGray(MUTED)
+        canvas.drawString(LEFT, MARGIN - 16, f"Invoice {layout.number} \u00b7 {invoice.date.isoformat()}")
+        canvas.drawRightString(RIGHT, MARGIN - 16, f"Page {number} of {count}")
+        canvas.showPage()
+    if progress is not None:
+        progress(95, "writing PDF")
+    canvas.save()
+    return buffer.getvalue()
+
+
+def _layout(invoice: Invoice) -> _Layout:
+    currency, items = invoice.currency, invoice.items
+    index = [str(i) for i in range(1, len(items) + 1)]
+    skus = [item.sku or "" for item in items]
+    qtys = [_quantity(item.quantity) for item in items]
+    units = [_price(currency, item.unit_price) for item in items]
+    totals = [_money(currency, item.line_total) for item in items]
+
+    def column(texts: list[str], header: str, limit: float = PAGE_WIDTH) -> float:
+        widest = max(map(_width, texts), default=0.0)
+        return max(min(widest, limit), stringWidth(header, BOLD, SIZE)) + 2 * PAD
+
+    w_index, w_sku = column(index[-1:], "#"), column(skus, "SKU", SKU_MAX)
+    w_qty, w_unit, w_total = column(qtys, "Qty"), column(units, "Unit price"), column(totals, "Line total")
+    x_name = LEFT + w_index + w_sku + PAD
+    name_width = RIGHT - w_total - w_unit - w_qty - PAD - x_name
+    sku_width = w_sku - 2 * PAD
+
+    rows: list[_Row] = []
+    heights: list[float] = []
+    for i, item in enumerate(items):
+        name = item.name
+        lines = [name] if _width(name) <= name_width else _wrap(name, FONT, SIZE, name_width, NAME_LINES)
+        sku = skus[i] if _width(skus[i]) <= sku_width else _fit(skus[i], FONT, SIZE, sku_width)
+        rows.append((index[i], sku, lines, qtys[i], units[i], totals[i]))
+        heights.append(ROW + LEADING * (len(lines) - 1))
+
+    rate = format((invoice.tax_rate * 100).normalize(), "f")
+    summary = [
+        ("Subtotal", _money(currency, invoice.subtotal)),
+        (f"Tax ({rate}%)", _money(currency, invoice.tax)),
+        ("Total", _money(currency, invoice.total)),
+    ]
+    x_total = RIGHT - PAD
+    widest_sum = max(stringWidth(value, BOLD, 10.5) for _, value in summary)
+    half = (RIGHT - LEFT) / 2
+    customer = invoice.customer
+    details = [*customer.address[:ADDRESS_LINES], *([customer.email] if customer.email else [])]
+    layout = _Layout(
+        rows=rows,
+        heights=heights,
+        x_index=LEFT + w_index - PAD,
+        x_sku=LEFT + w_index + PAD,
+        x_name=x_name,
+        x_qty=RIGHT - w_total - w_unit - PAD,
+        x_unit=RIGHT - w_total - PAD,
+        x_total=x_total,
+        x_label=min(RIGHT - w_total - PAD, x_total - widest_sum - 24),
+        number=_fit(invoice.number, BOLD, 9, 150),
+        customer=[_fit(customer.name, BOLD, 11, half), *(_fit(line, FONT, 9, half) for line in details)],
+        first_top=TOP - 86 - 12.5 * len(details) - 22,
+        totals=summary,
+        notes=[line for paragraph in (invoice.notes or "").split("\n") if paragraph
+               for line in _wrap(paragraph, FONT, NOTES_SIZE, RIGHT - LEFT)],
+    )
+    layout.pages = _paginate(layout)
+    return layout
+
+
+def _paginate(layout: _Layout) -> list[_Page]:
+    """Assign rows, then the totals (kept together), then the note lines to pages."""
+    pages: list[_Page] = []
+    page = _Page(layout.first_top, table=True)
+    y, start = layout.first_top - HEADER_ROW, 0
+    for i, height in enumerate(layout.heights):
+        if y - height < TABLE_BOTTOM:
+            page.rows = range(start, i)
+            pages.append(page)
+            page, y, start = _Page(CONTINUED_TOP, table=True), CONTINUED_TOP - HEADER_ROW, i
+        y -= height
+    page.rows = range(start, len(layout.heights))
+    if y - TOTALS_HEIGHT < TABLE_BOTTOM:
+        pages.append(page)
+        page, y = _Page(CONTINUED_TOP, table=False), CONTINUED_TOP
+    page.totals_y, y = y, y - TOTALS_HEIGHT
+    first, count = 0, len(layout.notes)
+    while first < count:
+        fits = int((y - (NOTES_HEAD if first == 0 else 0) - TABLE_BOTTOM) // NOTES_LEADING)
+        if fits > 0:
+            page.notes, page.notes_y = range(first, min(count, first + fits)), y
+            first = page.notes.stop
+        if first < count:
+            pages.append(page)
+            page, y = _Page(CONTINUED_TOP, table=False), CONTINUED_TOP
+    pages.append(page)
+    return pages
+
+
+def _draw_first_header(canvas: Canvas, invoice: Invoice, layout: _Layout) -> None:
+    canvas.setFillGray(INK)
+    canvas.setFont(BOLD, 24)
+    canvas.drawString(LEFT, TOP - 22, "INVOICE")
+    y = TOP - 6
+    for label, value in (("Invoice no.", layout.number), ("Date", invoice.date.isoformat()),
+                         ("Currency", invoice.currency)):
+        canvas.setFont(FONT, 9)
+        canvas.setFillGray(MUTED)
+        canvas.drawString(RIGHT - 210, y, label)
+        canvas.setFont(BOLD, 9)
+        canvas.setFillGray(INK)
+        canvas.drawRightString(RIGHT, y, value)
+        y -= 14
+    canvas.setStrokeGray(RULE)
+    canvas.setLineWidth(0.8)
+    canvas.line(LEFT, TOP - 50, RIGHT, TOP - 50)
+    canvas.setFont(BOLD, 7.5)
+    canvas.setFillGray(MUTED)
+    canvas.drawString(LEFT, TOP - 68, "BILL TO")
+    canvas.setFont(BOLD, 11)
+    canvas.setFillGray(INK)
+    canvas.drawString(LEFT, TOP - 84, layout.customer[0])
+    canvas.setFont(FONT, 9)
+    y = TOP - 84
+    for line in layout.customer[1:]:
+        y -= 12.5
+        canvas.drawString(LEFT, y, line)
+
+
+def _draw_rows(canvas: Canvas, layout: _Layout, page: _Page) -> None:
+    x_index, x_sku, x_name = layout.x_index, layout.x_sku, layout.x_name
+    x_qty, x_unit, x_total = layout.x_qty, layout.x_unit, layout.x_total
+    y = page.top
+    canvas.setFillColorRGB(*HEADER_FILL)
+    canvas.rect(LEFT, y - HEADER_ROW, RIGHT - LEFT, HEADER_ROW, stroke=0, fill=1)
+    canvas.setFillGray(1)
+    canvas.setFont(BOLD, SIZE)
+    base = y - 12
+    canvas.drawRightString(x_index, base, "#")
+    canvas.drawString(x_sku, base, "SKU")
+    canvas.drawString(x_name, base, "Item")
+    canvas.drawRightString(x_qty, base, "Qty")
+    canvas.drawRightString(x_unit, base, "Unit price")
+    canvas.drawRightString(x_total, base, "Line total")
+    y -= HEADER_ROW
+    canvas.setFillGray(INK)
+    canvas.setFont(FONT, SIZE)
+    draw, draw_right = canvas.drawString, canvas.drawRightString
+    rows, heights, rules = layout.rows, layout.heights, []
+    for i in page.rows:
+        index, sku, lines, qty, unit, total = rows[i]
+        base = y - 10.5
+        draw_right(x_index, base, index)
+        if sku:
+            draw(x_sku, base, sku)
+        draw_right(x_qty, base, qty)
+        draw_right(x_unit, base, unit)
+        draw_right(x_total, base, total)
+        for line in lines:
+            draw(x_name, base, line)
+            base -= LEADING
+        y -= heights[i]
+        rules.append((LEFT, y, RIGHT, y))
+    canvas.setStrokeGray(RULE)
+    canvas.setLineWidth(0.4)
+    canvas.lines(rules)
+
+
+def _draw_totals(canvas: Canvas, layout: _Layout, y: float) -> None:
+    (subtotal_label, subtotal), (tax_label, tax), (total_label, total) = layout.totals
+    canvas.setFillGray(INK)
+    canvas.setFont(FONT, 9)
+    canvas.drawRightString(layout.x_label, y - 18, subtotal_label)
+    canvas.drawRightString(layout.x_total, y - 18, subtotal)
+    canvas.drawRightString(layout.x_label, y - 32, tax_label)
+    canvas.drawRightString(layout.x_total, y - 32, tax)
+    canvas.setStrokeGray(INK)
+    canvas.setLineWidth(0.8)
+    canvas.line(layout.x_label - 60, y - 40, RIGHT, y - 40)
+    canvas.setFont(BOLD, 10.5)
+    canvas.drawRightString(layout.x_label, y - 56, total_label)
+    canvas.drawRightString(layout.x_total, y - 56, total)
+
+
+def _draw_notes(canvas: Canvas, layout: _Layout, page: _Page) -> None:
+    y = page.notes_y
+    canvas.setFillGray(INK)
+    if page.notes.start == 0:
+        canvas.setFont(BOLD, 9)
+        canvas.drawString(LEFT, y - 16, "Notes")
+        y -= NOTES_HEAD
+    canvas.setFont(FONT, NOTES_SIZE)
+    for i in page.notes:
+        y -= NOTES_LEADING
+        canvas.drawString(LEFT, y + 3, layout.notes[i])
+
+
+def _width(text: str) -> float:
+    return stringWidth(text, FONT, SIZE)
+
+
+def _wrap(text: str, font: str, size: float, width: float, max_lines: int = 0) -> list[str]:
+    """Greedy word wrap. Standard-font widths simply add up (reportlab does not kern), so
+    each word is measured once; a word wider than the line is broken by characters, and
+    text beyond `max_lines` ends the last line with an ellipsis."""
+    space = stringWidth(" ", font, size)
+    lines: list[str] = []
+    line: list[str] = []
+    used = 0.0
+    for word in text.split(" "):
+        w = stringWidth(word, font, size)
+        if line and used + space + w <= width:
+            line.append(word)
+            used += space + w
+            continue
+        if line:
+            lines.append(" ".join(line))
+        while w > width:
+            head = _fit(word, font, size, width, mark="")
+            lines.append(head)
+            word = word[len(head):]
+            w = stringWidth(word, font, size)
+        line, used = [word], w
+    lines.append(" ".join(line))
+    if max_lines and len(lines) > max_lines:
+        lines[max_lines - 1] = _fit(" ".join(lines[max_lines - 1:]), font, size, width)
+        del lines[max_lines:]
+    return lines
+
+
+def _fit(text: str, font: str, size: float, width: float, mark: str = ELLIPSIS) -> str:
+    """`text`, or its longest prefix that fits in `width` followed by `mark`."""
+    if stringWidth(text, font, size) <= width:
+        return text
+    room, used = width - stringWidth(mark, font, size), 0.0
+    for i, char in enumerate(text):
+        used += stringWidth(char, font, size)
+        if used > room:
+            return text[: max(i, 1)].rstrip() + mark
+    return text
+
+
+def _money(currency: str, amount: Decimal) -> str:
+    return f"{currency} {amount:,.2f}"
+
+
+def _price(currency: str, amount: Decimal) -> str:
+    """Unit prices keep their sub-cent digits (0.335), so the line totals can be checked."""
+    exact = amount.normalize()
+    if exact.as_tuple().exponent < -2:  # type: ignore[operator]
+        return f"{currency} {exact:,f}"
+    return f"{currency} {amount:,.2f}"
+
+
+def _quantity(quantity: Decimal) -> str:
+    if quantity == quantity.to_integral_value():
+        return f"{int(quantity):,}"
+    return f"{quantity.normalize():,f}"

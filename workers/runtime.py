@@ -1,0 +1,96 @@
+"""The code that runs inside a worker process: start-up, then one job at a time.
+
+Everything here is plain data in, plain data out: the service sends `(job_id, attempt,
+type, data, settings, results_dir)` and gets back a small dict describing the outcome.
+Progress goes out on the process's own pipe, written from the job's thread (no feeder
+thread to fight the CPU-bound job for the GIL).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from workers import registry
+from workers.context import Context
+from workers.errors import Cancelled, JobError
+from workers.registry import FileOutput
+
+_pipe: Connection | None = None
+_cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
+
+
+def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
+    """ProcessPoolExecutor initializer: runs once in each new worker process."""
+    global _pipe, _cancel
+    _pipe, _cancel = pipe, cancel_flag
+    # Ctrl-C in a terminal reaches the whole process group; the service decides when
+    # workers stop, so they ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit_bytes > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    registry.load(modules)
+
+
+def ping() -> int:
+    """Lets the service start a process (and its imports) before the first job needs it."""
+    return os.getpid()
+
+
+def _send(job_id: str, attempt: int):
+    def send(percent: int, message: str | None) -> None:
+        if _pipe is not None:
+            _pipe.send_bytes(orjson.dumps((job_id, attempt, percent, message)))
+
+    return send
+
+
+def _is_cancelled() -> bool:
+    return bool(_cancel is not None and _cancel.value)
+
+
+def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any], results_dir: str) -> dict[str, Any]:
+    """Run one job. Never raises: the outcome says how it ended, in plain data."""
+    job_type = registry.get(type)
+    if job_type is None:
+        return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
+                "permanent": True}
+    ctx = Context(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled)
+    try:
+        value = job_type.handler(data, ctx)
+    except Cancelled:
+        return {"outcome": "cancelled"}
+    except JobError as exc:
+        return {"outcome": "failed", "error": {"type": exc.type, "message": exc.message}, "permanent": exc.permanent}
+    except MemoryError:
+        return {"outcome": "failed", "error": {"type": "MemoryLimit", "message": "the job ran out of memory "
+                "(it went past the worker memory limit)"}, "permanent": True}
+    except Exception as exc:  # any handler bug: report it, keep the process
+        return {"outcome": "failed", "error": {"type": exc.__class__.__name__, "message": str(exc) or repr(exc)},
+                "permanent": False}
+    if isinstance(value, FileOutput):
+        return {"outcome": "completed", "result": _write_file(job_id, attempt, value, Path(results_dir))}
+    return {"outcome": "completed", "result": {"value": value}}
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> dict[str, Any]:
+    """Write the attempt's own file (`<job id>-<attempt><ext>`): an attempt that lost the job
+    can never overwrite the file of the attempt that replaced it."""
+    suffix = Path(_UNSAFE.sub("_", output.filename)).suffix[:16]
+    name = f"{job_id}-{attempt}{suffix}"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.part"
+    with open(partial, "wb") as fh:
+        fh.write(output.content)
+    os.replace(partial, folder / name)
+    return {"filename": output.filename, "contentType": output.content_type, "size": len(output.content), "file": name}
