@@ -18,4 +18,4 @@ HUB = web.AppKey("hub", "EventHub")
 SCHEDULER = web.AppKey("scheduler", "Scheduler")
 SOCKETS = web.AppKey("sockets", WeakSet)
 #: The request's owner (the user its token names; "local" in single-user mode).
-OWNER = "offload.owner"
+OWNER = web.RequestKey("owner", str)

@@ -17,6 +17,12 @@ def echo(data, ctx):
     return data
 
 
+@job_type("test.clock")
+def clock(data, ctx):
+    """Returns when it ran, on the machine-wide monotonic clock (comparable across processes)."""
+    return {"ns": time.monotonic_ns(), **data}
+
+
 @job_type("test.steps")
 def steps(data, ctx):
     """Reports `n` progress steps; waits for `gate` (a file path) to exist before finishing."""

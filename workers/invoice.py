@@ -16,9 +16,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Callable, Mapping
 
-from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.pdfbase.pdfmetrics import getFont, stringWidth
 from reportlab.pdfgen.canvas import Canvas
 
 from workers.errors import ValidationError
@@ -212,6 +213,7 @@ TOTALS_HEIGHT, NOTES_HEAD, NOTES_SIZE, NOTES_LEADING = 64.0, 24.0, 9.0, 12.0
 INK, MUTED, RULE = 0.1, 0.42, 0.82
 HEADER_FILL = (0.16, 0.22, 0.31)
 ELLIPSIS = "\u2026"
+_REGULAR = getFont(FONT)
 
 Progress = Callable[[int, str], None]
 _Row = tuple[str, str, list[str], str, str, str]  # #, sku, name lines, qty, unit price, line total
@@ -296,16 +298,18 @@ def _layout(invoice: Invoice) -> _Layout:
     currency, items = invoice.currency, invoice.items
     index = [str(i) for i in range(1, len(items) + 1)]
     skus = [item.sku or "" for item in items]
+    sku_widths = [_width(sku) for sku in skus]
     qtys = [_quantity(item.quantity) for item in items]
     units = [_price(currency, item.unit_price) for item in items]
     totals = [_money(currency, item.line_total) for item in items]
 
-    def column(texts: list[str], header: str, limit: float = PAGE_WIDTH) -> float:
-        widest = max(map(_width, texts), default=0.0)
-        return max(min(widest, limit), stringWidth(header, BOLD, SIZE)) + 2 * PAD
+    def column(widest: float, header: str) -> float:
+        return max(widest, stringWidth(header, BOLD, SIZE)) + 2 * PAD
 
-    w_index, w_sku = column(index[-1:], "#"), column(skus, "SKU", SKU_MAX)
-    w_qty, w_unit, w_total = column(qtys, "Qty"), column(units, "Unit price"), column(totals, "Line total")
+    w_index = column(_widest(index), "#")
+    w_sku = column(min(max(sku_widths, default=0.0), SKU_MAX), "SKU")
+    w_qty, w_unit, w_total = column(_widest(qtys), "Qty"), column(_widest(units), "Unit price"), column(
+        _widest(totals), "Line total")
     x_name = LEFT + w_index + w_sku + PAD
     name_width = RIGHT - w_total - w_unit - w_qty - PAD - x_name
     sku_width = w_sku - 2 * PAD
@@ -313,9 +317,10 @@ def _layout(invoice: Invoice) -> _Layout:
     rows: list[_Row] = []
     heights: list[float] = []
     for i, item in enumerate(items):
-        name = item.name
+        name, sku = item.name, skus[i]
         lines = [name] if _width(name) <= name_width else _wrap(name, FONT, SIZE, name_width, NAME_LINES)
-        sku = skus[i] if _width(skus[i]) <= sku_width else _fit(skus[i], FONT, SIZE, sku_width)
+        if sku_widths[i] > sku_width:
+            sku = _fit(sku, FONT, SIZE, sku_width)
         rows.append((index[i], sku, lines, qtys[i], units[i], totals[i]))
         heights.append(ROW + LEADING * (len(lines) - 1))
 
@@ -411,39 +416,50 @@ def _draw_first_header(canvas: Canvas, invoice: Invoice, layout: _Layout) -> Non
 
 
 def _draw_rows(canvas: Canvas, layout: _Layout, page: _Page) -> None:
+    """The table header and this page's rows, all in one text object: a `drawString` per
+    cell would open and close a text block and re-measure the string every time."""
     x_index, x_sku, x_name = layout.x_index, layout.x_sku, layout.x_name
     x_qty, x_unit, x_total = layout.x_qty, layout.x_unit, layout.x_total
     y = page.top
     canvas.setFillColorRGB(*HEADER_FILL)
     canvas.rect(LEFT, y - HEADER_ROW, RIGHT - LEFT, HEADER_ROW, stroke=0, fill=1)
-    canvas.setFillGray(1)
-    canvas.setFont(BOLD, SIZE)
+    text = canvas.beginText()
+    at, out = text.setTextOrigin, text.textLine
+    text.setFont(BOLD, SIZE)
+    text.setFillGray(1)
     base = y - 12
-    canvas.drawRightString(x_index, base, "#")
-    canvas.drawString(x_sku, base, "SKU")
-    canvas.drawString(x_name, base, "Item")
-    canvas.drawRightString(x_qty, base, "Qty")
-    canvas.drawRightString(x_unit, base, "Unit price")
-    canvas.drawRightString(x_total, base, "Line total")
+    for x, label in ((x_index, "#"), (x_qty, "Qty"), (x_unit, "Unit price"), (x_total, "Line total")):
+        at(x - stringWidth(label, BOLD, SIZE), base)
+        out(label)
+    for x, label in ((x_sku, "SKU"), (x_name, "Item")):
+        at(x, base)
+        out(label)
     y -= HEADER_ROW
-    canvas.setFillGray(INK)
-    canvas.setFont(FONT, SIZE)
-    draw, draw_right = canvas.drawString, canvas.drawRightString
+    text.setFont(FONT, SIZE)
+    text.setFillGray(INK)
+    width = _REGULAR.stringWidth
     rows, heights, rules = layout.rows, layout.heights, []
     for i in page.rows:
         index, sku, lines, qty, unit, total = rows[i]
         base = y - 10.5
-        draw_right(x_index, base, index)
+        at(x_index - width(index, SIZE), base)
+        out(index)
         if sku:
-            draw(x_sku, base, sku)
-        draw_right(x_qty, base, qty)
-        draw_right(x_unit, base, unit)
-        draw_right(x_total, base, total)
+            at(x_sku, base)
+            out(sku)
+        at(x_qty - width(qty, SIZE), base)
+        out(qty)
+        at(x_unit - width(unit, SIZE), base)
+        out(unit)
+        at(x_total - width(total, SIZE), base)
+        out(total)
         for line in lines:
-            draw(x_name, base, line)
+            at(x_name, base)
+            out(line)
             base -= LEADING
         y -= heights[i]
         rules.append((LEFT, y, RIGHT, y))
+    canvas.drawText(text)
     canvas.setStrokeGray(RULE)
     canvas.setLineWidth(0.4)
     canvas.lines(rules)
@@ -479,19 +495,25 @@ def _draw_notes(canvas: Canvas, layout: _Layout, page: _Page) -> None:
 
 
 def _width(text: str) -> float:
-    return stringWidth(text, FONT, SIZE)
+    return _REGULAR.stringWidth(text, SIZE)
+
+
+def _widest(numbers: list[str]) -> float:
+    """Width of the widest of these formatted numbers, measuring only one: Helvetica's digits
+    are all 556 units wide and its comma and point 278, so width follows this key."""
+    return _width(max(numbers, key=lambda text: 2 * len(text) - text.count(",") - text.count("."), default=""))
 
 
 def _wrap(text: str, font: str, size: float, width: float, max_lines: int = 0) -> list[str]:
     """Greedy word wrap. Standard-font widths simply add up (reportlab does not kern), so
     each word is measured once; a word wider than the line is broken by characters, and
     text beyond `max_lines` ends the last line with an ellipsis."""
-    space = stringWidth(" ", font, size)
+    space = _word_width(" ", font, size)
     lines: list[str] = []
     line: list[str] = []
     used = 0.0
     for word in text.split(" "):
-        w = stringWidth(word, font, size)
+        w = _word_width(word, font, size)
         if line and used + space + w <= width:
             line.append(word)
             used += space + w
@@ -509,6 +531,12 @@ def _wrap(text: str, font: str, size: float, width: float, max_lines: int = 0) -
         lines[max_lines - 1] = _fit(" ".join(lines[max_lines - 1:]), font, size, width)
         del lines[max_lines:]
     return lines
+
+
+@lru_cache(maxsize=8192)
+def _word_width(word: str, font: str, size: float) -> float:
+    """Item names share most of their words, and a worker keeps this cache across jobs."""
+    return stringWidth(word, font, size)
 
 
 def _fit(text: str, font: str, size: float, width: float, mark: str = ELLIPSIS) -> str:

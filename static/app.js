@@ -1,0 +1,382 @@
+// offload demo page: submit a sample invoice, watch every job live over one WebSocket.
+// Plain ES module, no dependencies. Job data only ever reaches the DOM via textContent.
+
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const MAX_ROWS = 50;
+const STATS_EVERY_MS = 3000;
+
+const $ = (id) => document.getElementById(id);
+const jobs = new Map();     // id -> latest job object (wire format) this page shows
+const rows = new Map();     // id -> {li, ...element refs}
+const fetching = new Set(); // ids with a GET /api/jobs/{id} in flight
+
+// ---------------------------------------------------------------- REST
+
+async function api(method, path, body) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new Error("The service cannot be reached.");
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    // not JSON: fall through to the status-based message
+  }
+  if (!response.ok) {
+    throw new Error(data?.error?.message || `${method} ${path} answered HTTP ${response.status}.`);
+  }
+  return data;
+}
+
+async function loadRecent() {
+  try {
+    const page = await api("GET", "/api/jobs?limit=20");
+    const listed = new Set();
+    for (const job of page.jobs) {
+      listed.add(job.id);
+      applyJob(job);
+    }
+    // Jobs shown from earlier that may have finished while the socket was down.
+    for (const job of jobs.values()) {
+      if (!listed.has(job.id) && !TERMINAL.has(job.status)) fetchJob(job.id);
+    }
+  } catch (err) {
+    notice(`Could not load recent jobs: ${err.message}`, "error");
+  }
+}
+
+async function fetchJob(id) {
+  if (fetching.has(id)) return;
+  fetching.add(id);
+  try {
+    applyJob(await api("GET", `/api/jobs/${encodeURIComponent(id)}`));
+  } catch {
+    // gone or unreachable: the next event or reload will tell
+  } finally {
+    fetching.delete(id);
+  }
+}
+
+async function refreshStats() {
+  try {
+    const stats = await api("GET", "/api/stats");
+    for (const li of $("counts").querySelectorAll("li[data-status]")) {
+      li.querySelector(".n").textContent = String(stats.jobs?.[li.dataset.status] ?? 0);
+    }
+    const w = stats.scheduler?.workers;
+    $("workers").querySelector(".n").textContent = w ? `${w.busy}/${w.processes}` : "–";
+  } catch {
+    for (const n of $("counts").querySelectorAll(".n")) n.textContent = "–";
+  } finally {
+    setTimeout(refreshStats, STATS_EVERY_MS);
+  }
+}
+
+// ---------------------------------------------------------------- live events
+
+let socket = null;
+let attempt = 0;
+let connectedBefore = false;
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}/api/ws`);
+  socket = ws;
+  setConnection("connecting", "connecting…");
+  ws.addEventListener("open", () => {
+    attempt = 0;
+    setConnection("live", "live");
+    ws.send(JSON.stringify({ op: "subscribe", all: true }));
+    if (connectedBefore) loadRecent(); // catch jobs that finished while we were away
+    connectedBefore = true;
+  });
+  ws.addEventListener("message", (m) => {
+    let event;
+    try {
+      event = JSON.parse(m.data);
+    } catch {
+      return;
+    }
+    handleEvent(event);
+  });
+  ws.addEventListener("close", () => {
+    if (socket !== ws) return;
+    socket = null;
+    // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 15 s.
+    const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.5 + Math.random() / 2);
+    setConnection("offline", `offline · retrying in ${Math.ceil(delay / 1000)} s`);
+    setTimeout(connect, delay);
+  });
+}
+
+function handleEvent(event) {
+  switch (event.event) {
+    case "snapshot":
+      applyJob(event.job);
+      break;
+    case "status":
+      applyJob(event.job);
+      break;
+    case "progress": {
+      const known = jobs.get(event.jobId);
+      if (!known) {
+        fetchJob(event.jobId);
+      } else if (event.seq > known.seq) {
+        applyJob({ ...known, progress: event.progress, message: event.message, seq: event.seq });
+      }
+      break;
+    }
+    case "error":
+      notice(`Live updates: ${event.message}`, "error");
+      break;
+  }
+}
+
+function setConnection(state, text) {
+  const el = $("conn");
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+// ---------------------------------------------------------------- job list
+
+/** Show `job` unless the page already shows the same or a newer state of it. */
+function applyJob(job) {
+  if (!job || typeof job.id !== "string") return;
+  const known = jobs.get(job.id);
+  if (known && !(job.seq > known.seq)) return;
+  jobs.set(job.id, job);
+  let row = rows.get(job.id);
+  if (!row) {
+    row = createRow(job);
+    rows.set(job.id, row);
+    insertRow(row.li, job);
+    trimRows();
+  }
+  updateRow(row, job);
+  $("empty").hidden = rows.size > 0;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function createRow(job) {
+  const li = el("li", "job");
+  li.dataset.id = job.id;
+  li.dataset.created = job.createdAt ?? "";
+  const head = el("div", "job-head");
+  const id = el("code", "job-id", shortId(job.id));
+  id.title = job.id;
+  const type = el("span", "job-type");
+  const priority = el("span", "job-priority");
+  const created = el("time", "job-time");
+  const badge = el("span", "badge");
+  head.append(id, type, priority, created, badge);
+
+  const bar = el("div", "bar");
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  const fill = el("div", "bar-fill");
+  bar.append(fill);
+
+  const foot = el("div", "job-foot");
+  const message = el("span", "job-message");
+  const attempts = el("span", "job-attempts");
+  foot.append(message, attempts);
+
+  const outcome = el("div", "job-outcome");
+  li.append(head, bar, foot, outcome);
+  return { li, type, priority, created, badge, bar, fill, message, attempts, outcome };
+}
+
+function updateRow(row, job) {
+  const progress = Math.max(0, Math.min(100, Number(job.progress) || 0));
+  row.li.dataset.status = job.status;
+  row.type.textContent = job.type;
+  row.priority.textContent = job.priority;
+  row.priority.dataset.priority = job.priority;
+  if (job.createdAt) {
+    row.created.dateTime = job.createdAt;
+    row.created.textContent = new Date(job.createdAt).toLocaleTimeString();
+  }
+  row.badge.textContent = job.status;
+  row.badge.dataset.status = job.status;
+  row.bar.setAttribute("aria-valuenow", String(progress));
+  row.fill.style.width = `${progress}%`;
+  row.message.textContent = `${progress}%${job.message ? ` · ${job.message}` : ""}`;
+  row.attempts.textContent = `attempts ${job.attempts}/${job.maxRetries + 1}`;
+  row.attempts.title = "attempts made / attempts allowed (1 + maxRetries)";
+
+  row.outcome.replaceChildren();
+  if (job.status === "completed" && job.result?.url) {
+    const href = sameOriginUrl(job.result.url);
+    if (href) {
+      const link = el("a", "download", `Download PDF`);
+      link.href = href;
+      link.download = job.result.filename || "";
+      const name = el("span", "filename", job.result.filename || "");
+      row.outcome.append(link, name);
+    }
+  } else if (job.status === "failed" && job.error) {
+    row.outcome.append(el("p", "job-error", `${job.error.type ? `${job.error.type}: ` : ""}${job.error.message}`));
+  } else if (job.status === "pending" || job.status === "running") {
+    const cancel = el("button", "cancel", "Cancel");
+    cancel.type = "button";
+    cancel.addEventListener("click", () => cancelJob(job.id, cancel));
+    row.outcome.append(cancel);
+  }
+}
+
+function insertRow(li, job) {
+  const list = $("jobs");
+  const created = job.createdAt ?? "";
+  for (const other of list.children) {
+    if (other.dataset.created < created) {
+      list.insertBefore(li, other);
+      return;
+    }
+  }
+  list.append(li);
+}
+
+function trimRows() {
+  const list = $("jobs");
+  let li = list.lastElementChild;
+  while (rows.size > MAX_ROWS && li) {
+    const previous = li.previousElementSibling;
+    const job = jobs.get(li.dataset.id);
+    if (job && TERMINAL.has(job.status)) {
+      li.remove();
+      rows.delete(job.id);
+      jobs.delete(job.id);
+    }
+    li = previous;
+  }
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  try {
+    applyJob(await api("DELETE", `/api/jobs/${encodeURIComponent(id)}`));
+  } catch (err) {
+    notice(err.message, "error");
+    button.disabled = false;
+  }
+}
+
+function shortId(id) {
+  return id.length > 12 ? `${id.slice(0, 12)}…` : id;
+}
+
+/** Only links into this service: a result URL is data, never a javascript: URL. */
+function sameOriginUrl(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.origin === location.origin ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- sample invoice
+
+const CUSTOMERS = [
+  { name: "Ada Lovelace", address: "12 Analytical Row\nLondon NW1 6XE\nUnited Kingdom", email: "ada@example.com" },
+  { name: "Brasserie Lumière SARL", address: "8 rue des Lilas\n69003 Lyon\nFrance", email: "compta@lumiere.example" },
+  { name: "Grünwald Maschinenbau GmbH", address: "Industriestraße 41\n80939 München\nGermany", email: "einkauf@gruenwald.example" },
+  { name: "Studio Aalto Oy", address: "Mannerheimintie 5 B\n00100 Helsinki\nFinland", email: "office@aalto-studio.example" },
+];
+
+const PRODUCTS = [
+  ["Oak standing desk", 489.0], ["Ergonomic office chair", 229.9], ["27\" 4K monitor", 319.0],
+  ["Monitor arm, dual", 89.5], ["USB-C docking station", 149.0], ["Mechanical keyboard", 119.0],
+  ["Wireless mouse", 39.99], ["LED desk lamp", 45.5], ["Cable management tray", 24.9],
+  ["Notebook A5, pack of 5", 12.75], ["Whiteboard markers, set of 8", 6.4], ["Laptop stand, aluminium", 59.0],
+  ["Noise-cancelling headset", 189.0], ["HDMI cable 2 m", 9.95], ["Acoustic wall panel", 74.0],
+  ["Printer paper A4, 500 sheets", 5.49], ["Coffee beans 1 kg", 21.8], ["Support hours (consulting)", 95.0],
+];
+
+const pick = (list) => list[Math.floor(Math.random() * list.length)];
+const randomInt = (lo, hi) => lo + Math.floor(Math.random() * (hi - lo + 1));
+
+function today() {
+  const d = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+function sampleInvoice(itemCount, priority) {
+  const digits = randomInt(4, 6);
+  const number = `INV-${randomInt(10 ** (digits - 1), 10 ** digits - 1)}`;
+  const items = [];
+  for (let i = 0; i < itemCount; i++) {
+    const p = randomInt(0, PRODUCTS.length - 1);
+    const [name, unitPrice] = PRODUCTS[p];
+    items.push({ name, quantity: randomInt(1, 12), unitPrice, sku: `SKU-${String(p + 1).padStart(3, "0")}-${randomInt(100, 999)}` });
+  }
+  return {
+    type: "pdf",
+    data: {
+      type: "invoice",
+      order: { number, date: today(), currency: "EUR", taxRate: 0.2, customer: { ...pick(CUSTOMERS) } },
+      items,
+    },
+    options: { priority },
+  };
+}
+
+// ---------------------------------------------------------------- form
+
+let noticeTimer = null;
+
+function notice(text, kind) {
+  const el = $("notice");
+  el.textContent = text;
+  el.dataset.kind = kind;
+  el.hidden = false;
+  clearTimeout(noticeTimer);
+  if (kind === "ok") noticeTimer = setTimeout(() => { el.hidden = true; }, 6000);
+}
+
+function setUpForm() {
+  const form = $("submit-form");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const count = Number(form.elements.namedItem("lineItems").value);
+    const priority = form.elements.namedItem("priority").value;
+    if (!Number.isInteger(count) || count < 1 || count > 10000) {
+      notice("Line items must be a whole number from 1 to 10000.", "error");
+      return;
+    }
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    const payload = sampleInvoice(count, priority);
+    try {
+      const answer = await api("POST", "/api/jobs", payload);
+      notice(`Submitted invoice ${payload.data.order.number} (${count} items) as ${answer.jobId}.`, "ok");
+      if (!jobs.has(answer.jobId)) fetchJob(answer.jobId); // in case the socket is down
+    } catch (err) {
+      notice(err.message, "error");
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+setUpForm();
+loadRecent();
+refreshStats();
+connect();
