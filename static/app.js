@@ -65,7 +65,21 @@ async function fetchJob(id) {
   }
 }
 
+let statsTimer = null;
+let statsDue = Infinity;
+
+/** Refresh the counts within `delay` ms; an earlier refresh already planned stands. */
+function scheduleStats(delay) {
+  const due = Date.now() + delay;
+  if (due >= statsDue) return;
+  clearTimeout(statsTimer);
+  statsDue = due;
+  statsTimer = setTimeout(refreshStats, delay);
+}
+
 async function refreshStats() {
+  clearTimeout(statsTimer);
+  statsDue = -Infinity; // a request is in flight: the finally below plans the next one
   try {
     const stats = await api("GET", "/api/stats");
     for (const li of $("counts").querySelectorAll("li[data-status]")) {
@@ -76,7 +90,8 @@ async function refreshStats() {
   } catch {
     for (const n of $("counts").querySelectorAll(".n")) n.textContent = "–";
   } finally {
-    setTimeout(refreshStats, STATS_EVERY_MS);
+    statsDue = Infinity;
+    scheduleStats(STATS_EVERY_MS);
   }
 }
 
@@ -124,6 +139,7 @@ function handleEvent(event) {
       break;
     case "status":
       applyJob(event.job);
+      scheduleStats(300); // counts changed: do not wait for the next tick
       break;
     case "progress": {
       const known = jobs.get(event.jobId);
