@@ -33,7 +33,7 @@ def make_invoice(n_items: int, *, seed: int = 1001) -> dict[str, Any]:
     """The JSON `data` of a `pdf` job with `n_items` line items."""
     rng = random.Random(seed + n_items)
     items = []
-    for i in range(n_items):
+    for _ in range(n_items):
         name = f"{rng.choice(_ADJECTIVES)} {rng.choice(_PRODUCTS)}"
         if rng.random() < 0.35:
             name += f", {rng.choice(_DETAILS)}"

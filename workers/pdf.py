@@ -7,7 +7,8 @@ its first job.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from workers.context import Context
 from workers.invoice import parse_invoice, render_invoice

@@ -1,0 +1,146 @@
+"""Invoice render time, warm, in one process: offload's canvas renderer against platypus.
+
+    python benchmarks/bench_render.py [--sizes 10,100,500,5000] [--runs 7] [--no-baseline]
+
+Each size is rendered once to warm up, then `--runs` times; the table shows medians. The
+baselines build the same document the obvious platypus way: a `Table` with `repeatRows=1`
+for the header on every page, and "Page N of M" from a canvasmaker that holds every page
+until `save()` (the usual two-pass recipe). "plain" passes the item names as strings
+(no wrapping, like PERFORMANCE.md's middle column); "para" wraps them in `Paragraph`s,
+which is what matching offload's wrapped names costs in platypus.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import reportlab  # noqa: E402
+from reportlab.lib import colors, rl_accel  # noqa: E402
+from reportlab.lib.pagesizes import A4  # noqa: E402
+from reportlab.lib.styles import getSampleStyleSheet  # noqa: E402
+from reportlab.lib.units import mm  # noqa: E402
+from reportlab.pdfgen.canvas import Canvas  # noqa: E402
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # noqa: E402
+
+from benchmarks.sample import make_invoice  # noqa: E402
+from workers.invoice import Invoice, parse_invoice, render_invoice  # noqa: E402
+
+_PAGE = re.compile(rb"/Type /Page\b(?!s)")
+
+
+class NumberedCanvas(Canvas):
+    """Keeps every page until `save()`, when the page count is finally known."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # noqa: N802 (reportlab's name)
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        for state in self._pages:
+            self.__dict__.update(state)
+            self.setFont("Helvetica", 8)
+            self.drawRightString(A4[0] - 15 * mm, 10 * mm, f"Page {self._pageNumber} of {len(self._pages)}")
+            super().showPage()
+        super().save()
+
+
+def render_platypus(invoice: Invoice, paragraphs: bool) -> bytes:
+    styles = getSampleStyleSheet()
+    cell = styles["BodyText"].clone("cell", fontSize=8.5, leading=10)
+    cur = invoice.currency
+    rows: list[list[Any]] = [["#", "SKU", "Item", "Qty", "Unit price", "Line total"]]
+    for i, item in enumerate(invoice.items, 1):
+        rows.append([
+            str(i), item.sku or "", Paragraph(item.name, cell) if paragraphs else item.name,
+            f"{item.quantity.normalize():,f}", f"{cur} {item.unit_price:,.2f}", f"{cur} {item.line_total:,.2f}",
+        ])
+    table = Table(rows, colWidths=[22, 62, None, 40, 72, 80], repeatRows=1)
+    table.setStyle(TableStyle([
+        ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
+        ("FONT", (0, 1), (-1, -1), "Helvetica", 8.5),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#28384f")),
+        ("TEXTCOLOR", (0, 0), (-1, 0), colors.white),
+        ("ALIGN", (3, 0), (-1, -1), "RIGHT"),
+        ("ALIGN", (0, 0), (0, -1), "RIGHT"),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        ("LINEBELOW", (0, 1), (-1, -1), 0.4, colors.lightgrey),
+    ]))
+    totals = Table([
+        ["Subtotal", f"{cur} {invoice.subtotal:,.2f}"],
+        [f"Tax ({invoice.tax_rate * 100:f}%)", f"{cur} {invoice.tax:,.2f}"],
+        ["Total", f"{cur} {invoice.total:,.2f}"],
+    ], colWidths=[90, 100], hAlign="RIGHT")
+    totals.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "RIGHT"),
+                                ("FONT", (0, 2), (-1, 2), "Helvetica-Bold", 10.5)]))
+    customer = invoice.customer
+    story = [
+        Paragraph("INVOICE", styles["Title"]),
+        Paragraph(f"Invoice no. {invoice.number} &middot; {invoice.date.isoformat()}", styles["Normal"]),
+        Spacer(1, 12),
+        Paragraph("<br/>".join([f"<b>{customer.name}</b>", *customer.address, customer.email or ""]),
+                  styles["Normal"]),
+        Spacer(1, 18), table, Spacer(1, 12), totals,
+    ]
+    if invoice.notes:
+        story += [Spacer(1, 12), Paragraph(invoice.notes, styles["Normal"])]
+    buffer = io.BytesIO()
+    SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm,
+                      topMargin=15 * mm, bottomMargin=18 * mm).build(story, canvasmaker=NumberedCanvas)
+    return buffer.getvalue()
+
+
+def measure(render: Callable[[], bytes], runs: int) -> tuple[float, bytes]:
+    """Median seconds over `runs` after one warm-up, and the last output."""
+    output = render()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        output = render()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10,100,500,5000")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--no-baseline", action="store_true", help="time offload's renderer only")
+    args = parser.parse_args()
+
+    accel = "on" if rl_accel._c_funcs else "OFF (pip install rl-accel)"
+    print(f"Python {platform.python_version()}, reportlab {reportlab.Version}, rl_accel {accel}; "
+          f"median of {args.runs} warm runs\n")
+    header = f"{'items':>6} {'pages':>5} {'size':>8} {'offload':>9} {'per item':>9}"
+    if not args.no_baseline:
+        header += f" {'platypus plain':>15} {'ratio':>6} {'platypus para':>14} {'ratio':>6}"
+    print(header)
+    for size in (int(n) for n in args.sizes.split(",")):
+        invoice = parse_invoice(make_invoice(size))
+        ours, pdf = measure(functools.partial(render_invoice, invoice), args.runs)
+        line = (f"{size:>6} {len(_PAGE.findall(pdf)):>5} {len(pdf) / 1024:>6.0f}KB {ours * 1e3:>7.1f}ms "
+                f"{ours / size * 1e6:>7.1f}us")
+        if not args.no_baseline:
+            runs = args.runs if size < 5000 else max(3, args.runs // 2)
+            plain, _ = measure(functools.partial(render_platypus, invoice, paragraphs=False), runs)
+            para, _ = measure(functools.partial(render_platypus, invoice, paragraphs=True), runs)
+            line += f" {plain * 1e3:>13.1f}ms {plain / ours:>5.1f}x {para * 1e3:>12.1f}ms {para / ours:>5.1f}x"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pypdf import PdfReader
+from reportlab.pdfbase.pdfmetrics import stringWidth
+
+from benchmarks.sample import make_invoice
+from workers import registry
+from workers.context import Context
+from workers.errors import Cancelled, ValidationError
+from workers.invoice import MAX_ITEMS, Invoice, parse_invoice, render_invoice
+from workers.pdf import invoice_filename, pdf, validate_pdf
+
+
+def reference_payload() -> dict[str, Any]:
+    return {
+        "type": "invoice",
+        "order": {
+            "number": "INV-1001",
+            "date": "2026-11-28",
+            "currency": "EUR",
+            "taxRate": 0.2,
+            "customer": {"name": "Ada Lovelace", "address": "12 Analytical Row\nLondon", "email": "ada@example.com"},
+            "notes": "Thank you!",
+        },
+        "items": [
+            {"name": "Difference engine gear", "quantity": 2, "unitPrice": 9.5, "sku": "DE-1"},
+            {"name": "Punched card", "quantity": 100, "unitPrice": 0.05},
+            {"name": "Brass crank", "quantity": 1.5, "unitPrice": 12},
+        ],
+    }
+
+
+def read_pages(content: bytes) -> list[str]:
+    return [page.extract_text() for page in PdfReader(io.BytesIO(content)).pages]
+
+
+def test_parse_reference_payload_into_decimal_money() -> None:
+    invoice = parse_invoice(reference_payload())
+
+    assert invoice.number == "INV-1001"
+    assert invoice.date == date(2026, 11, 28)
+    assert invoice.currency == "EUR"
+    assert invoice.tax_rate == Decimal("0.2")
+    assert invoice.customer.name == "Ada Lovelace"
+    assert invoice.customer.address == ("12 Analytical Row", "London")
+    assert invoice.customer.email == "ada@example.com"
+    assert invoice.notes == "Thank you!"
+    assert [item.sku for item in invoice.items] == ["DE-1", None, None]
+    assert [item.line_total for item in invoice.items] == [Decimal("19.00"), Decimal("5.00"), Decimal("18.00")]
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (Decimal("42.00"), Decimal("8.40"), Decimal("50.40"))
+    assert all(isinstance(item.quantity, Decimal) for item in invoice.items)
+
+
+def test_parse_ignores_unknown_fields() -> None:
+    data = reference_payload()
+    data["source"] = "shop"
+    data["order"]["shipping"] = {"method": "courier"}
+    data["order"]["customer"]["vip"] = True
+    data["items"][0]["color"] = "brass"
+
+    assert parse_invoice(data) == parse_invoice(reference_payload())
+
+
+def test_parse_fills_defaults() -> None:
+    data = reference_payload()
+    for key in ("date", "currency", "taxRate", "notes"):
+        del data["order"][key]
+    data["order"]["number"] = 1001
+
+    invoice = parse_invoice(data, default_currency="chf")
+
+    assert invoice.number == "1001"
+    assert invoice.date == datetime.now(UTC).date()
+    assert invoice.currency == "CHF"
+    assert (invoice.tax_rate, invoice.tax, invoice.total) == (Decimal(0), Decimal("0.00"), Decimal("42.00"))
+    assert invoice.notes is None
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = data
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if value is KeyError:
+            del target[int(last) if isinstance(target, list) else last]
+        elif isinstance(target, list):
+            target[int(last)] = value
+        else:
+            target[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        (_set("order.number", KeyError), "order.number", "is required"),
+        (_set("order.number", "  "), "order.number", "must not be empty"),
+        (_set("order.customer.name", KeyError), "order.customer.name", "is required"),
+        (_set("order.customer", KeyError), "order.customer", "is required"),
+        (_set("order", KeyError), "order", "is required"),
+        (_set("type", "receipt"), "type", 'must be "invoice"'),
+        (_set("items", []), "items", "must not be empty"),
+        (_set("items", {"0": {}}), "items", "must be a list"),
+        (_set("items.2.quantity", "3"), "items[2].quantity", "must be a number greater than 0"),
+        (_set("items.1.quantity", 0), "items[1].quantity", "must be a number greater than 0"),
+        (_set("items.0.quantity", True), "items[0].quantity", "must be a number greater than 0"),
+        (_set("items.0.unitPrice", -0.01), "items[0].unitPrice", "must be a number, 0 or more"),
+        (_set("items.0.unitPrice", False), "items[0].unitPrice", "must be a number, 0 or more"),
+        (_set("items.1.unitPrice", float("nan")), "items[1].unitPrice", "must be a number, 0 or more"),
+        (_set("items.0.unitPrice", 1e12), "items[0].unitPrice", "must be less than 1,000,000,000"),
+        (_set("items.0.name", KeyError), "items[0].name", "is required"),
+        (_set("items.2", "brass crank"), "items[2]", "must be an object"),
+        (_set("order.date", "28/11/2026"), "order.date", "must be a date as YYYY-MM-DD"),
+        (_set("order.date", "2026-02-30"), "order.date", "must be a date as YYYY-MM-DD"),
+        (_set("order.taxRate", 1.5), "order.taxRate", "must be a number between 0 and 1"),
+        (_set("order.taxRate", "20%"), "order.taxRate", "must be a number between 0 and 1"),
+        (_set("order.currency", "EURO"), "order.currency", "must be a 3-letter currency code"),
+        (_set("order.customer.email", 42), "order.customer.email", "must be a string"),
+        (_set("items", [{"name": "x", "quantity": 1, "unitPrice": 1}] * (MAX_ITEMS + 1)), "items",
+         "must have at most 10,000 entries, got 10,001"),
+    ],
+)
+def test_parse_names_the_bad_field(change: Callable[[dict[str, Any]], None], field: str, problem: str) -> None:
+    data = reference_payload()
+    change(data)
+
+    with pytest.raises(ValidationError) as caught:
+        parse_invoice(data)
+
+    assert (caught.value.field, caught.value.problem) == (field, problem)
+
+
+def test_parse_refuses_data_that_is_not_an_object() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_invoice(["invoice"])
+    assert (caught.value.field, caught.value.problem) == ("", "must be an object")
+
+
+def test_line_totals_round_half_up_to_cents() -> None:
+    data = reference_payload()
+    data["items"] = [
+        {"name": "a", "quantity": 3, "unitPrice": 0.335},   # 1.005 -> 1.01 (half-even would give 1.00)
+        {"name": "b", "quantity": 1, "unitPrice": 0.125},   # 0.125 -> 0.13
+        {"name": "c", "quantity": 0.1, "unitPrice": 0.2},   # binary floats would give 0.020000000000000004
+    ]
+    data["order"]["taxRate"] = 0.1
+
+    invoice = parse_invoice(data)
+
+    assert [item.line_total for item in invoice.items] == [Decimal("1.01"), Decimal("0.13"), Decimal("0.02")]
+    assert invoice.subtotal == Decimal("1.16")
+    assert invoice.tax == Decimal("0.12")   # 0.116 -> 0.12
+    assert invoice.total == Decimal("1.28")
+
+
+def test_tax_rounds_half_up() -> None:
+    data = reference_payload()
+    data["items"] = [{"name": "a", "quantity": 1, "unitPrice": 0.25}]
+    data["order"]["taxRate"] = 0.1   # 0.025 -> 0.03 (half-even would give 0.02)
+
+    invoice = parse_invoice(data)
+
+    assert (invoice.subtotal, invoice.tax, invoice.total) == (Decimal("0.25"), Decimal("0.03"), Decimal("0.28"))
+
+
+@pytest.fixture(scope="module")
+def big_invoice() -> tuple[Invoice, bytes, list[tuple[int, str]]]:
+    invoice = parse_invoice(make_invoice(500))
+    reports: list[tuple[int, str]] = []
+    content = render_invoice(invoice, progress=lambda percent, message: reports.append((percent, message)))
+    return invoice, content, reports
+
+
+def test_render_500_items_to_numbered_pages(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
+    invoice, content, _ = big_invoice
+    pages = read_pages(content)
+
+    assert content.startswith(b"%PDF-")
+    assert len(pages) > 1
+    assert invoice.number in pages[0]
+    assert invoice.customer.name in pages[0]
+    assert "INVOICE" in pages[0]
+    assert f"EUR {invoice.total:,.2f}" in pages[-1]
+    assert f"EUR {invoice.total:,.2f}" == "EUR 2,362,987.06"
+    assert "Payment due within 30 days" in pages[-1]
+    for number, text in enumerate(pages, 1):
+        assert f"Page {number} of {len(pages)}" in text
+        assert all(label in text for label in ("#", "SKU", "Item", "Qty", "Unit price", "Line total"))
+
+
+def test_totals_move_to_a_new_page_when_they_do_not_fit() -> None:
+    data = reference_payload()
+    del data["order"]["notes"]
+    reports: list[tuple[int, str]] = []
+    for count in range(40, 200):   # one-line rows: the page count first grows when the totals spill
+        data["items"] = [{"name": f"Part {i}", "quantity": 1, "unitPrice": 2.5} for i in range(count)]
+        reports.clear()
+        content = render_invoice(parse_invoice(data), progress=lambda *report: reports.append(report))
+        if len(reports) == 4:
+            break
+
+    pages = read_pages(content)
+    assert len(pages) == 3
+    assert f"Part {count - 1}" in pages[1]
+    assert "Line total" not in pages[2]
+    assert f"Total\nEUR {Decimal('2.5') * count * Decimal('1.2'):,.2f}" in pages[2]
+    assert "Page 3 of 3" in pages[2]
+    assert [percent for percent, _ in reports] == sorted(percent for percent, _ in reports)
+
+
+def test_render_draws_every_item(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
+    invoice, content, _ = big_invoice
+    text = "\n".join(read_pages(content))
+
+    for item in invoice.items[::50]:
+        assert item.sku is not None and item.sku in text
+        assert f"EUR {item.line_total:,.2f}" in text
+
+
+def test_render_reports_progress_per_page(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
+    _, content, reports = big_invoice
+    page_count = len(PdfReader(io.BytesIO(content)).pages)
+    percents = [percent for percent, _ in reports]
+
+    assert percents == sorted(percents)
+    assert percents[-1] >= 90
+    assert reports[-1] == (95, "writing PDF")
+    assert [message for _, message in reports[:-1]] == [
+        f"rendering page {number} of {page_count}" for number in range(1, page_count + 1)
+    ]
+
+
+def test_render_stops_when_progress_raises() -> None:
+    def cancel(percent: int, message: str) -> None:
+        if percent > 5:
+            raise Cancelled("job_1")
+
+    with pytest.raises(Cancelled):
+        render_invoice(parse_invoice(make_invoice(200)), progress=cancel)
+
+
+def _name_fragments(content: bytes) -> tuple[list[tuple[float, float, str]], float]:
+    """(x, y, text) of every string on page 1, and the x where the Qty header starts."""
+    fragments: list[tuple[float, float, str]] = []
+
+    def visit(text: str, cm: Any, tm: Any, font: Any, size: Any) -> None:
+        if text.strip():
+            fragments.append((tm[4], tm[5], text.strip()))
+
+    PdfReader(io.BytesIO(content)).pages[0].extract_text(visitor_text=visit)
+    qty_x = next(x for x, _, text in fragments if text == "Qty")
+    return fragments, qty_x
+
+
+def test_long_item_name_wraps_inside_its_column() -> None:
+    data = reference_payload()
+    words = [f"word{i:02d}" for i in range(14)]
+    data["items"][1]["name"] = " ".join(words)
+
+    content = render_invoice(parse_invoice(data))
+    fragments, qty_x = _name_fragments(content)
+
+    name_lines = [(x, y, text) for x, y, text in fragments if text.startswith("word")]
+    assert len(name_lines) >= 2
+    assert " ".join(text for _, _, text in name_lines).split() == words
+    assert len({x for x, _, _ in name_lines}) == 1
+    assert all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, _, text in name_lines)
+
+
+def test_overlong_item_name_is_cut_after_three_lines() -> None:
+    data = reference_payload()
+    data["items"][1]["name"] = "lengthy " * 200
+
+    fragments, qty_x = _name_fragments(render_invoice(parse_invoice(data)))
+
+    name_lines = [(x, text) for x, _, text in fragments if text.startswith("lengthy")]
+    assert len(name_lines) == 3
+    assert name_lines[-1][1].endswith("\u2026")
+    assert all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, text in name_lines)
+
+
+def test_pdf_job_returns_named_file_and_reports_progress() -> None:
+    data = reference_payload()
+    data["order"]["number"] = "INV/1001 ü"
+    sent: list[tuple[int, str | None]] = []
+    ctx = Context("job_1", 1, {"currency": "USD"}, lambda percent, message: sent.append((percent, message)))
+
+    output = pdf(copy.deepcopy(data), ctx)
+
+    assert output.filename == "invoice-INV_1001.pdf"
+    assert output.content_type == "application/pdf"
+    assert "INV/1001 ü" in read_pages(output.content)[0]
+    assert sent[0] == (0, "laying out invoice")
+    assert sent[-1] == (95, "writing PDF")
+
+
+def test_pdf_job_is_registered_with_its_validator() -> None:
+    job = registry.get("pdf")
+    data = reference_payload()
+    del data["order"]["customer"]["name"]
+
+    assert job is not None and job.handler is pdf and job.validate is validate_pdf
+    with pytest.raises(ValidationError) as caught:
+        job.validate(data, {"currency": "USD"})
+    assert caught.value.field == "order.customer.name"
+
+
+@pytest.mark.parametrize(
+    ("number", "filename"),
+    [
+        ("INV-1001", "invoice-INV-1001.pdf"),
+        ("../../etc/passwd", "invoice-etc_passwd.pdf"),
+        ("日本", "invoice-unnamed.pdf"),
+    ],
+)
+def test_invoice_filename_is_safe(number: str, filename: str) -> None:
+    assert invoice_filename(number) == filename
