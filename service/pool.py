@@ -59,13 +59,15 @@ class Slot:
     pipe: Connection | None = None
     cancel_flag: Any = None
     job_id: str | None = None
+    #: Held for a job the scheduler is claiming right now.
+    reserved: bool = False
     #: Why the service is stopping the running job ("cancelled", "timeout", "shutdown").
     stop_reason: str | None = None
     processes: list[Any] = field(default_factory=list)
 
     @property
     def busy(self) -> bool:
-        return self.job_id is not None
+        return self.job_id is not None or self.reserved
 
     @property
     def pid(self) -> int | None:
@@ -145,11 +147,18 @@ class WorkerPool:
                 self._loop.remove_reader(pipe.fileno())
 
     # ---- running jobs ------------------------------------------------------------------------
-    def free_slot(self) -> Slot | None:
-        for slot in self.slots:
-            if not slot.busy and slot.executor is not None:
-                return slot
-        return None
+    def reserve(self) -> list[Slot]:
+        """Hold every free slot for jobs about to be claimed; hand back unused ones with
+        `unreserve`."""
+        free = [slot for slot in self.slots if not slot.busy and slot.executor is not None]
+        for slot in free:
+            slot.reserved = True
+        return free
+
+    @staticmethod
+    def unreserve(slots: list[Slot]) -> None:
+        for slot in slots:
+            slot.reserved = False
 
     @property
     def busy_count(self) -> int:
@@ -158,8 +167,8 @@ class WorkerPool:
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
                   settings: dict[str, Any], results_dir: str) -> Outcome:
         """Run one attempt on `slot`; returns when it ended, however it ended."""
-        assert slot.executor is not None and not slot.busy
-        slot.job_id, slot.stop_reason = job_id, None
+        assert slot.executor is not None and slot.job_id is None
+        slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         slot.cancel_flag.value = 0
         try:
             future = slot.executor.submit(runtime.run, job_id, attempt, type, data, settings, results_dir)

@@ -21,7 +21,7 @@ from service.config import Config
 from service.errors import Conflict, ShuttingDown, job_not_found
 from service.events import EventHub
 from service.models import Job, JobStatus, now_ms
-from service.pool import Outcome, WorkerPool
+from service.pool import Outcome, Slot, WorkerPool
 from service.store import Store
 from workers import registry
 from workers.context import Context
@@ -91,52 +91,64 @@ class Scheduler:
 
     # ---- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         renew_every = self.config.jobs.lease_ms / 3000
-        next_renew = asyncio.get_running_loop().time() + renew_every
+        next_renew = loop.time() + renew_every
         while self.accepting:
             self._wake.clear()
+            timeout = max(0.0, next_renew - loop.time())
             try:
-                await self._fill()
-                now = asyncio.get_running_loop().time()
-                if now >= next_renew:
+                idle = await self._fill()
+                if loop.time() >= next_renew:
                     await self._renew()
-                    next_renew = now + renew_every
-                timeout = next_renew - now
-                due = await self.store.next_due(now_ms())
-                if due is not None:
-                    timeout = min(timeout, max(0.0, (due - now_ms()) / 1000))
+                    next_renew = loop.time() + renew_every
+                    timeout = renew_every
+                if idle:  # no due job for a free slot: sleep until the next delayed one is due
+                    due = await self.store.next_due(now_ms())
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, (due - now_ms()) / 1000))
             except Exception:  # the store went away for a moment: try again soon
                 log.exception("scheduler pass failed")
                 timeout = 1.0
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            if not self._wake.is_set():
+                timer = loop.call_later(timeout, self._wake.set)
+                await self._wake.wait()
+                timer.cancel()
 
-    async def _fill(self) -> None:
-        process_types = [n for n in registry.names() if not registry.get(n).is_async]  # type: ignore[union-attr]
-        async_types = [n for n in registry.names() if registry.get(n).is_async]  # type: ignore[union-attr]
+    async def _fill(self) -> bool:
+        """Claim jobs for every free slot; True when a slot stayed free for want of due jobs."""
+        async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
+        process_types = [name for name in registry.names() if name not in async_types]
         while self.accepting:
-            types: list[str] = []
-            if self.pool.free_slot() is not None and len(self.running) - self._async_running < self.pool.size:
-                types += process_types
-            if self._async_running < self.config.workers.async_concurrency:
-                types += async_types
-            if not types:
-                return
-            job = await self.store.claim_next(self.node, now_ms(), self.config.jobs.lease_ms, types)
-            if job is None:
-                return
-            self._start(job)
+            slots = self.pool.reserve()
+            room = self.config.workers.async_concurrency - self._async_running if async_types else 0
+            if not slots and room <= 0:
+                return False
+            jobs: list[Job] = []
+            try:
+                if slots:
+                    jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, process_types,
+                                                  limit=len(slots))
+                for job, slot in zip(jobs, slots):
+                    self._start(job, slot)
+            finally:
+                self.pool.unreserve(slots[len(jobs):])
+            async_jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, async_types,
+                                                limit=room) if room > 0 else []
+            for job in async_jobs:
+                self._start(job, None)
+            filled = (slots and len(jobs) == len(slots)) or (room > 0 and len(async_jobs) == room)
+            if not filled:  # the store has no more due jobs for the room there is
+                return True
+        return False
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, slot: Slot | None) -> None:
         entry = Running(job, job.seq)
         self.running[job.id] = entry
         self.hub.status(job)
-        job_type = registry.get(job.type)
-        if job_type is not None and job_type.is_async:
+        if slot is None:
             self._async_running += 1
-        entry.task = asyncio.get_running_loop().create_task(self._run(entry), name=f"offload-job-{job.id}")
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
 
     async def _renew(self) -> None:
         if self.running:
@@ -146,33 +158,32 @@ class Scheduler:
             self.hub.status(job)
 
     # ---- one attempt -------------------------------------------------------------------------
-    async def _run(self, entry: Running) -> None:
+    async def _run(self, entry: Running, slot: Slot | None) -> None:
         job = entry.job
         job_type = registry.get(job.type)
         timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
         settings = dict(self.config.jobs.settings.get(job.type, {}))
         try:
-            if job_type is None:
-                outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
-                                  "is not registered on this node"}, permanent=True)
-            elif job_type.is_async:
+            if slot is not None:
+                outcome = await self._run_in_process(entry, slot, settings, timeout_ms)
+            elif job_type is not None:
                 outcome = await self._run_async(entry, job_type.handler, settings, timeout_ms)
             else:
-                outcome = await self._run_in_process(entry, settings, timeout_ms)
+                outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
+                                  "is not registered on this node"}, permanent=True)
+            self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._finish(entry, outcome)
         except Exception:
             log.exception("job %s: could not record its outcome; its lease will expire and it will run again", job.id)
         finally:
-            if job_type is not None and job_type.is_async:
+            if slot is None:
                 self._async_running -= 1
             del self.running[job.id]
             entry.done.set()
             self._wake.set()
 
-    async def _run_in_process(self, entry: Running, settings: dict[str, Any], timeout_ms: int) -> Outcome:
+    async def _run_in_process(self, entry: Running, slot: Slot, settings: dict[str, Any], timeout_ms: int) -> Outcome:
         job = entry.job
-        slot = self.pool.free_slot()
-        assert slot is not None
         timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, "timeout")
         try:
             return await self.pool.run(slot, job.id, job.attempts, job.type, job.data, settings,

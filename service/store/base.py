@@ -86,13 +86,15 @@ class Store(ABC):
             raise ValueError("a new job must be pending")
         return await self._insert(job, request_hash)
 
-    async def claim_next(self, node: str, now: int, lease_ms: int, types: Iterable[str] | None = None) -> Job | None:
-        """Take the next due pending job (priority, then due time, then submission order) and
-        mark it running on `node`, counting an attempt."""
+    async def claim(self, node: str, now: int, lease_ms: int, types: Iterable[str] | None = None,
+                    limit: int = 1) -> list[Job]:
+        """Take up to `limit` due pending jobs (priority, then due time, then submission order)
+        and mark them running on `node`, counting an attempt; returned in that order."""
         return await self._claim(
             node, now, lease_ms, None if types is None else tuple(types),
             {"status": JobStatus.RUNNING, "started_at": now, "progress": 0, "message": None,
              "lease_owner": node, "lease_until": now + lease_ms},
+            limit,
         )
 
     def set_progress(self, job: Job, progress: int, message: str | None, seq: int,
@@ -150,7 +152,7 @@ class Store(ABC):
 
     @abstractmethod
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
-                     change: Change) -> Job | None: ...
+                     change: Change, limit: int) -> list[Job]: ...
 
     @abstractmethod
     async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import aiosqlite
 import orjson
@@ -34,7 +34,7 @@ _JOB_COLUMNS = (
 _COLS = ", ".join(_JOB_COLUMNS)
 _JSON_COLUMNS = frozenset({"error", "result", "data"})
 
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[Any]]
+WriteOp = Callable[[sqlite3.Connection], Any]
 
 
 def _encode(column: str, value: Any) -> Any:
@@ -124,6 +124,7 @@ class SQLiteStore(Store):
 
     # ---- group commit ----------------------------------------------------------------------
     async def _write(self, op: WriteOp) -> Any:
+        """Run `op(connection)` in the next write transaction; returns once it committed."""
         if self._closing:
             raise StoreUnavailable("job store is closing")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -143,38 +144,24 @@ class SQLiteStore(Store):
                 if self._closing:
                     return
                 continue
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            rows = [p[:5] for p in progress.values()]
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                if progress:
-                    await db.executemany(
-                        "UPDATE jobs SET progress = ?, message = ?, seq = MAX(seq, ?) "
-                        "WHERE id = ? AND attempts = ? AND status = 'running'",
-                        [p[:5] for p in progress.values()],
-                    )
-                for op, future in ops:
-                    try:
-                        outcomes.append((future, await op(db), None))
-                    except (sqlite3.IntegrityError, IdempotencyMismatch) as exc:
-                        outcomes.append((future, None, exc))
-                await db.commit()
+                # One hop to the connection's thread for the whole batch: a statement per
+                # hop would cost ~120 us each and cap the store near a thousand jobs/s.
+                outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops])
             except sqlite3.Error as exc:
                 error = _translate(exc)
-                try:
-                    await db.rollback()
-                except sqlite3.Error:
-                    pass
                 for _, future in ops:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for future, value, exc in outcomes:
+            for (_, future), (ok, value) in zip(ops, outcomes):
                 if future.done():
                     continue
-                if exc is None:
+                if ok:
                     future.set_result(value)
                 else:
-                    future.set_exception(exc)
+                    future.set_exception(value)
             for *_, on_commit in progress.values():
                 if on_commit is not None:
                     on_commit()
@@ -247,13 +234,13 @@ class SQLiteStore(Store):
                "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
                f"RETURNING {_COLS}")
 
-        async def op(db: aiosqlite.Connection) -> tuple[Job, bool]:
-            rows = await db.execute_fetchall(sql, tuple(values.values()))
+        def op(db: sqlite3.Connection) -> tuple[Job, bool]:
+            rows = db.execute(sql, tuple(values.values())).fetchall()
             if rows:
                 return _job(rows[0]), True
-            existing = await db.execute_fetchall(
+            existing = db.execute(
                 f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                (job.owner, job.idempotency_key))
+                (job.owner, job.idempotency_key)).fetchall()
             found = _job(existing[0])
             if existing[0]["request_hash"] != request_hash:
                 raise IdempotencyMismatch(found)
@@ -262,22 +249,23 @@ class SQLiteStore(Store):
         return await self._write(op)
 
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
-                     change: Change) -> Job | None:
+                     change: Change, limit: int) -> list[Job]:
         sets, params = _assignments(change)
-        pick = "SELECT id FROM jobs WHERE status = 'pending' AND due_at <= ?"
+        # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
+        pick = "SELECT pos FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?"
         pick_params: list[Any] = [now]
         if types is not None:
             if not types:
-                return None
+                return []
             pick += f" AND type IN ({', '.join('?' * len(types))})"
             pick_params.extend(types)
-        pick += " ORDER BY priority, due_at, pos LIMIT 1"
+        pick += " ORDER BY priority, due_at, pos LIMIT ?"
         sql = (f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
-               f"WHERE id = ({pick}) AND status = 'pending' RETURNING {_COLS}, data")
+               f"WHERE pos IN ({pick}) RETURNING {_COLS}, data")
 
-        async def op(db: aiosqlite.Connection) -> Job | None:
-            rows = await db.execute_fetchall(sql, (*params, *pick_params))
-            return _job(rows[0]) if rows else None
+        def op(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(sql, (*params, *pick_params, limit)).fetchall()
+            return sorted((_job(r) for r in rows), key=lambda j: (j.priority, j.due_at, j.created_at))
 
         return await self._write(op)
 
@@ -291,8 +279,8 @@ class SQLiteStore(Store):
                 params.append(value)
         sql = f"UPDATE jobs SET {sets}, seq = seq + 1 WHERE id = ? AND {' AND '.join(where)} RETURNING {_COLS}"
 
-        async def op(db: aiosqlite.Connection) -> Job | None:
-            rows = await db.execute_fetchall(sql, (*params[: len(change)], job_id, *params[len(change):]))
+        def op(db: sqlite3.Connection) -> Job | None:
+            rows = db.execute(sql, (*params[: len(change)], job_id, *params[len(change):])).fetchall()
             return _job(rows[0]) if rows else None
 
         return await self._write(op)
@@ -305,10 +293,9 @@ class SQLiteStore(Store):
         self._wake.set()
 
     async def _renew(self, node: str, until: int) -> int:
-        async def op(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE status = 'running' AND lease_owner = ?", (until, node))
-            return cursor.rowcount
+        def op(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE status = 'running' AND lease_owner = ?", (until, node)).rowcount
 
         return await self._write(op)
 
@@ -322,10 +309,33 @@ class SQLiteStore(Store):
             f"seq = seq + 1 WHERE status = 'running' AND lease_until < ? RETURNING {_COLS}"
         )
 
-        async def op(db: aiosqlite.Connection) -> list[Job]:
-            return [_job(r) for r in await db.execute_fetchall(sql, (now, now, error, now))]
+        def op(db: sqlite3.Connection) -> list[Job]:
+            return [_job(r) for r in db.execute(sql, (now, now, error, now)).fetchall()]
 
         return await self._write(op)
+
+
+def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: list[WriteOp]) -> list[tuple[bool, Any]]:
+    """Runs in the connection's thread: one transaction for everything that arrived together.
+    An op that fails on its own (a constraint, an idempotency clash) fails alone; a database
+    error rolls the whole batch back."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if progress:
+            conn.executemany(
+                "UPDATE jobs SET progress = ?, message = ?, seq = MAX(seq, ?) "
+                "WHERE id = ? AND attempts = ? AND status = 'running'", progress)
+        for op in ops:
+            try:
+                outcomes.append((True, op(conn)))
+            except (sqlite3.IntegrityError, IdempotencyMismatch, ValueError) as exc:
+                outcomes.append((False, exc))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return outcomes
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
