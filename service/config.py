@@ -34,8 +34,12 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    #: Worker processes; 0 means one per CPU.
+    #: The most worker processes; 0 means one per CPU.
     processes: int = 0
+    #: Processes kept running while idle (started with the service); -1 means all of them.
+    min_processes: int = -1
+    #: Seconds an idle process above `min_processes` lives before it retires.
+    idle_timeout: float = 60.0
     #: Jobs of `async def` types that may run at once on the event loop.
     async_concurrency: int = 100
     #: Per-process address-space limit in MiB; 0 means none.
@@ -196,6 +200,8 @@ def validate(cfg: Config) -> None:
         (0 < cfg.server.port < 65536, "[server] port must be between 1 and 65535"),
         (cfg.server.shutdown_grace >= 0, "[server] shutdown_grace must be >= 0"),
         (cfg.workers.processes >= 0, "[workers] processes must be >= 0 (0 = one per CPU)"),
+        (cfg.workers.min_processes >= -1, "[workers] min_processes must be >= 0 (or -1 for all)"),
+        (cfg.workers.idle_timeout > 0, "[workers] idle_timeout must be > 0"),
         (cfg.workers.async_concurrency > 0, "[workers] async_concurrency must be > 0"),
         (cfg.workers.memory_limit_mb >= 0, "[workers] memory_limit_mb must be >= 0"),
         (cfg.workers.start_method in ("forkserver", "spawn", "fork"), "[workers] start_method must be forkserver, spawn or fork"),

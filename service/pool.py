@@ -64,6 +64,13 @@ class Slot:
     #: Why the service is stopping the running job ("cancelled", "timeout", "shutdown").
     stop_reason: str | None = None
     processes: list[Any] = field(default_factory=list)
+    writer: Connection | None = None
+    #: loop.time() when the slot last finished a job (for retiring idle processes).
+    idle_since: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.executor is not None
 
     @property
     def busy(self) -> bool:
@@ -75,10 +82,16 @@ class Slot:
 
 
 class WorkerPool:
-    def __init__(self, size: int, *, modules: tuple[str, ...] = (), memory_limit_mb: int = 0,
+    """Between `min_size` and `size` worker processes: a process starts when a job needs a
+    slot and none is idle, and retires after `idle_timeout` seconds without work."""
+
+    def __init__(self, size: int, *, min_size: int | None = None, idle_timeout: float = 60.0,
+                 modules: tuple[str, ...] = (), memory_limit_mb: int = 0,
                  start_method: str = "forkserver", on_progress: ProgressSink | None = None,
                  stop_grace: float = 0.5) -> None:
         self.size = size
+        self.min_size = size if min_size is None else min(min_size, size)
+        self.idle_timeout = idle_timeout
         self.modules = modules
         self.memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self.stop_grace = stop_grace
@@ -90,18 +103,44 @@ class WorkerPool:
             self._ctx.set_forkserver_preload(["workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules])
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reaper: asyncio.TimerHandle | None = None
         self.replaced = 0
+        self.started = 0
+        self.retired = 0
 
     # ---- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        for slot in self.slots:
+        warm = self.slots[: self.min_size]
+        for slot in warm:
             self._spawn(slot)
-        await asyncio.gather(*(self._warm(slot) for slot in self.slots))
+        await asyncio.gather(*(self._warm(slot) for slot in warm))
+        self._schedule_reaper()
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         for slot in self.slots:
-            self._retire(slot, kill=True)
+            if slot.live:
+                self._retire(slot, kill=True)
+
+    def _schedule_reaper(self) -> None:
+        assert self._loop is not None
+        self._reaper = self._loop.call_later(max(0.05, min(self.idle_timeout / 2, 5.0)), self._reap)
+
+    def _reap(self) -> None:
+        """Retire processes idle for longer than `idle_timeout`, down to `min_size`."""
+        assert self._loop is not None
+        now = self._loop.time()
+        live = sum(slot.live for slot in self.slots)
+        for slot in reversed(self.slots):
+            if live <= self.min_size:
+                break
+            if slot.live and not slot.busy and now - slot.idle_since >= self.idle_timeout:
+                self._retire(slot, kill=False)
+                self.retired += 1
+                live -= 1
+        self._schedule_reaper()
 
     def _spawn(self, slot: Slot) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
@@ -109,17 +148,22 @@ class WorkerPool:
         slot.executor = ProcessPoolExecutor(
             max_workers=1, mp_context=self._ctx, initializer=runtime.initialize,
             initargs=(writer, slot.cancel_flag, self.modules, self.memory_limit_bytes))
-        slot.pipe = reader
-        slot._writer = writer  # type: ignore[attr-defined]  # kept open: the child holds its own copy
+        slot.pipe, slot.writer = reader, writer
         slot.processes = []
         assert self._loop is not None
+        slot.idle_since = self._loop.time()
+        self.started += 1
         self._loop.add_reader(reader.fileno(), self._drain, slot, reader)
 
     async def _warm(self, slot: Slot) -> None:
+        """Start the slot's process now rather than when its first job arrives."""
         assert slot.executor is not None
         future = slot.executor.submit(runtime.ping)
         slot.processes = _processes_of(slot.executor)
-        await asyncio.wrap_future(future)
+        try:
+            await asyncio.wrap_future(future)
+        except BrokenProcessPool:
+            log.warning("a worker process died while starting")
 
     def _retire(self, slot: Slot, *, kill: bool) -> None:
         if slot.pipe is not None and self._loop is not None:
@@ -130,10 +174,11 @@ class WorkerPool:
                     process.kill()
         if slot.executor is not None:
             slot.executor.shutdown(wait=False, cancel_futures=True)
-        for conn in (slot.pipe, getattr(slot, "_writer", None)):
+        for conn in (slot.pipe, slot.writer):
             if conn is not None:
                 conn.close()
-        slot.executor = slot.pipe = None
+        slot.executor = slot.pipe = slot.writer = None
+        slot.processes = []
 
     # ---- progress ---------------------------------------------------------------------------
     def _drain(self, slot: Slot, pipe: Connection) -> None:
@@ -150,7 +195,8 @@ class WorkerPool:
     def reserve(self) -> list[Slot]:
         """Hold every free slot for jobs about to be claimed; hand back unused ones with
         `unreserve`."""
-        free = [slot for slot in self.slots if not slot.busy and slot.executor is not None]
+        free = [slot for slot in self.slots if not slot.busy]
+        free.sort(key=lambda slot: not slot.live)  # warm processes first
         for slot in free:
             slot.reserved = True
         return free
@@ -160,14 +206,13 @@ class WorkerPool:
         for slot in slots:
             slot.reserved = False
 
-    @property
-    def busy_count(self) -> int:
-        return sum(slot.busy for slot in self.slots)
-
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
                   settings: dict[str, Any], results_dir: str) -> Outcome:
         """Run one attempt on `slot`; returns when it ended, however it ended."""
-        assert slot.executor is not None and slot.job_id is None
+        assert slot.job_id is None
+        if not slot.live:
+            self._spawn(slot)
+        assert slot.executor is not None
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         slot.cancel_flag.value = 0
         try:
@@ -186,7 +231,9 @@ class WorkerPool:
                            permanent=raw.get("permanent", False))
         finally:
             slot.job_id = None
-            if slot.executor is None or _broken(slot.executor):
+            assert self._loop is not None
+            slot.idle_since = self._loop.time()
+            if slot.executor is not None and _broken(slot.executor):
                 self._replace(slot)
 
     def _died(self, slot: Slot) -> Outcome:
@@ -203,9 +250,10 @@ class WorkerPool:
     def _replace(self, slot: Slot) -> None:
         self._retire(slot, kill=True)
         self.replaced += 1
-        self._spawn(slot)
-        assert self._loop is not None
-        self._loop.create_task(self._warm(slot))
+        if sum(other.live for other in self.slots) < self.min_size:
+            self._spawn(slot)
+            assert self._loop is not None
+            self._loop.create_task(self._warm(slot))
 
     def stop(self, job_id: str, reason: str) -> bool:
         """Ask the job running `job_id` to stop: at once through its cancel flag, and by
@@ -227,8 +275,11 @@ class WorkerPool:
                     os.kill(process.pid, signal.SIGKILL)
 
     def describe(self) -> dict[str, Any]:
-        return {"processes": self.size, "busy": self.busy_count, "idle": self.size - self.busy_count,
-                "replaced": self.replaced, "pids": [slot.pid for slot in self.slots]}
+        live = [slot for slot in self.slots if slot.live]
+        busy = sum(slot.job_id is not None for slot in self.slots)
+        return {"processes": len(live), "minProcesses": self.min_size, "maxProcesses": self.size,
+                "busy": busy, "idle": len(live) - busy, "started": self.started, "retired": self.retired,
+                "replaced": self.replaced, "pids": [slot.pid for slot in live]}
 
 
 def _processes_of(executor: ProcessPoolExecutor) -> list[Any]:
