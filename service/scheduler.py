@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Config
-from service.errors import Conflict, ShuttingDown, job_not_found
+from service.errors import Conflict, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
 from service.events import EventHub
 from service.models import Job, JobStatus, now_ms
 from service.pool import Outcome, Slot, WorkerPool
@@ -54,6 +54,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._async_running = 0
+        self._pending = 0
+        self._pending_read_at = float("-inf")
         pool.on_progress = self._on_progress
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -84,6 +86,18 @@ class Scheduler:
                 self._stop_entry(entry, "shutdown")
             if pending:
                 await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
+
+    async def admit(self) -> None:
+        """Refuse a submission (429) while the pending queue is at `max_pending`. The count
+        is re-read at most every 250 ms and counted up locally in between."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._pending_read_at > 0.25:
+            self._pending = await self.store.count_pending()
+            self._pending_read_at = loop.time()
+        if self._pending >= self.config.jobs.max_pending:
+            raise TooManyRequests(f"the queue is full ({self.config.jobs.max_pending} pending jobs); "
+                                  "try again shortly", retry_after=1)
+        self._pending += 1
 
     def notify(self) -> None:
         """Something changed (a job was submitted, a slot freed): look for work now."""
@@ -172,9 +186,9 @@ class Scheduler:
                 outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
                                   "is not registered on this node"}, permanent=True)
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
-            entry.final = await self._finish(entry, outcome)
+            entry.final = await self._record(entry, outcome)
         except Exception:
-            log.exception("job %s: could not record its outcome; its lease will expire and it will run again", job.id)
+            log.exception("job %s: could not record its outcome; it will run again", job.id)
         finally:
             if slot is None:
                 self._async_running -= 1
@@ -221,6 +235,20 @@ class Scheduler:
             job_type = registry.get(entry.job.type)
             if job_type is not None and job_type.is_async:
                 entry.task.cancel()
+
+    async def _record(self, entry: Running, outcome: Outcome) -> Job | None:
+        """Record the outcome, waiting out a store fault (locked, read-only, full disk): the
+        outcome is kept in memory and written as soon as the store takes writes again."""
+        delay = 0.05
+        while True:
+            try:
+                return await self._finish(entry, outcome)
+            except StoreUnavailable as exc:
+                if not self.accepting:
+                    raise
+                log.warning("job %s: outcome not recorded yet (%s); retrying in %.1f s", entry.job.id, exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
         job, now = entry.job, now_ms()

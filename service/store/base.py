@@ -70,6 +70,13 @@ class Store(ABC):
     async def count_by_status(self) -> dict[str, int]: ...
 
     @abstractmethod
+    async def count_pending(self) -> int: ...
+
+    @abstractmethod
+    async def count_pending(self, owner: str) -> int:
+        """How many pending jobs `owner` has (the per-user cap); cheap on an index."""
+
+    @abstractmethod
     async def next_due(self, now: int) -> int | None:
         """When the earliest pending job that is not yet due becomes due, if any."""
 

@@ -69,6 +69,8 @@ def _translate(exc: sqlite3.Error) -> StoreUnavailable:
         reason = "the database is read-only"
     elif "full" in text:
         reason = "the disk holding the database is full"
+    elif "disk i/o" in text:
+        reason = "the database file cannot be written (read-only or failing storage)"
     else:
         reason = "the database failed"
     log.error("store unavailable: %s (%s)", reason, exc)
@@ -76,7 +78,7 @@ def _translate(exc: sqlite3.Error) -> StoreUnavailable:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 2000) -> None:
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
@@ -211,6 +213,15 @@ class SQLiteStore(Store):
         counts = {s.value: 0 for s in JobStatus}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
+
+    async def count_pending(self) -> int:
+        rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_due WHERE status = 'pending'")
+        return rows[0]["n"]
+
+    async def count_pending(self, owner: str) -> int:
+        rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_fair "
+                                "WHERE owner = ? AND status = 'pending'", (owner,))
+        return rows[0]["n"]
 
     async def next_due(self, now: int) -> int | None:
         rows = await self._read("SELECT MIN(due_at) AS due FROM jobs WHERE status = 'pending' AND due_at > ?", (now,))
