@@ -10,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from service.errors import Conflict, Invalid, MalformedJSON, NotFound, ShuttingDown, UnsupportedMediaType, job_not_found
-from service.keys import CONFIG, HUB, OWNER, SCHEDULER, STORE
+from service.keys import CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
 from service.models import JobStatus
 from service.store import IdempotencyMismatch
 from service.validation import parse_submission
@@ -51,6 +51,7 @@ async def submit(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     if not scheduler.accepting:
         raise ShuttingDown("the service is shutting down and takes no new jobs; try again shortly")
+    await request.app[LIMITS].admit_submission(owner_of(request), request.app[STORE])
     body = await read_json(request)
     submission = parse_submission(body, owner_of(request), request.app[CONFIG],
                                   request.headers.get("Idempotency-Key"))

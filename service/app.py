@@ -13,10 +13,12 @@ from weakref import WeakSet
 from aiohttp import WSCloseCode, web
 
 from service import api, ws
+from service.auth import Authenticator, authenticate
 from service.config import Config
 from service.errors import NotFound, OffloadError, PayloadTooLarge
 from service.events import EventHub
-from service.keys import CONFIG, HUB, OWNER, SCHEDULER, SOCKETS, STORE
+from service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
+from service.limits import Limits
 from service.pool import WorkerPool
 from service.scheduler import Scheduler
 from service.store import open_store
@@ -24,7 +26,6 @@ from workers import registry
 
 log = logging.getLogger("offload.app")
 STATIC = Path(__file__).resolve().parent.parent / "static"
-MAX_BODY = 16 * 1024 * 1024
 
 
 @web.middleware
@@ -57,16 +58,12 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     return response
 
 
-@web.middleware
-async def single_user(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    request[OWNER] = "local"
-    return await handler(request)
-
-
 def create_app(config: Config) -> web.Application:
     registry.load(config.workers.modules)
-    app = web.Application(middlewares=[errors, single_user], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors, authenticate], client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
+    app[AUTH] = Authenticator.from_config(config)  # ConfigError: no tokens on a public host
+    app[LIMITS] = Limits(config.limits)
     app[HUB] = EventHub()
     app[SOCKETS] = WeakSet()
     app.add_routes(api.routes)

@@ -8,7 +8,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, get_args, get_type_hints
 
 
 class ConfigError(Exception):
@@ -22,6 +22,9 @@ class ServerConfig:
     #: Seconds that running jobs get to finish on SIGTERM/Ctrl-C before they are stopped
     #: and put back to pending.
     shutdown_grace: float = 10.0
+    #: Browser origins (besides the service's own) whose pages may open the WebSocket,
+    #: e.g. ("https://app.example.com",). Needed behind a proxy that changes scheme or port.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,40 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    #: Token → user. Convenient for development; prefer `tokens_file` or the
+    #: OFFLOAD_AUTH_TOKENS environment variable ("user:token,user:token") for real secrets.
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    #: A TOML file of `"<sha256 hex of a token>" = "user"` lines: secrets stored hashed.
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    #: Largest request body in bytes (413 beyond).
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Deepest nesting of arrays/objects in a job's `data` (422 beyond).
+    max_json_depth: int = 32
+    #: Job submissions per second per user, sustained (token bucket; 429 + Retry-After).
+    submit_rate: float = 100.0
+    #: Submissions a user may make at once before `submit_rate` applies.
+    submit_burst: int = 2000
+    #: Pending jobs one user may have queued (429 + Retry-After beyond); 0 = no cap.
+    max_pending_per_user: int = 10_000
+    #: Open WebSocket connections per user (429 beyond).
+    max_websockets_per_user: int = 32
+    #: Largest WebSocket message a client may send, in bytes (closed with 1009 beyond).
+    max_ws_message_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: The folder relative paths resolve against: the config file's folder.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -126,6 +158,8 @@ def _coerce(where: str, value: Any, kind: Any) -> Any:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ValueError
             return tuple(value)
+        if kind_name.startswith("Mapping") and get_args(kind) == (str, str):
+            return _str_mapping(value)
         if kind_name.startswith("Mapping"):
             if not isinstance(value, Mapping):
                 raise ValueError
@@ -135,8 +169,22 @@ def _coerce(where: str, value: Any, kind: Any) -> Any:
     return value
 
 
+def _str_mapping(value: Any) -> dict[str, str]:
+    """A TOML table of strings, or the environment's "user:token,user:token" form (which
+    names the user first, as people write it; the result maps token → user)."""
+    if isinstance(value, str):
+        pairs = [item.strip().partition(":") for item in value.split(",") if item.strip()]
+        if any(not user.strip() or not sep or not token.strip() for user, sep, token in pairs):
+            raise ValueError
+        return {token.strip(): user.strip() for user, _, token in pairs}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError
+    return dict(value)
+
+
 def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
-    cls = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig, "jobs": JobsConfig}[name]
+    cls = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig, "jobs": JobsConfig,
+           "auth": AuthConfig, "limits": LimitsConfig}[name]
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     out = {}
@@ -187,6 +235,8 @@ def load_config(
             store=StoreConfig(**layers["store"]),
             workers=WorkersConfig(**layers["workers"]),
             jobs=JobsConfig(**layers["jobs"]),
+            auth=AuthConfig(**layers["auth"]),
+            limits=LimitsConfig(**layers["limits"]),
             base_dir=base_dir,
         )
     except TypeError as exc:  # pragma: no cover - guarded by _section
@@ -210,7 +260,17 @@ def validate(cfg: Config) -> None:
         (cfg.jobs.timeout_ms > 0, "[jobs] timeout_ms must be > 0"),
         (cfg.jobs.lease_ms >= 1000, "[jobs] lease_ms must be >= 1000"),
         (cfg.store.synchronous.upper() in ("NORMAL", "FULL"), "[store] synchronous must be NORMAL or FULL"),
+        (cfg.limits.max_body_bytes >= 1024, "[limits] max_body_bytes must be >= 1024"),
+        (cfg.limits.max_json_depth >= 1, "[limits] max_json_depth must be >= 1"),
+        (cfg.limits.submit_rate > 0, "[limits] submit_rate must be > 0"),
+        (cfg.limits.submit_burst >= 1, "[limits] submit_burst must be >= 1"),
+        (cfg.limits.max_pending_per_user >= 0, "[limits] max_pending_per_user must be >= 0 (0 = no cap)"),
+        (cfg.limits.max_websockets_per_user >= 1, "[limits] max_websockets_per_user must be >= 1"),
+        (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from service.auth import Authenticator  # here, not at the top: auth reads Config
+
+    Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address

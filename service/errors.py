@@ -28,6 +28,13 @@ class Unauthorized(OffloadError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(OffloadError):
+    """Refused whoever asks (a foreign WebSocket Origin, a non-loopback Host in
+    single-user mode). Never used for another user's job: that is a 404."""
+
+    status, code = 403, "forbidden"
+
+
 class NotFound(OffloadError):
     status, code = 404, "not_found"
 

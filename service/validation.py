@@ -14,6 +14,7 @@ import orjson
 
 from service.config import Config
 from service.errors import Invalid
+from service.limits import check_depth
 from service.models import Job, Priority, new_job_id, now_ms
 from workers import registry
 from workers.errors import ValidationError
@@ -61,6 +62,7 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
     if "data" not in body:
         raise Invalid("data", "is required")
     data = body["data"]
+    check_depth(data, config.limits.max_json_depth)
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise Invalid("options", "must be an object")

@@ -15,22 +15,32 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from service.errors import OffloadError
 from service.events import EventHub, Overflow, Subscriber
-from service.keys import HUB, OWNER, SOCKETS, STORE
+from service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STORE
 from service.models import Job
+from service.origins import check_origin
 from service.store import Store
 
 log = logging.getLogger("offload.ws")
 
-MAX_MESSAGE = 64 * 1024
 PONG = orjson.dumps({"event": "pong"})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_MESSAGE)
+    config, limits, owner = request.app[CONFIG], request.app[LIMITS], request[OWNER]
+    check_origin(request, config.server.allowed_origins)  # 403 before the upgrade
+    limits.open_socket(owner)  # 429 before the upgrade
+    try:
+        return await _serve(request, owner, config.limits.max_ws_message_bytes)
+    finally:
+        limits.close_socket(owner)
+
+
+async def _serve(request: web.Request, owner: str, max_message: int) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_message)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     hub, store = request.app[HUB], request.app[STORE]
-    subscriber = Subscriber(request[OWNER])
+    subscriber = Subscriber(owner)
     writer = asyncio.get_running_loop().create_task(_write(ws, subscriber))
     try:
         async for message in ws:

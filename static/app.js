@@ -10,10 +10,34 @@ const jobs = new Map();     // id -> latest job object (wire format) this page s
 const rows = new Map();     // id -> {li, ...element refs}
 const fetching = new Set(); // ids with a GET /api/jobs/{id} in flight
 
+// ---------------------------------------------------------------- token
+
+// With [auth] tokens configured, every /api call needs one: the user pastes it once and the
+// page keeps it in localStorage (this browser only) and sends it as a Bearer header, or as
+// ?token= on the WebSocket, which cannot carry headers.
+const TOKEN_KEY = "offload.token";
+const token = () => localStorage.getItem(TOKEN_KEY) || "";
+const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
+
+function setUpToken() {
+  const form = $("token-form");
+  form.elements.namedItem("token").value = token();
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = form.elements.namedItem("token").value.trim();
+    if (value) localStorage.setItem(TOKEN_KEY, value);
+    else localStorage.removeItem(TOKEN_KEY);
+    notice(value ? "Token saved in this browser." : "Token removed.", "ok");
+    socket?.close(); // reconnects with the new token
+    loadRecent();
+    refreshStats();
+  });
+}
+
 // ---------------------------------------------------------------- REST
 
 async function api(method, path, body) {
-  const init = { method, headers: { Accept: "application/json" } };
+  const init = { method, headers: { Accept: "application/json", ...authHeaders() } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -29,6 +53,9 @@ async function api(method, path, body) {
     data = await response.json();
   } catch {
     // not JSON: fall through to the status-based message
+  }
+  if (response.status === 401) {
+    throw new Error(`${data?.error?.message || "A token is needed."} Paste your token in the Token field.`);
   }
   if (!response.ok) {
     throw new Error(data?.error?.message || `${method} ${path} answered HTTP ${response.status}.`);
@@ -103,7 +130,8 @@ let connectedBefore = false;
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}/api/ws`);
+  const query = token() ? `?token=${encodeURIComponent(token())}` : "";
+  const ws = new WebSocket(`${scheme}//${location.host}/api/ws${query}`);
   socket = ws;
   setConnection("connecting", "connecting…");
   ws.addEventListener("open", () => {
@@ -243,6 +271,7 @@ function updateRow(row, job) {
       const link = el("a", "download", `Download PDF`);
       link.href = href;
       link.download = job.result.filename || "";
+      link.addEventListener("click", (e) => downloadWithToken(e, href, link.download));
       const name = el("span", "filename", job.result.filename || "");
       row.outcome.append(link, name);
     }
@@ -290,6 +319,24 @@ async function cancelJob(id, button) {
   } catch (err) {
     notice(err.message, "error");
     button.disabled = false;
+  }
+}
+
+/** A plain link cannot send the Bearer header: with a token, fetch the file and save it. */
+async function downloadWithToken(e, href, filename) {
+  if (!token()) return;
+  e.preventDefault();
+  try {
+    const response = await fetch(href, { headers: authHeaders() });
+    if (!response.ok) throw new Error(`the download answered HTTP ${response.status}`);
+    const url = URL.createObjectURL(await response.blob());
+    const a = el("a");
+    a.href = url;
+    a.download = filename;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    notice(`Could not download: ${err.message}`, "error");
   }
 }
 
@@ -392,6 +439,7 @@ function setUpForm() {
   });
 }
 
+setUpToken();
 setUpForm();
 loadRecent();
 refreshStats();

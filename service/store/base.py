@@ -73,7 +73,7 @@ class Store(ABC):
     async def count_pending(self) -> int: ...
 
     @abstractmethod
-    async def count_pending(self, owner: str) -> int:
+    async def count_pending_of(self, owner: str) -> int:
         """How many pending jobs `owner` has (the per-user cap); cheap on an index."""
 
     @abstractmethod

@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until     INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
+-- Per owner: the pending count (per-user cap) and each owner's next job (fair claims).
+CREATE INDEX IF NOT EXISTS jobs_fair ON jobs (owner, priority, due_at, pos) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_until) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, pos);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, pos);

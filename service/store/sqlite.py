@@ -218,7 +218,7 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_due WHERE status = 'pending'")
         return rows[0]["n"]
 
-    async def count_pending(self, owner: str) -> int:
+    async def count_pending_of(self, owner: str) -> int:
         rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_fair "
                                 "WHERE owner = ? AND status = 'pending'", (owner,))
         return rows[0]["n"]

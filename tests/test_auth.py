@@ -1,0 +1,131 @@
+"""Tokens and modes: who may call what, on a real server with two users."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.app import create_app
+from service.auth import Authenticator
+from service.config import ConfigError, load_config
+from tests.conftest import submit
+from tests.users import ALICE, BOB, TOKENS, A
+
+
+# ---- configuration ----------------------------------------------------------------------------
+def test_no_tokens_on_a_public_host_refuses_to_start_and_says_how_to_fix_it():
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={}, overrides={"server": {"host": "0.0.0.0"}})
+    message = str(caught.value)
+    assert "0.0.0.0" in message and "[auth]" in message and "OFFLOAD_AUTH_TOKENS" in message
+
+
+def test_create_app_also_refuses_a_public_host_without_tokens(make_config):
+    with pytest.raises(ConfigError):
+        create_app(make_config().replace(server={"host": "::"}))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_no_tokens_on_loopback_is_single_user(host):
+    config = load_config(None, environ={}, overrides={"server": {"host": host}})
+    assert Authenticator.from_config(config).single_user
+
+
+def test_tokens_from_environment_as_user_colon_token():
+    config = load_config(None, environ={"OFFLOAD_AUTH_TOKENS": f"alice:{ALICE}, bob:{BOB}"},
+                         overrides={"server": {"host": "0.0.0.0"}})
+    auth = Authenticator.from_config(config)
+    assert auth.user_for(ALICE) == "alice" and auth.user_for(BOB) == "bob"
+    assert auth.user_for("alice") is None and auth.user_for(ALICE + "x") is None
+
+
+def test_tokens_file_holds_only_hashes(tmp_path):
+    (tmp_path / "tokens.toml").write_text(
+        f'"{hashlib.sha256(ALICE.encode()).hexdigest()}" = "alice"\n'
+        f'"sha256:{hashlib.sha256(BOB.encode()).hexdigest()}" = "bob"\n')
+    (tmp_path / "config.toml").write_text('[server]\nhost = "0.0.0.0"\n[auth]\ntokens_file = "tokens.toml"\n')
+    config = load_config(tmp_path / "config.toml", environ={})
+    auth = Authenticator.from_config(config)
+    assert auth.user_for(ALICE) == "alice" and auth.user_for(BOB) == "bob"
+    assert auth.user_for(hashlib.sha256(ALICE.encode()).hexdigest()) is None  # the hash is not the token
+
+
+@pytest.mark.parametrize("auth, expected", [
+    ({"tokens": {"short": "alice"}}, "shorter than 16"),
+    ({"tokens": {ALICE: "bad user!"}}, "user name"),
+    ({"tokens_file": "missing.toml"}, "cannot be read"),
+])
+def test_bad_auth_settings_stop_start_up_naming_the_problem(tmp_path, auth, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, environ={}, overrides={"auth": auth, "server": {"host": "127.0.0.1"}})
+
+
+def test_tokens_file_with_plain_tokens_is_refused(tmp_path):
+    (tmp_path / "tokens.toml").write_text(f'"{ALICE}" = "alice"\n')
+    with pytest.raises(ConfigError, match="sha256"):
+        load_config(None, environ={}, overrides={"auth": {"tokens_file": str(tmp_path / "tokens.toml")}})
+
+
+# ---- REST and WebSocket ---------------------------------------------------------------------------
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-0123456789"},
+                                     {"Authorization": f"Basic {ALICE}"}, {"Authorization": "Bearer"}])
+async def test_api_without_a_valid_token_is_401(start_server, headers):
+    client = await start_server(**TOKENS)
+    for method, path in [("GET", "/api/jobs"), ("POST", "/api/jobs"), ("GET", "/api/health"),
+                         ("GET", "/api/stats"), ("GET", "/api/jobs/job_aaaaaaaaaaaaaaaaaaaaaaaa"),
+                         ("DELETE", "/api/jobs/job_aaaaaaaaaaaaaaaaaaaaaaaa"), ("GET", "/api/openapi.json"),
+                         ("GET", "/api/nowhere")]:
+        response = await client.request(method, path, headers=headers)
+        assert response.status == 401, (method, path)
+        assert (await response.json())["error"]["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.headers["X-Request-Id"]
+
+
+async def test_valid_token_works_and_query_token_is_only_for_the_websocket(start_server):
+    client = await start_server(**TOKENS)
+    assert (await client.get("/api/jobs", headers=A)).status == 200
+    assert (await client.get("/api/jobs", headers={"Authorization": f"bearer {ALICE}"})).status == 200
+    assert (await client.get("/api/jobs", params={"token": ALICE})).status == 401
+
+
+async def test_demo_page_stays_public(start_server):
+    client = await start_server(**TOKENS)
+    assert (await client.get("/")).status == 200
+    assert (await client.get("/static/app.js")).status == 200
+
+
+async def test_websocket_needs_a_token_in_header_or_query(start_server):
+    client = await start_server(**TOKENS)
+    for kwargs in ({}, {"params": {"token": "nope-nope-nope-nope"}}, {"headers": {"Authorization": "Bearer nope"}}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await client.ws_connect("/api/ws", **kwargs)
+        assert caught.value.status == 401
+    for kwargs in ({"params": {"token": ALICE}}, {"headers": A}):
+        async with client.ws_connect("/api/ws", **kwargs) as ws:
+            await ws.send_json({"op": "ping"})
+            assert (await ws.receive_json())["event"] == "pong"
+
+
+async def test_single_user_mode_answers_only_to_a_loopback_host_name(start_server):
+    client = await start_server()
+    assert (await client.get("/api/jobs")).status == 200
+    assert (await client.get("/api/jobs", headers={"Host": "localhost"})).status == 200
+    rebound = await client.get("/api/jobs", headers={"Host": "evil.example:8080"})
+    assert rebound.status == 403
+    assert (await rebound.json())["error"]["code"] == "forbidden"
+
+
+async def test_single_user_mode_owner_is_local_and_tokens_are_ignored(start_server):
+    client = await start_server()
+    job_id = await submit(client, "test.echo", {}, delay=3_600_000)
+    response = await client.get(f"/api/jobs/{job_id}", headers={"Authorization": "Bearer whatever"})
+    assert response.status == 200
+
+
+def test_page_script_sends_a_saved_token():
+    script = (Path(__file__).resolve().parent.parent / "static" / "app.js").read_text()
+    assert "localStorage" in script and "Authorization: `Bearer ${token()}`" in script
+    assert "?token=${encodeURIComponent(token())}" in script

@@ -1,0 +1,124 @@
+"""Two users on one real server: neither sees, cancels, downloads or watches the other's jobs."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import eventually, invoice
+from tests.users import TOKENS, A, B, job_as, submit_as
+
+UNKNOWN = "job_aaaaaaaaaaaaaaaaaaaaaaaa"
+
+
+async def _not_found_like_unknown(response: Any, job_id: str) -> None:
+    """Another user's job answers exactly like a job that does not exist."""
+    assert response.status == 404
+    assert await response.json() == {"error": {"code": "not_found", "message": f"no job with id {job_id!r}"}}
+
+
+async def test_other_users_job_is_404_on_get_delete_and_download(start_server):
+    client = await start_server(**TOKENS)
+    done = await submit_as(client, A, "pdf", invoice(3, "INV-A1"))
+    waiting = await submit_as(client, A, "test.echo", {"secret": "a"}, delay=3_600_000)
+    await eventually(lambda: _status_is(client, A, done, "completed"), what="A's invoice")
+
+    for job_id in (done, waiting):
+        await _not_found_like_unknown(await client.get(f"/api/jobs/{job_id}", headers=B), job_id)
+        await _not_found_like_unknown(await client.delete(f"/api/jobs/{job_id}", headers=B), job_id)
+        await _not_found_like_unknown(await client.get(f"/api/jobs/{job_id}/download", headers=B), job_id)
+    # ... and A still has both, untouched
+    assert (await job_as(client, A, waiting))[1]["status"] == "pending"
+    download = await client.get(f"/api/jobs/{done}/download", headers=A)
+    assert download.status == 200 and (await download.read()).startswith(b"%PDF")
+
+
+async def _status_is(client: Any, headers: dict[str, str], job_id: str, status: str) -> bool:
+    return (await job_as(client, headers, job_id))[1]["status"] == status
+
+
+async def test_running_job_of_another_user_cannot_be_cancelled(start_server, tmp_path):
+    client = await start_server(**TOKENS)
+    gate = tmp_path / "gate"
+    running = await submit_as(client, A, "test.steps", {"n": 1, "gate": str(gate)})
+    await eventually(lambda: _status_is(client, A, running, "running"), what="A's job to run")
+    await _not_found_like_unknown(await client.delete(f"/api/jobs/{running}", headers=B), running)
+    gate.write_text("go")
+    await eventually(lambda: _status_is(client, A, running, "completed"), what="A's job to complete")
+
+
+async def test_each_user_lists_only_their_own_jobs(start_server):
+    client = await start_server(**TOKENS)
+    a_ids = [await submit_as(client, A, "test.echo", {"i": i}, delay=3_600_000) for i in range(3)]
+    b_ids = [await submit_as(client, B, "test.echo", {"i": i}, delay=3_600_000) for i in range(2)]
+    for headers, own in ((A, a_ids), (B, b_ids)):
+        seen: list[str] = []
+        params = {"limit": "1"}
+        while True:
+            page = await (await client.get("/api/jobs", params=params, headers=headers)).json()
+            seen += [j["id"] for j in page["jobs"]]
+            if not page["nextCursor"]:
+                break
+            params = {"limit": "1", "cursor": page["nextCursor"]}
+        assert seen == own[::-1]
+        for status in ("pending", "completed"):
+            listed = await (await client.get("/api/jobs", params={"status": status}, headers=headers)).json()
+            assert {j["id"] for j in listed["jobs"]} <= set(own)
+
+
+async def test_idempotency_keys_are_per_user(start_server):
+    client = await start_server(**TOKENS)
+    options = {"idempotencyKey": "order-42", "delay": 3_600_000}
+    a1 = await submit_as(client, A, "test.echo", {"n": 1}, **options)
+    b1 = await submit_as(client, B, "test.echo", {"n": 1}, **options)
+    assert a1 != b1
+    again = await client.post("/api/jobs", headers=A, json={"type": "test.echo", "data": {"n": 1}, "options": options})
+    assert again.status == 200 and (await again.json())["jobId"] == a1
+    assert (await job_as(client, B, b1))[0] == 200 and (await job_as(client, B, a1))[0] == 404
+
+
+async def test_websocket_subscribe_to_another_users_job_gets_not_found_and_no_data(start_server, tmp_path):
+    client = await start_server(**TOKENS)
+    gate = tmp_path / "gate"
+    a_job = await submit_as(client, A, "test.steps", {"n": 5, "gate": str(gate)})
+    async with client.ws_connect("/api/ws", headers=B) as ws:
+        await ws.send_json({"op": "subscribe", "jobId": a_job})
+        error = await ws.receive_json()
+        assert error == {"event": "error", "code": "not_found", "message": f"no job with id {a_job!r}"}
+        gate.write_text("go")
+        await eventually(lambda: _status_is(client, A, a_job, "completed"), what="A's job")
+        await ws.send_json({"op": "ping"})
+        assert await ws.receive_json() == {"event": "pong"}  # nothing about A's job came in between
+
+
+async def test_subscribe_all_streams_only_own_jobs(start_server):
+    client = await start_server(**TOKENS)
+    a_before = await submit_as(client, A, "test.echo", {"who": "a"}, delay=3_600_000)
+    b_before = await submit_as(client, B, "test.echo", {"who": "b"}, delay=3_600_000)
+    async with client.ws_connect("/api/ws", headers=B) as ws_b, client.ws_connect("/api/ws", headers=A) as ws_a:
+        for ws in (ws_b, ws_a):
+            await ws.send_json({"op": "subscribe", "all": True})
+        snapshot_b = await ws_b.receive_json()
+        assert snapshot_b["event"] == "snapshot" and snapshot_b["job"]["id"] == b_before
+        snapshot_a = await ws_a.receive_json()
+        assert snapshot_a["job"]["id"] == a_before
+        a_new = await submit_as(client, A, "test.echo", {"who": "a"})
+        b_new = await submit_as(client, B, "test.echo", {"who": "b"})
+        b_events = await _until_completed(ws_b, b_new)
+        a_events = await _until_completed(ws_a, a_new)
+    assert {_job_id(e) for e in b_events} <= {b_before, b_new}
+    assert {_job_id(e) for e in a_events} <= {a_before, a_new}
+    assert b_events[-1]["job"]["result"] == {"value": {"who": "b"}}
+
+
+def _job_id(event: dict[str, Any]) -> str:
+    return event.get("jobId") or event["job"]["id"]
+
+
+async def _until_completed(ws: Any, job_id: str) -> list[dict[str, Any]]:
+    events = []
+    async with asyncio.timeout(20):
+        while True:
+            event = await ws.receive_json()
+            events.append(event)
+            if event.get("jobId") == job_id and event.get("status") == "completed":
+                return events
