@@ -39,7 +39,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         response = api.json_response(exc.to_wire(), exc.status)
         response.headers.update(exc.headers)
     except web.HTTPRequestEntityTooLarge as exc:
-        response = api.json_response(PayloadTooLarge(f"the request body is larger than {exc.max_size} bytes").to_wire(), 413)
+        limit = request.app[CONFIG].limits.max_body_bytes  # HTTPRequestEntityTooLarge has no max_size since aiohttp 3.10
+        response = api.json_response(PayloadTooLarge(f"the request body is larger than {limit} bytes").to_wire(), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
