@@ -74,11 +74,9 @@ class Scheduler:
         self.accepting = False
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Let the loop finish its pass rather than cancel it: a claim cancelled in flight
+            # could commit jobs as running with nobody to run them.
+            await self._task
         waiting = [r.done.wait() for r in self.running.values()]
         if waiting:
             _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace)
