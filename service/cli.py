@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config)
     print(f"offload: serving on http://{config.server.host}:{config.server.port}  "
           f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
-    web.run_app(app, host=config.server.host, port=config.server.port, loop=loop, print=None,
-                shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=True)
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, loop=loop, print=None,
+                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=True)
+    except (RuntimeError, OSError) as exc:  # the database is taken, the port is in use, …
+        print(f"offload: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,9 +60,10 @@ class Scheduler:
 
     # ---- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        # This node owns the SQLite file alone, so a job still marked running was left by a
-        # previous run of the service: take it back now instead of waiting for its lease.
-        rescued = await self.store.rescue_expired(now_ms() + self.config.jobs.lease_ms + 1, LEASE_LOST)
+        # With a database of its own, a job still marked running was left by a previous run of
+        # this service: take it back now instead of waiting for its lease to run out.
+        horizon = now_ms() + (self.config.jobs.lease_ms + 1 if self.store.exclusive else 0)
+        rescued = await self.store.rescue_expired(horizon, LEASE_LOST)
         for job in rescued:
             log.warning("job %s was running when the service stopped: now %s", job.id, job.status.value)
             self.hub.status(job)

@@ -50,7 +50,11 @@ async def start_server(make_config: Callable[..., Config]):
     async def start(config: Config | None = None, **sections: dict[str, Any]) -> TestClient:
         app = create_app(config or make_config(**sections))
         client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
+        try:
+            await client.start_server()
+        except BaseException:
+            await client.close()
+            raise
         clients.append(client)
         return client
 

@@ -100,3 +100,10 @@ async def test_full_queue_answers_429_with_retry_after(start_server):
         return response.status == 201
 
     await eventually(admitted, what="a submission to be admitted after a cancel")
+
+
+async def test_second_service_on_the_same_database_refuses_to_start(start_server, make_config):
+    config = make_config()
+    await start_server(config)
+    with pytest.raises(RuntimeError, match="another offload service is using"):
+        await start_server(config)

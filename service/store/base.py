@@ -44,6 +44,11 @@ class IdempotencyMismatch(Exception):
 class Store(ABC):
     """A job database. `open()` creates or migrates the schema; `close()` flushes and closes."""
 
+    #: True when one service alone uses this database (an SQLite file): running jobs found
+    #: at start were left by its previous run. False for a database shared by nodes, where
+    #: only expired leases are taken back.
+    exclusive = False
+
     @abstractmethod
     async def open(self) -> None: ...
 
