@@ -103,7 +103,8 @@ class Subscriber:
             self._push([None, snapshot_payload(job)])
         held, self._held = self._held or [], None
         for event in held:
-            self.deliver(event)
+            if self.all or event.job_id in self.jobs:  # not a job whose lookup failed meanwhile
+                self.deliver(event)
 
     def forget(self, job_id: str) -> None:
         self._last_seq.pop(job_id, None)
@@ -142,6 +143,8 @@ class EventHub:
         everyone = self._by_owner.get(event.owner, ())
         admins = self._by_owner.get(None, ())
         for subscriber in (*targets, *everyone, *admins):
+            if subscriber.owner is not None and subscriber.owner != event.owner:
+                continue  # watching another user's job id (the lookup is about to say 404)
             if subscriber.all or event.job_id in subscriber.jobs:
                 subscriber.deliver(event)
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
+
+from service.events import EventHub, Subscriber, progress_event
 
 from tests.conftest import eventually, invoice
 from tests.users import TOKENS, A, B, job_as, submit_as
@@ -122,3 +125,24 @@ async def _until_completed(ws: Any, job_id: str) -> list[dict[str, Any]]:
             events.append(event)
             if event.get("jobId") == job_id and event.get("status") == "completed":
                 return events
+
+
+def test_hub_never_delivers_another_owners_events_even_to_a_watcher_of_that_id():
+    # The WebSocket watches a job id before it has looked the job up (so no event is lost
+    # between snapshot and stream): an event of that id published meanwhile must not reach
+    # a subscriber of another owner, nor be replayed once the lookup found nothing.
+    hub = EventHub()
+    mallory = Subscriber("bob")
+    mallory.hold()
+    hub.watch_job(mallory, "job_x")
+    hub.publish(progress_event("job_x", "alice", 50, "secret", 3))
+    hub.unwatch_job(mallory, "job_x")
+    mallory.release(())
+    assert mallory._queue == deque()
+    hub.watch_job(mallory, "job_x")  # and even while it watches, nothing of alice's arrives
+    hub.publish(progress_event("job_x", "alice", 60, "secret", 4))
+    assert mallory._queue == deque()
+    admin = Subscriber(None)
+    hub.watch_all(admin)
+    hub.publish(progress_event("job_x", "alice", 70, "fine", 5))
+    assert len(admin._queue) == 1

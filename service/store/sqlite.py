@@ -22,6 +22,7 @@ import orjson
 from service.errors import StoreUnavailable
 from service.models import Job, JobStatus, Priority
 from service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
+from service.store.fairness import Served, round_robin
 
 log = logging.getLogger("offload.store")
 
@@ -89,6 +90,8 @@ class SQLiteStore(Store):
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        #: Who had a job started when: fair claims between owners (used in the writer thread only).
+        self._served = Served()
 
     # ---- life cycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -262,21 +265,18 @@ class SQLiteStore(Store):
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
                      change: Change, limit: int) -> list[Job]:
         sets, params = _assignments(change)
-        # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
-        pick = "SELECT pos FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?"
-        pick_params: list[Any] = [now]
-        if types is not None:
-            if not types:
-                return []
-            pick += f" AND type IN ({', '.join('?' * len(types))})"
-            pick_params.extend(types)
-        pick += " ORDER BY priority, due_at, pos LIMIT ?"
-        sql = (f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
-               f"WHERE pos IN ({pick}) RETURNING {_COLS}, data")
+        if types is not None and not types:
+            return []
 
         def op(db: sqlite3.Connection) -> list[Job]:
-            rows = db.execute(sql, (*params, *pick_params, limit)).fetchall()
-            return sorted((_job(r) for r in rows), key=lambda j: (j.priority, j.due_at, j.created_at))
+            chosen = _fair_pick(db, now, types, limit, self._served)
+            if not chosen:
+                return []
+            rows = db.execute(f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
+                              f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
+                              (*params, *chosen)).fetchall()
+            order = {pos: i for i, pos in enumerate(chosen)}
+            return [_job(r) for r in sorted(rows, key=lambda r: order[r["pos"]])]
 
         return await self._write(op)
 
@@ -324,6 +324,44 @@ class SQLiteStore(Store):
             return [_job(r) for r in db.execute(sql, (now, now, error, now)).fetchall()]
 
         return await self._write(op)
+
+
+def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
+               served: Served) -> list[int]:
+    """The `pos` of the due jobs to claim, shared between owners (`fairness.round_robin`).
+    Every query here is an index seek, so a backlog of any size costs the same; the cost
+    grows with the number of owners that have pending jobs (two seeks each)."""
+    type_filter = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
+    type_params = types or ()
+    owners: list[str] = []
+    row = db.execute("SELECT MIN(owner) FROM jobs INDEXED BY jobs_fair WHERE status = 'pending'").fetchone()
+    while row[0] is not None:  # one seek per owner on (owner, …), not a scan of the backlog
+        owners.append(row[0])
+        row = db.execute("SELECT MIN(owner) FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner > ?",
+                         (row[0],)).fetchone()
+    # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
+    due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?{type_filter} "
+           "ORDER BY priority, due_at, pos")
+    if len(owners) <= 1:  # nobody to share with (single-user mode): plain priority order
+        chosen = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
+        if chosen:
+            served.mark(owners[0])
+        return chosen
+    top = db.execute(f"SELECT priority {due} LIMIT 1", (now, *type_params)).fetchone()
+    if top is None:
+        return []
+    running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY owner").fetchall())
+    heads_sql = ("SELECT due_at, pos FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner = ? "
+                 f"AND priority = ? AND due_at <= ?{type_filter} ORDER BY due_at, pos LIMIT ?")
+    chosen: list[int] = []
+    for priority in range(top[0], max(Priority) + 1):
+        want = limit - len(chosen)
+        if want <= 0:
+            break
+        heads = {owner: db.execute(heads_sql, (owner, priority, now, *type_params, want)).fetchall()
+                 for owner in owners}
+        chosen += round_robin(running, served, heads, want)
+    return chosen
 
 
 def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: list[WriteOp]) -> list[tuple[bool, Any]]:
