@@ -19,6 +19,7 @@ from service.errors import NotFound, OffloadError, PayloadTooLarge
 from service.events import EventHub
 from service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
 from service.limits import Limits
+from service.openapi import openapi_json
 from service.pool import WorkerPool
 from service.scheduler import Scheduler
 from service.store import open_store
@@ -69,6 +70,7 @@ def create_app(config: Config) -> web.Application:
     app[SOCKETS] = WeakSet()
     app.add_routes(api.routes)
     app.router.add_get("/api/ws", ws.websocket)
+    app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/", _index)
     if STATIC.is_dir():
         app.router.add_static("/static", STATIC)
