@@ -6,6 +6,7 @@ so running jobs are handed back before the pool stops and the store closes last.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 from weakref import WeakSet
@@ -29,9 +30,15 @@ log = logging.getLogger("offload.app")
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
+#: A caller's own X-Request-Id is kept when it is this tame (it goes into logs and headers).
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
 @web.middleware
 async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    request_id = request.headers.get("X-Request-Id", "")
+    if not _CLIENT_REQUEST_ID.match(request_id):
+        request_id = secrets.token_hex(8)
     try:
         response = await handler(request)
     except OffloadError as exc:
@@ -45,6 +52,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status >= 500:
+            log.error("request %s %s %s: HTTP %d %s", request_id, request.method, request.path, exc.status, exc.reason)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         message = {404: f"no such endpoint: {request.path}",
                    405: f"{request.method} is not allowed on {request.path}"}.get(exc.status, exc.reason)
