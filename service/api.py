@@ -120,7 +120,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     result = job.result or {}
     if "file" not in result:
         raise NotFound(f"job {job_id} has no file to download; its result is in the job's `result`")
-    path = request.app[CONFIG].results_path / result["file"]
+    name = str(result["file"])
+    if not name.startswith(f"{job_id}-") or "/" in name or "\\" in name or "\x00" in name:
+        raise NotFound(f"the result file of job {job_id} is gone")  # names are <job id>-<attempt><ext>
+    path = request.app[CONFIG].results_path / name
     if not path.is_file():
         raise NotFound(f"the result file of job {job_id} is gone")
     filename = _FILENAME_UNSAFE.sub("_", result.get("filename") or path.name).strip() or path.name

@@ -11,7 +11,9 @@ import orjson
 import pytest
 
 from service.keys import STORE
-from tests.conftest import eventually, invoice
+from service.models import JobStatus
+from service.store.base import Fence
+from tests.conftest import eventually, invoice, submit
 from tests.test_limits import nested
 from tests.users import TOKENS, A, B, job_as, submit_as
 
@@ -116,3 +118,18 @@ async def test_hostile_inputs_leave_stored_jobs_intact_and_the_server_answering(
 
 async def _completed(client: Any, job_id: str) -> bool:
     return (await job_as(client, A, job_id))[1]["status"] == "completed"
+
+
+async def test_download_serves_only_files_named_after_the_job(start_server, tmp_path):
+    client = await start_server()
+    store = client.app[STORE]  # type: ignore[index]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve")
+    for name in ("../secret.txt", str(secret), "job_other-1.pdf"):
+        job_id = await submit(client, "test.echo", {}, delay=3_600_000)
+        job = await store.get(job_id)
+        running = (await store._transition(job_id, Fence(frozenset({JobStatus.PENDING})),  # a crafted row
+                                           {"status": JobStatus.RUNNING, "attempts": 1}))
+        await store.complete(running, {"file": name, "filename": "x.txt", "contentType": "text/plain"}, 1)
+        response = await client.get(f"/api/jobs/{job.id}/download")
+        assert response.status == 404 and "do not serve" not in await response.text()
