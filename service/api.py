@@ -55,6 +55,7 @@ async def submit(request: web.Request) -> web.Response:
     body = await read_json(request)
     submission = parse_submission(body, owner_of(request), request.app[CONFIG],
                                   request.headers.get("Idempotency-Key"))
+    await scheduler.admit()
     try:
         job, created = await request.app[STORE].create(submission.job, submission.request_hash)
     except IdempotencyMismatch as exc:

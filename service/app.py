@@ -98,7 +98,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
-    store = open_store(config.store_url, synchronous=config.store.synchronous)
+    store = open_store(config.store_url, synchronous=config.store.synchronous,
+                       busy_timeout_ms=config.store.busy_timeout_ms)
     await store.open()
     config.results_path.mkdir(parents=True, exist_ok=True)
     app[STORE] = store

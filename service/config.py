@@ -33,6 +33,9 @@ class StoreConfig:
     url: str = "sqlite:///data/offload.db"
     #: `NORMAL` survives a crash of the process; `FULL` also survives power loss.
     synchronous: str = "NORMAL"
+    #: How long a write waits for a lock held by another process before the service
+    #: answers 503 store_unavailable.
+    busy_timeout_ms: int = 2000
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class JobsConfig:
     #: How long a running job's lease holds without renewal before another node (or this
     #: one after a restart) takes it back.
     lease_ms: int = 30_000
+    #: Pending jobs the queue holds before submissions get 429 with Retry-After.
+    max_pending: int = 100_000
     results_dir: str = "data/results"
     #: Settings handed to handlers as `ctx.settings`, keyed by job type.
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"pdf": {"currency": "EUR"}})
@@ -258,6 +263,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.jobs.max_retries <= 10, "[jobs] max_retries must be between 0 and 10"),
         (cfg.jobs.retry_delay_ms >= 0, "[jobs] retry_delay_ms must be >= 0"),
         (cfg.jobs.timeout_ms > 0, "[jobs] timeout_ms must be > 0"),
+        (cfg.jobs.max_pending > 0, "[jobs] max_pending must be > 0"),
         (cfg.jobs.lease_ms >= 1000, "[jobs] lease_ms must be >= 1000"),
         (cfg.store.synchronous.upper() in ("NORMAL", "FULL"), "[store] synchronous must be NORMAL or FULL"),
         (cfg.limits.max_body_bytes >= 1024, "[limits] max_body_bytes must be >= 1024"),

@@ -89,14 +89,20 @@ class SQLiteStore(Store):
         self._progress: dict[str, tuple[int, str | None, int, str, int, Callable[[], None] | None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        self._lock: Any = None
         self._task: asyncio.Task[None] | None = None
         #: Who had a job started when: fair claims between owners (used in the writer thread only).
         self._served = Served()
 
     # ---- life cycle ---------------------------------------------------------------------
+    #: One service owns a SQLite file: jobs left running in it belong to a previous run of
+    #: this service, so they can be taken back at start without waiting for their leases.
+    exclusive = True
+
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_file(Path(self.path + ".lock"))
         self._writer = await self._connect()
         await self._writer.execute("PRAGMA journal_mode=WAL")
         version = (await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
@@ -123,6 +129,9 @@ class SQLiteStore(Store):
             if db is not None:
                 await db.close()
         self._reader = self._writer = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
@@ -385,6 +394,21 @@ def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: l
         conn.rollback()
         raise
     return outcomes
+
+
+def _lock_file(path: Path) -> Any:
+    """Hold an exclusive lock on `path` for as long as the store is open; a second service
+    on the same database file stops at start instead of taking the first one's jobs."""
+    import fcntl
+
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise RuntimeError(f"another offload service is using {path.with_suffix('')}; "
+                           "stop it first, or give this one its own [store] url") from None
+    return handle
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
