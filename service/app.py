@@ -46,8 +46,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
             log.error("request %s %s %s: %s", request_id, request.method, request.path, exc.message)
         response = api.json_response(exc.to_wire(), exc.status)
         response.headers.update(exc.headers)
-    except web.HTTPRequestEntityTooLarge as exc:
-        limit = request.app[CONFIG].limits.max_body_bytes  # HTTPRequestEntityTooLarge has no max_size since aiohttp 3.10
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].limits.max_body_bytes
         response = api.json_response(PayloadTooLarge(f"the request body is larger than {limit} bytes").to_wire(), 413)
     except web.HTTPException as exc:
         if exc.status < 400:

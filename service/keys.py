@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     from service.scheduler import Scheduler
     from service.store import Store
 
-CONFIG = web.AppKey("config", "Config")
-STORE = web.AppKey("store", "Store")
-HUB = web.AppKey("hub", "EventHub")
-SCHEDULER = web.AppKey("scheduler", "Scheduler")
-SOCKETS = web.AppKey("sockets", WeakSet)
-AUTH = web.AppKey("auth", "Authenticator")
-LIMITS = web.AppKey("limits", "Limits")
+# The annotations give type checkers the value types; at run time they stay strings, so
+# this module imports nothing from the rest of the service.
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+HUB: web.AppKey[EventHub] = web.AppKey("hub")
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+SOCKETS: web.AppKey[WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+LIMITS: web.AppKey[Limits] = web.AppKey("limits")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)

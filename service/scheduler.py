@@ -142,7 +142,7 @@ class Scheduler:
                 if slots:
                     jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, process_types,
                                                   limit=len(slots))
-                for job, slot in zip(jobs, slots):
+                for job, slot in zip(jobs, slots, strict=False):
                     self._start(job, slot)
             finally:
                 self.pool.unreserve(slots[len(jobs):])

@@ -169,7 +169,7 @@ class SQLiteStore(Store):
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for (_, future), (ok, value) in zip(ops, outcomes):
+            for (_, future), (ok, value) in zip(ops, outcomes, strict=True):
                 if future.done():
                     continue
                 if ok:
