@@ -67,6 +67,9 @@ class Slot:
     writer: Connection | None = None
     #: loop.time() when the slot last finished a job (for retiring idle processes).
     idle_since: float = 0.0
+    #: Counts the attempts run on this slot: a kill scheduled for one attempt must not hit
+    #: the next, which may be a retry of the same job.
+    run_no: int = 0
 
     @property
     def live(self) -> bool:
@@ -157,7 +160,8 @@ class WorkerPool:
 
     async def _warm(self, slot: Slot) -> None:
         """Start the slot's process now rather than when its first job arrives."""
-        assert slot.executor is not None
+        if slot.executor is None:  # retired before this ran (the service is stopping)
+            return
         future = slot.executor.submit(runtime.ping)
         slot.processes = _processes_of(slot.executor)
         try:
@@ -214,6 +218,7 @@ class WorkerPool:
             self._spawn(slot)
         assert slot.executor is not None
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
+        slot.run_no += 1
         slot.cancel_flag.value = 0
         try:
             future = slot.executor.submit(runtime.run, job_id, attempt, type, data, settings, results_dir)
@@ -222,7 +227,7 @@ class WorkerPool:
             try:
                 raw = await asyncio.wrap_future(future)
             except BrokenProcessPool:
-                return self._died(slot)
+                return await self._died(slot)
             if raw["outcome"] == "cancelled" or slot.stop_reason is not None:
                 if raw["outcome"] == "completed" and slot.stop_reason != "shutdown":
                     return Outcome("completed", result=raw["result"])
@@ -236,10 +241,16 @@ class WorkerPool:
             if slot.executor is not None and _broken(slot.executor):
                 self._replace(slot)
 
-    def _died(self, slot: Slot) -> Outcome:
+    async def _died(self, slot: Slot) -> Outcome:
+        # The executor's own thread reaps the dead process. Reading the exit status here at
+        # the same time races with it: the fork server sends the status once, and the reader
+        # that loses sees end-of-file and records 255. So wait for that thread, then read the
+        # status it recorded.
+        manager = getattr(slot.executor, "_executor_manager_thread", None)
+        if manager is not None:
+            await asyncio.to_thread(manager.join, 2.0)
         exitcode = None
         for process in slot.processes:
-            process.join(timeout=1)
             exitcode = process.exitcode
         if slot.stop_reason is not None:
             return Outcome("stopped")
@@ -263,12 +274,12 @@ class WorkerPool:
                 slot.stop_reason = reason
                 slot.cancel_flag.value = 1
                 assert self._loop is not None
-                self._loop.call_later(self.stop_grace, self._kill_if_still, slot, job_id)
+                self._loop.call_later(self.stop_grace, self._kill_if_still, slot, job_id, slot.run_no)
                 return True
         return False
 
-    def _kill_if_still(self, slot: Slot, job_id: str) -> None:
-        if slot.job_id == job_id:
+    def _kill_if_still(self, slot: Slot, job_id: str, run_no: int) -> None:
+        if slot.job_id == job_id and slot.run_no == run_no:
             for process in slot.processes:
                 if process.is_alive():
                     log.info("stopping worker process %s running %s (%s)", process.pid, job_id, slot.stop_reason)

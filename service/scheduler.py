@@ -111,13 +111,17 @@ class Scheduler:
             self._wake.clear()
             timeout = max(0.0, next_renew - loop.time())
             try:
+                looked_at = now_ms()
                 idle = await self._fill()
                 if loop.time() >= next_renew:
                     await self._renew()
                     next_renew = loop.time() + renew_every
                     timeout = renew_every
                 if idle:  # no due job for a free slot: sleep until the next delayed one is due
-                    due = await self.store.next_due(now_ms())
+                    # Counted from before the claims: a job that fell due while they ran (a
+                    # retry with a short backoff) is still ahead of `looked_at`, so the loop
+                    # comes back at once instead of sleeping until the next lease renewal.
+                    due = await self.store.next_due(looked_at)
                     if due is not None:
                         timeout = min(timeout, max(0.0, (due - now_ms()) / 1000))
             except Exception:  # the store went away for a moment: try again soon
