@@ -35,7 +35,6 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 @dataclass
 class Running:
     job: Job
-    seq: int
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,7 +159,7 @@ class Scheduler:
         return False
 
     def _start(self, job: Job, slot: Slot | None) -> None:
-        entry = Running(job, job.seq)
+        entry = Running(job)
         self.running[job.id] = entry
         self.hub.status(job)
         if slot is None:
@@ -292,10 +291,9 @@ class Scheduler:
         entry = self.running.get(job_id)
         if entry is None or entry.job.attempts != attempt:
             return
-        entry.seq += 1
-        seq, owner = entry.seq, entry.job.owner
-        self.store.set_progress(entry.job, percent, message, seq,
-                                on_commit=lambda: self.hub.progress(job_id, owner, percent, message, seq))
+        owner = entry.job.owner
+        self.store.set_progress(entry.job, percent, message,
+                                on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
 
     # ---- cancellation ---------------------------------------------------------------------------
     async def cancel(self, job_id: str, owner: str | None) -> Job:
@@ -322,6 +320,9 @@ class Scheduler:
             self._stop_entry(entry, "cancelled")
             await entry.done.wait()
             if entry.final is not None:
+                if entry.final.status is not JobStatus.CANCELLED:  # it finished before it saw the stop
+                    raise Conflict(f"job {job_id} already {entry.final.status.value}; "
+                                   "only pending or running jobs can be cancelled")
                 return entry.final
         job = await self.store.get(job_id, owner)
         if job is None:

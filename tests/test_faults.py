@@ -198,6 +198,31 @@ async def test_event_seq_is_gap_free_and_increasing_across_retries(start_server,
     assert all(e["job"]["seq"] == e["seq"] for e in mine if e["event"] == "status")
 
 
+async def test_event_seq_is_gap_free_with_progress_and_retries(start_server, tmp_path):
+    """Progress that the store coalesces still takes one seq per write it makes."""
+    client = await start_server(workers={"processes": 1})
+    async with watch(client) as events:
+        job_id = await submit(client, "test.steps", {"n": 50, "gate": str(tmp_path / "never")},
+                              timeout=300, maxRetries=2, retryDelay=10)
+        final = await events.until(job_id, "failed")
+        mine = events.of(job_id)
+    assert final["error"]["type"] == "Timeout" and final["attempts"] == 3
+    seqs = [e["seq"] for e in mine]
+    assert seqs == list(range(len(seqs))), seqs
+    assert seqs[-1] == final["seq"] == (await job(client, job_id))["seq"]
+    statuses = [e["status"] for e in mine if e["event"] == "status"]
+    assert statuses == ["pending", "running", "pending", "running", "pending", "running", "failed"]
+    attempt_progress: list[list[int]] = []
+    for e in mine:
+        if e["event"] == "status" and e["status"] == "running":
+            attempt_progress.append([])
+        elif e["event"] == "progress":
+            attempt_progress[-1].append(e["progress"])
+    assert len(attempt_progress) == 3
+    for values in attempt_progress:  # each attempt reports its own progress, never decreasing
+        assert values and values == sorted(values) and values[-1] == 100, values
+
+
 # ---- 2. timeouts ------------------------------------------------------------------------------
 async def test_cpu_loop_past_timeout_fails_frees_slot_and_spares_other_job(start_server, tmp_path):
     client = await start_server(workers={"processes": 2})
@@ -309,6 +334,28 @@ async def test_cancel_cooperative_job_keeps_its_process(start_server, tmp_path):
     stats = await workers(client)
     assert stats["replaced"] == 0 and stats["pids"] == [pid]
     assert (await job(client, job_id))["status"] == "cancelled"
+
+
+async def test_cancel_racing_completion_is_cancelled_or_409(start_server, tmp_path):
+    """The job finishes while the DELETE is on its way: the answer is either 200 with the
+    job cancelled or 409 with it completed, never 200 with a completed job."""
+    client = await start_server(workers={"processes": 1})
+    answers = set()
+    for i in range(6):
+        gate = tmp_path / f"gate-{i}"
+        job_id = await submit(client, "test.steps", {"n": 1, "gate": str(gate)})
+        await wait_status(client, job_id, "running")
+        gate.write_text("go")
+        response = await client.delete(f"/api/jobs/{job_id}")
+        body = await response.json()
+        final = await wait_status(client, job_id, "completed", "cancelled")
+        if response.status == 200:
+            assert body["status"] == "cancelled" == final["status"], body
+        else:
+            assert response.status == 409 and body["error"]["code"] == "conflict", body
+            assert final["status"] == "completed" and final["result"]["value"]["steps"] == 1
+        answers.add(response.status)
+    assert answers <= {200, 409}
 
 
 async def test_cancel_finished_job_is_409(start_server):
@@ -477,19 +524,23 @@ async def test_store_only_lets_the_current_attempt_finish(store):
     created, _ = await store.create(Job(id="job_fence", type="test.echo", owner="local", data={"x": 1}))
     stale, current = await lose_lease(store, created.id)
     before = await store.get(created.id)
+    published: list[int] = []
 
     now = now_ms()
+    store.set_progress(stale, 90, "stale progress", on_commit=published.append)
     assert await store.complete(stale, {"value": "stale"}, now) is None
     assert await store.fail(stale, {"type": "Broken", "message": "stale"}, now, None) is None
     assert await store.fail(stale, {"type": "Broken", "message": "stale"}, now, now + 10) is None
     assert await store.cancel_running(stale, now) is None
     assert await store.release(stale) is None
-    store.set_progress(stale, 90, "stale progress", stale.seq + 1)
     assert await store.get(created.id) == before  # nothing changed, not even seq
+    assert published == []  # and no progress event for the stale attempt
 
+    store.set_progress(current, 50, "half way", on_commit=published.append)
     done = await store.complete(current, {"value": "current"}, now)
+    assert published == [before.seq + 1]
     assert done is not None and done.status is JobStatus.COMPLETED
-    assert done.result == {"value": "current"} and done.attempts == 2 and done.seq == before.seq + 1
+    assert done.result == {"value": "current"} and done.attempts == 2 and done.seq == before.seq + 2
     assert await store.complete(stale, {"value": "stale"}, now) is None
     assert await store.complete(current, {"value": "twice"}, now) is None  # one ending only
     assert await store.get(created.id) == done

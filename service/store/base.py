@@ -109,11 +109,14 @@ class Store(ABC):
             limit,
         )
 
-    def set_progress(self, job: Job, progress: int, message: str | None, seq: int,
-                     on_commit: Callable[[], None] | None = None) -> None:
+    def set_progress(self, job: Job, progress: int, message: str | None,
+                     on_commit: Callable[[int], None] | None = None) -> None:
         """Record the latest progress of a running attempt. Not awaited: writes that arrive
-        together are coalesced per job, and `on_commit` runs once the value is durable."""
-        self._queue_progress(job.id, job.attempts, progress, message, seq, on_commit)
+        together are coalesced per job into one change, which takes the job's next `seq` like
+        any other change (so a client that keeps up sees no gap in a job's events).
+        `on_commit(seq)` runs once the value is durable; never for an attempt that no longer
+        owns the job."""
+        self._queue_progress(job.id, job.attempts, progress, message, on_commit)
 
     async def complete(self, job: Job, result: Any, now: int) -> Job | None:
         """Finish the attempt `job` describes; None if that attempt no longer owns the job."""
@@ -171,8 +174,8 @@ class Store(ABC):
         """Apply `change` and bump `seq` if the row matches `fence`; return the new row."""
 
     @abstractmethod
-    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None, seq: int,
-                        on_commit: Callable[[], None] | None) -> None: ...
+    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
+                        on_commit: Callable[[int], None] | None) -> None: ...
 
     @abstractmethod
     async def _renew(self, node: str, until: int) -> int: ...

@@ -86,7 +86,7 @@ class SQLiteStore(Store):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._ops: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-        self._progress: dict[str, tuple[int, str | None, int, str, int, Callable[[], None] | None]] = {}
+        self._progress: dict[str, tuple[int, str | None, str, int, Callable[[int], None] | None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._lock: Any = None
@@ -158,11 +158,11 @@ class SQLiteStore(Store):
                 if self._closing:
                     return
                 continue
-            rows = [p[:5] for p in progress.values()]
+            rows = [p[:4] for p in progress.values()]
             try:
                 # One hop to the connection's thread for the whole batch: a statement per
                 # hop would cost ~120 us each and cap the store near a thousand jobs/s.
-                outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops])
+                seqs, outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops])
             except sqlite3.Error as exc:
                 error = _translate(exc)
                 for _, future in ops:
@@ -176,9 +176,9 @@ class SQLiteStore(Store):
                     future.set_result(value)
                 else:
                     future.set_exception(value)
-            for *_, on_commit in progress.values():
-                if on_commit is not None:
-                    on_commit()
+            for (*_, on_commit), seq in zip(progress.values(), seqs, strict=True):
+                if on_commit is not None and seq is not None:
+                    on_commit(seq)
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is not open"
@@ -305,11 +305,11 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None, seq: int,
-                        on_commit: Callable[[], None] | None) -> None:
+    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
+                        on_commit: Callable[[int], None] | None) -> None:
         if self._closing:
             return
-        self._progress[job_id] = (progress, message, seq, job_id, attempt, on_commit)
+        self._progress[job_id] = (progress, message, job_id, attempt, on_commit)
         self._wake.set()
 
     async def _renew(self, node: str, until: int) -> int:
@@ -373,17 +373,21 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     return chosen
 
 
-def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: list[WriteOp]) -> list[tuple[bool, Any]]:
+def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]],
+               ops: list[WriteOp]) -> tuple[list[int | None], list[tuple[bool, Any]]]:
     """Runs in the connection's thread: one transaction for everything that arrived together.
-    An op that fails on its own (a constraint, an idempotency clash) fails alone; a database
-    error rolls the whole batch back."""
+    Returns the new `seq` of each progress row (None when the attempt no longer owns the job)
+    and the outcome of each op. An op that fails on its own (a constraint, an idempotency
+    clash) fails alone; a database error rolls the whole batch back."""
     outcomes: list[tuple[bool, Any]] = []
+    seqs: list[int | None] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if progress:
-            conn.executemany(
-                "UPDATE jobs SET progress = ?, message = ?, seq = MAX(seq, ?) "
-                "WHERE id = ? AND attempts = ? AND status = 'running'", progress)
+        for row in progress:
+            found = conn.execute(
+                "UPDATE jobs SET progress = ?, message = ?, seq = seq + 1 "
+                "WHERE id = ? AND attempts = ? AND status = 'running' RETURNING seq", row).fetchone()
+            seqs.append(None if found is None else found[0])
         for op in ops:
             try:
                 outcomes.append((True, op(conn)))
@@ -393,7 +397,7 @@ def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: l
     except BaseException:
         conn.rollback()
         raise
-    return outcomes
+    return seqs, outcomes
 
 
 def _lock_file(path: Path) -> Any:
