@@ -29,7 +29,7 @@ from tests.conftest import eventually, invoice, submit, wait_status
 
 # ---- helpers ------------------------------------------------------------------------------
 def ms(stamp: str) -> int:
-    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
+    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
 
 
 class Events:
@@ -465,6 +465,8 @@ async def test_idempotency_key_option_answers_the_first_job(start_server):
     assert status == 200 and again["jobId"] == first["jobId"]
     status, both = await post(client, body, key="k-2")  # header and option agree
     assert status == 200 and both["jobId"] == first["jobId"]
+    status, clash = await post(client, body, key="k-3")  # header and option disagree
+    assert status == 422 and clash["error"]["message"].startswith("options.idempotencyKey")
     done = await wait_status(client, first["jobId"], "completed")
     assert done["attempts"] == 1 and done["result"] == {"value": {"order": 2}}
 
@@ -546,14 +548,11 @@ async def test_store_only_lets_the_current_attempt_finish(store):
     assert await store.get(created.id) == done
 
 
-class _Sink:
-    def status(self, job: Job) -> None:
-        pass
-
-
-async def test_scheduler_discards_the_stale_attempts_result_file(store, make_config, tmp_path):
+@pytest.mark.parametrize("stale_ends", ["first", "last"])
+async def test_scheduler_discards_the_stale_attempts_result_file(store, make_config, tmp_path, stale_ends):
     """Both attempts render the invoice in a real worker process; only the current one's
-    file is kept and recorded."""
+    file is kept and recorded, whether the stale attempt ends before the current one or
+    comes back after it completed."""
     config = make_config(workers={"processes": 1, "modules": ["tests.jobtypes"]})
     results = config.results_path
     pool = WorkerPool(1, modules=config.workers.modules)
@@ -572,11 +571,15 @@ async def test_scheduler_discards_the_stale_attempts_result_file(store, make_con
             await entry.done.wait()
             return entry.final
 
-        assert await run(stale) is None  # the attempt that lost its lease
-        assert not (results / f"{created.id}-1.pdf").exists()
-        assert (await store.get(created.id)).status is JobStatus.RUNNING
-
-        final = await run(current)
+        if stale_ends == "first":
+            assert await run(stale) is None  # the attempt that lost its lease
+            assert not (results / f"{created.id}-1.pdf").exists()
+            assert (await store.get(created.id)).status is JobStatus.RUNNING
+            final = await run(current)
+        else:
+            final = await run(current)
+            assert await run(stale) is None
+            assert (await store.get(created.id)) == final
         assert final is not None and final.status is JobStatus.COMPLETED and final.attempts == 2
         assert final.result["file"] == f"{created.id}-2.pdf"
         kept = sorted(p.name for p in results.iterdir())
