@@ -4,12 +4,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from service.app import create_app
 from service.config import ConfigError, load_config
+from service.keys import CONFIG, SCHEDULER
+
+log = logging.getLogger("offload.cli")
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -40,15 +44,56 @@ def main(argv: list[str] | None = None) -> int:
     loop = _loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
+    _stop_gracefully_on_signals(app, loop)
     print(f"offload: serving on http://{config.server.host}:{config.server.port}  "
           f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
     try:
         web.run_app(app, host=config.server.host, port=config.server.port, loop=loop, print=None,
-                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=True)
+                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=False)
     except (RuntimeError, OSError) as exc:  # the database is taken, the port is in use, …
         print(f"offload: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stop_gracefully_on_signals(app: web.Application, loop: asyncio.AbstractEventLoop) -> None:
+    """SIGTERM and Ctrl-C: drain the scheduler first, then let aiohttp shut down.
+
+    aiohttp's own signal handling stops listening at once, so a client would see refused
+    connections instead of the contract's 503 `shutting_down`. Here the first signal stops
+    the scheduler while the server goes on answering: new jobs are refused, running jobs
+    get `shutdown_grace` seconds and are then handed back as pending, and their events
+    still reach the WebSockets. Only then does aiohttp stop listening, close the
+    WebSockets (1001) and the store. A signal during start-up takes effect once start-up
+    is done (stopping half-way would leave it half-built); a second signal changes nothing."""
+    grace = app[CONFIG].server.shutdown_grace
+    started = asyncio.Event()
+    stopping: list[asyncio.Task[None]] = []
+
+    async def on_startup(app: web.Application) -> None:
+        started.set()
+
+    def graceful_exit() -> None:
+        raise web.GracefulExit()
+
+    async def drain() -> None:
+        await started.wait()
+        try:
+            await app[SCHEDULER].stop(grace)
+        finally:
+            loop.call_soon(graceful_exit)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopping:
+            log.info("%s: already stopping; running jobs are stopped %g s after the first signal", sig.name, grace)
+            return
+        log.info("%s: stopping; running jobs get %g s to finish", sig.name, grace)
+        stopping.append(loop.create_task(drain(), name="offload-drain"))
+
+    app.on_startup.append(on_startup)  # after the cleanup contexts: the scheduler runs by then
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 if __name__ == "__main__":

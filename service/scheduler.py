@@ -61,8 +61,9 @@ class Scheduler:
     async def start(self) -> None:
         # With a database of its own, a job still marked running was left by a previous run of
         # this service: take it back now instead of waiting for its lease to run out.
-        horizon = now_ms() + (self.config.jobs.lease_ms + 1 if self.store.exclusive else 0)
-        rescued = await self.store.rescue_expired(horizon, LEASE_LOST)
+        now = now_ms()
+        horizon = now + (self.config.jobs.lease_ms + 1 if self.store.exclusive else 0)
+        rescued = await self.store.rescue_expired(now, LEASE_LOST, expired_before=horizon)
         for job in rescued:
             log.warning("job %s was running when the service stopped: now %s", job.id, job.status.value)
             self.hub.status(job)

@@ -7,9 +7,11 @@ thread to fight the CPU-bound job for the GIL).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], mem
     """ProcessPoolExecutor initializer: runs once in each new worker process."""
     global _pipe, _cancel
     _pipe, _cancel = pipe, cancel_flag
+    _exit_with_service()
     # Ctrl-C in a terminal reaches the whole process group; the service decides when
     # workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -37,6 +40,26 @@ def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], mem
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     registry.load(modules)
+
+
+def _exit_with_service() -> None:
+    """End this process as soon as the service process is gone (killed, crashed).
+
+    Nothing else would: a worker blocks on its executor's call queue, whose write end it
+    holds itself, and a job in a CPU loop never looks up. The fork server and the resource
+    tracker in turn live as long as any worker does. Waiting on the parent's sentinel
+    (readable once the service process has ended, with every start method) costs a
+    blocked thread, no polling; the job the service can no longer record is run again
+    after its restart anyway."""
+    parent = multiprocessing.parent_process()  # the service, also under forkserver
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(70)
+
+    threading.Thread(target=watch, name="offload-service-watch", daemon=True).start()
 
 
 def ping() -> int:

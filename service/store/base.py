@@ -152,10 +152,13 @@ class Store(ABC):
         """Extend every lease `node` holds; returns how many it still holds."""
         return await self._renew(node, until)
 
-    async def rescue_expired(self, now: int, max_attempts_error: dict[str, str]) -> list[Job]:
+    async def rescue_expired(self, now: int, max_attempts_error: dict[str, str], *,
+                             expired_before: int | None = None) -> list[Job]:
         """Take back running jobs whose lease ran out (their node died or hung): each goes
-        back to pending, or to failed when it has used all its attempts."""
-        return await self._rescue(now, max_attempts_error)
+        back to pending, due at `now`, or to failed when it has used all its attempts.
+        `expired_before` (default `now`) moves the lease cut-off, e.g. past every lease when
+        the caller knows their node is gone, without making the rescued jobs wait for it."""
+        return await self._rescue(now if expired_before is None else expired_before, now, max_attempts_error)
 
     @staticmethod
     def _fence_attempt(job: Job) -> Fence:
@@ -181,7 +184,7 @@ class Store(ABC):
     async def _renew(self, node: str, until: int) -> int: ...
 
     @abstractmethod
-    async def _rescue(self, now: int, exhausted_error: dict[str, str]) -> list[Job]: ...
+    async def _rescue(self, expired_before: int, now: int, exhausted_error: dict[str, str]) -> list[Job]: ...
 
 
 __all__ = ["TERMINAL", "Fence", "IdempotencyMismatch", "Page", "Store"]

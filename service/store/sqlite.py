@@ -319,7 +319,7 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    async def _rescue(self, now: int, exhausted_error: dict[str, str]) -> list[Job]:
+    async def _rescue(self, expired_before: int, now: int, exhausted_error: dict[str, str]) -> list[Job]:
         error = orjson.dumps(exhausted_error).decode()
         sql = (
             "UPDATE jobs SET "
@@ -330,7 +330,7 @@ class SQLiteStore(Store):
         )
 
         def op(db: sqlite3.Connection) -> list[Job]:
-            return [_job(r) for r in db.execute(sql, (now, now, error, now)).fetchall()]
+            return [_job(r) for r in db.execute(sql, (now, now, error, expired_before)).fetchall()]
 
         return await self._write(op)
 
