@@ -96,6 +96,9 @@ class LimitsConfig:
     max_websockets_per_user: int = 32
     #: Largest WebSocket message a client may send, in bytes (closed with 1009 beyond).
     max_ws_message_bytes: int = 64 * 1024
+    #: Seconds between pings to each WebSocket; a client that does not answer within half
+    #: of it is dropped.
+    ws_heartbeat_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _serve(request: web.Request, owner: str, max_message: int) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=max_message)
+    ws = web.WebSocketResponse(heartbeat=request.app[CONFIG].limits.ws_heartbeat_s, max_msg_size=max_message)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     hub, store = request.app[HUB], request.app[STORE]

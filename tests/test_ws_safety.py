@@ -2,6 +2,8 @@
 too many connections. The server stays healthy and other sockets keep working."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiohttp import WSCloseCode, WSMsgType
@@ -103,3 +105,30 @@ async def test_websockets_per_user_are_capped_with_429(start_server):
 
     assert await eventually(reconnects, timeout=10, what="a freed connection slot")
     await second.close()
+
+
+async def test_dead_websocket_is_dropped_by_heartbeat(start_server):
+    client = await start_server(limits={"ws_heartbeat_s": 1.0})
+
+    async def subscribers(n):
+        async def check():
+            stats = await (await client.get("/api/stats")).json()
+            return stats["websocket"]["subscribers"] == n
+        return check
+
+    async with client.ws_connect("/api/ws", autoping=False) as deaf:
+        await deaf.send_json({"op": "subscribe", "all": True})
+        await eventually(await subscribers(1), what="the subscription to register")
+        # the client never answers the server's pings, as a vanished peer would not
+        kinds = []
+        async with asyncio.timeout(10):
+            while True:
+                message = await deaf.receive()
+                kinds.append(message.type)
+                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+                    break
+        assert WSMsgType.PING in kinds
+        await eventually(await subscribers(0), what="the silent socket to be dropped")
+    async with client.ws_connect("/api/ws") as healthy:
+        await healthy.send_json({"op": "ping"})
+        assert (await healthy.receive_json())["event"] == "pong"
