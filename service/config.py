@@ -92,6 +92,8 @@ class LimitsConfig:
     submit_burst: int = 2000
     #: Pending jobs one user may have queued (429 + Retry-After beyond); 0 = no cap.
     max_pending_per_user: int = 10_000
+    #: Jobs one user may have running at once (the rest wait their turn); 0 = no cap.
+    max_running_per_user: int = 0
     #: Open WebSocket connections per user (429 beyond).
     max_websockets_per_user: int = 32
     #: Largest WebSocket message a client may send, in bytes (closed with 1009 beyond).

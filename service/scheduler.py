@@ -145,13 +145,13 @@ class Scheduler:
             try:
                 if slots:
                     jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, process_types,
-                                                  limit=len(slots))
+                                                  limit=len(slots), per_owner=self.config.limits.max_running_per_user)
                 for job, slot in zip(jobs, slots, strict=False):
                     self._start(job, slot)
             finally:
                 self.pool.unreserve(slots[len(jobs):])
             async_jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, async_types,
-                                                limit=room) if room > 0 else []
+                                                limit=room, per_owner=self.config.limits.max_running_per_user) if room > 0 else []
             for job in async_jobs:
                 self._start(job, None)
             filled = (slots and len(jobs) == len(slots)) or (room > 0 and len(async_jobs) == room)

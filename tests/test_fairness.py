@@ -77,3 +77,24 @@ async def test_latecomers_job_starts_before_another_users_backlog(start_server, 
 
 async def _is(client, headers, job_id, status) -> bool:  # type: ignore[no-untyped-def]
     return (await job_as(client, headers, job_id))[1]["status"] == status
+
+
+def test_round_robin_respects_the_per_owner_cap():
+    heads = {"a": [(1, 1), (2, 2), (3, 3)], "b": [(4, 4), (5, 5)]}
+    running = {"a": 1}
+    assert round_robin(running, Served(), heads, 5, cap=2) == [4, 1, 5]
+    assert running == {"a": 2, "b": 2}
+
+
+async def test_per_user_running_cap_leaves_slots_to_others(start_server, tmp_path):
+    client = await start_server(workers={"processes": 3}, limits={"max_running_per_user": 1}, **TOKENS)
+    gate = tmp_path / "gate"
+    mine = [await submit_as(client, A, "test.steps", {"n": 1, "gate": str(gate)}) for _ in range(3)]
+    await eventually(lambda: _is(client, A, mine[0], "running"), what="A's first job to run")
+    theirs = await submit_as(client, B, "test.steps", {"n": 1, "gate": str(gate)})
+    await eventually(lambda: _is(client, B, theirs, "running"), what="B's job to run beside A's")
+    statuses = [(await job_as(client, A, j))[1]["status"] for j in mine]
+    assert statuses == ["running", "pending", "pending"]  # a slot is free, but A is at the cap
+    gate.write_text("go")
+    for job_id in mine:
+        await eventually(lambda job_id=job_id: _is(client, A, job_id, "completed"), what="A's jobs, one at a time")

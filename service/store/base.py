@@ -99,14 +99,16 @@ class Store(ABC):
         return await self._insert(job, request_hash)
 
     async def claim(self, node: str, now: int, lease_ms: int, types: Iterable[str] | None = None,
-                    limit: int = 1) -> list[Job]:
-        """Take up to `limit` due pending jobs (priority, then due time, then submission order)
-        and mark them running on `node`, counting an attempt; returned in that order."""
+                    limit: int = 1, per_owner: int = 0) -> list[Job]:
+        """Take up to `limit` due pending jobs and mark them running on `node`, counting an
+        attempt; returned in the order they should start. Priorities are strict; within one,
+        owners share the slots round-robin (each owner's own jobs by due time, then
+        submission order), and with `per_owner` no owner gets more than that many running."""
         return await self._claim(
             node, now, lease_ms, None if types is None else tuple(types),
             {"status": JobStatus.RUNNING, "started_at": now, "progress": 0, "message": None,
              "lease_owner": node, "lease_until": now + lease_ms},
-            limit,
+            limit, per_owner,
         )
 
     def set_progress(self, job: Job, progress: int, message: str | None,
@@ -170,7 +172,7 @@ class Store(ABC):
 
     @abstractmethod
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
-                     change: Change, limit: int) -> list[Job]: ...
+                     change: Change, limit: int, per_owner: int) -> list[Job]: ...
 
     @abstractmethod
     async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:

@@ -35,19 +35,22 @@ class Served:
                 del self.last[name]
 
 
-def round_robin(running: MutableMapping[str, int], served: Served, heads: dict[str, Heads], limit: int) -> list[int]:
+def round_robin(running: MutableMapping[str, int], served: Served, heads: dict[str, Heads], limit: int,
+                cap: int = 0) -> list[int]:
     """The `pos` of up to `limit` jobs to start, in the order they should start. `running`
     and `served` are updated with the jobs picked, so a caller can go on with the next
-    priority."""
+    priority. With `cap`, no user gets more than `cap` jobs running at once."""
     picked: list[int] = []
     queue = [(running.get(owner, 0), served.last.get(owner, 0), owned[0][0], owned[0][1], owner, 0)
-             for owner, owned in heads.items() if owned]
+             for owner, owned in heads.items() if owned and not (cap and running.get(owner, 0) >= cap)]
     heapq.heapify(queue)
     while queue and len(picked) < limit:
         count, _, _, pos, owner, index = heapq.heappop(queue)
         picked.append(pos)
         running[owner] = count + 1
         served.mark(owner)
+        if cap and count + 1 >= cap:
+            continue
         if index + 1 < len(heads[owner]):
             due_at, next_pos = heads[owner][index + 1]
             heapq.heappush(queue, (count + 1, served.last[owner], due_at, next_pos, owner, index + 1))

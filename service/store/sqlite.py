@@ -272,13 +272,13 @@ class SQLiteStore(Store):
         return await self._write(op)
 
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
-                     change: Change, limit: int) -> list[Job]:
+                     change: Change, limit: int, per_owner: int) -> list[Job]:
         sets, params = _assignments(change)
         if types is not None and not types:
             return []
 
         def op(db: sqlite3.Connection) -> list[Job]:
-            chosen = _fair_pick(db, now, types, limit, self._served)
+            chosen = _fair_pick(db, now, types, limit, self._served, per_owner)
             if not chosen:
                 return []
             rows = db.execute(f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
@@ -336,7 +336,7 @@ class SQLiteStore(Store):
 
 
 def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
-               served: Served) -> list[int]:
+               served: Served, cap: int = 0) -> list[int]:
     """The `pos` of the due jobs to claim, shared between owners (`fairness.round_robin`).
     Every query here is an index seek, so a backlog of any size costs the same; the cost
     grows with the number of owners that have pending jobs (two seeks each)."""
@@ -351,7 +351,7 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
     due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?{type_filter} "
            "ORDER BY priority, due_at, pos")
-    if len(owners) <= 1:  # nobody to share with (single-user mode): plain priority order
+    if len(owners) <= 1 and not cap:  # nobody to share with (single-user mode): plain priority order
         chosen = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
         if chosen:
             served.mark(owners[0])
@@ -359,7 +359,8 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     top = db.execute(f"SELECT priority {due} LIMIT 1", (now, *type_params)).fetchone()
     if top is None:
         return []
-    running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY owner").fetchall())
+    running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs INDEXED BY jobs_lease WHERE status = 'running' "
+                              "GROUP BY owner").fetchall())
     heads_sql = ("SELECT due_at, pos FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner = ? "
                  f"AND priority = ? AND due_at <= ?{type_filter} ORDER BY due_at, pos LIMIT ?")
     chosen: list[int] = []
@@ -369,7 +370,7 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
             break
         heads = {owner: db.execute(heads_sql, (owner, priority, now, *type_params, want)).fetchall()
                  for owner in owners}
-        chosen += round_robin(running, served, heads, want)
+        chosen += round_robin(running, served, heads, want, cap)
     return chosen
 
 
