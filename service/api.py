@@ -61,8 +61,7 @@ async def submit(request: web.Request) -> web.Response:
     except IdempotencyMismatch as exc:
         raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
     if created:
-        scheduler.notify()
-        request.app[HUB].status(job)
+        scheduler.submitted(job)
     answer = {"jobId": job.id, "status": job.status.value, "createdAt": job.to_wire()["createdAt"]}
     return json_response(answer, 201 if created else 200)
 

@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, web
 from service import api, ws
 from service.auth import Authenticator, authenticate
 from service.config import Config
-from service.errors import NotFound, OffloadError, PayloadTooLarge
+from service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from service.events import EventHub
 from service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
 from service.limits import Limits
@@ -42,8 +42,9 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     try:
         response = await handler(request)
     except OffloadError as exc:
-        if exc.status >= 500:
-            log.error("request %s %s %s: %s", request_id, request.method, request.path, exc.message)
+        if exc.status >= 500:  # 503s say what is wrong already (draining, store fault): a warning
+            level = logging.WARNING if isinstance(exc, Unavailable) else logging.ERROR
+            log.log(level, "request %s %s %s: %s", request_id, request.method, request.path, exc.message)
         response = api.json_response(exc.to_wire(), exc.status)
         response.headers.update(exc.headers)
     except web.HTTPRequestEntityTooLarge:

@@ -108,6 +108,8 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self.replaced = 0
+        #: Set while the service stops: a process that ends is not replaced.
+        self.draining = False
         self.started = 0
         self.retired = 0
 
@@ -261,7 +263,7 @@ class WorkerPool:
     def _replace(self, slot: Slot) -> None:
         self._retire(slot, kill=True)
         self.replaced += 1
-        if sum(other.live for other in self.slots) < self.min_size:
+        if not self.draining and sum(other.live for other in self.slots) < self.min_size:
             self._spawn(slot)
             assert self._loop is not None
             self._loop.create_task(self._warm(slot))

@@ -81,6 +81,7 @@ class Scheduler:
         waiting = [r.done.wait() for r in self.running.values()]
         if waiting:
             _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace)
+            self.pool.draining = True
             for entry in list(self.running.values()):
                 self._stop_entry(entry, "shutdown")
             if pending:
@@ -96,7 +97,13 @@ class Scheduler:
         if self._pending >= self.config.jobs.max_pending:
             raise TooManyRequests(f"the queue is full ({self.config.jobs.max_pending} pending jobs); "
                                   "try again shortly", retry_after=1)
+
+    def submitted(self, job: Job) -> None:
+        """A new job was stored: count it against `max_pending`, tell its watchers, and run
+        it if a slot is free."""
         self._pending += 1
+        self.hub.status(job)
+        self._wake.set()
 
     def notify(self) -> None:
         """Something changed (a job was submitted, a slot freed): look for work now."""
