@@ -29,11 +29,13 @@ class Event:
     seq: int
     kind: str  # "status" | "progress"
     payload: bytes
+    #: A status event with a final status (completed, failed, cancelled).
+    terminal: bool = False
 
 
 def status_event(job: Job) -> Event:
     body = {"event": "status", "jobId": job.id, "status": job.status.value, "job": job.to_wire(), "seq": job.seq}
-    return Event(job.id, job.owner, job.seq, "status", orjson.dumps(body))
+    return Event(job.id, job.owner, job.seq, "status", orjson.dumps(body), job.status.terminal)
 
 
 def progress_event(job_id: str, owner: str, progress: int, message: str | None, seq: int) -> Event:
@@ -71,7 +73,12 @@ class Subscriber:
             return
         if event.seq <= self._last_seq.get(event.job_id, -1):
             return
-        self._last_seq[event.job_id] = event.seq
+        if event.terminal and event.job_id not in self.jobs:
+            # Nothing follows a final status: a `subscribe all` connection need not remember
+            # the job, or it would remember every job it ever saw.
+            self._last_seq.pop(event.job_id, None)
+        else:
+            self._last_seq[event.job_id] = event.seq
         if event.kind == "progress":
             item = self._progress_items.get(event.job_id)
             if item is not None:
