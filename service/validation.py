@@ -26,7 +26,7 @@ MAX_DELAY_MS = 365 * 24 * 3600 * 1000
 @dataclass(frozen=True)
 class Submission:
     job: Job
-    request_hash: str
+    request_hash: str | None
 
 
 def _int(options: dict[str, Any], key: str, low: int, high: int) -> int | None:
@@ -106,7 +106,9 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         retry_delay_ms=config.jobs.retry_delay_ms if retry_delay is None else retry_delay,
         timeout_ms=timeout, created_at=created, due_at=due, idempotency_key=key,
     )
-    fingerprint = hashlib.sha256(orjson.dumps([type_name, data, {k: v for k, v in options.items()
-                                                                  if k != "idempotencyKey"}],
-                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
+    fingerprint = None
+    if key is not None:  # only a keyed submission is ever compared with an earlier one
+        fingerprint = hashlib.sha256(orjson.dumps([type_name, data, {k: v for k, v in options.items()
+                                                                      if k != "idempotencyKey"}],
+                                                  option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Submission(job, fingerprint)

@@ -15,7 +15,7 @@ from benchmarks.sample import make_invoice
 from workers import registry
 from workers.context import Context
 from workers.errors import Cancelled, ValidationError
-from workers.invoice import MAX_ITEMS, Invoice, parse_invoice, render_invoice
+from workers.invoice import MAX_ITEMS, Invoice, check_invoice, parse_invoice, render_invoice
 from workers.pdf import invoice_filename, pdf, validate_pdf
 
 
@@ -130,14 +130,24 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
          "must have at most 10,000 entries, got 10,001"),
     ],
 )
-def test_parse_names_the_bad_field(change: Callable[[dict[str, Any]], None], field: str, problem: str) -> None:
+@pytest.mark.parametrize("check", [parse_invoice, check_invoice], ids=["parse", "check"])
+def test_parse_names_the_bad_field(check: Callable[..., Any], change: Callable[[dict[str, Any]], None],
+                                   field: str, problem: str) -> None:
     data = reference_payload()
     change(data)
 
     with pytest.raises(ValidationError) as caught:
-        parse_invoice(data)
+        check(data)
 
     assert (caught.value.field, caught.value.problem) == (field, problem)
+
+
+def test_check_accepts_what_parse_accepts() -> None:
+    data = reference_payload()
+    data["items"] += [{"name": "odd", "quantity": 0.5, "unitPrice": 0, "sku": 7},
+                      {"name": "  spaced  ", "quantity": 2, "unitPrice": 1.25, "sku": None}]
+    parse_invoice(data)
+    check_invoice(data)
 
 
 def test_parse_refuses_data_that_is_not_an_object() -> None:

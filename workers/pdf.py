@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from workers.context import Context
-from workers.invoice import parse_invoice, render_invoice
+from workers.invoice import check_invoice, parse_invoice, render_invoice
 from workers.registry import FileOutput, job_type
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -20,7 +20,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def validate_pdf(data: Any, settings: Mapping[str, Any]) -> None:
     """Runs in the service at submit time: a bad payload is refused with a 422 naming the
     field instead of failing later in a worker."""
-    parse_invoice(data, settings.get("currency", "EUR"))
+    check_invoice(data, settings.get("currency", "EUR"))
 
 
 @job_type("pdf", validate=validate_pdf)
