@@ -1,24 +1,26 @@
-"""Worker processes: one single-process executor per slot.
+"""Worker processes: a supervised pool, one process per slot, one job per process at a time.
 
-A `ProcessPoolExecutor` breaks as a whole when one of its processes dies, and it cannot
-stop a task that is running. Giving every slot its own one-process executor means the
-service always knows which process runs which job, can stop exactly that one (timeout,
-cancel, shutdown) and replace it, and a crash fails exactly one job.
+`concurrent.futures.ProcessPoolExecutor` fails every pending task when one of its processes
+dies and cannot stop a task that is running; and each task crosses three threads (the
+caller's, the executor's manager, the queue feeder), whose GIL hand-offs cost more than
+the task itself for short jobs. So each slot here owns its process and one pipe to it,
+both watched by the event loop itself (`loop.add_reader` on the pipe and on the process's
+sentinel): sending a job is one write, its progress and outcome arrive as readable data,
+and its death as a readable sentinel. The service always knows which process runs which
+job, stops exactly that one (timeout, cancel, shutdown) and replaces it; a crash fails
+exactly one job.
 
-Each slot also owns a pipe for progress (read with `loop.add_reader`, no polling) and a
-shared cancel flag that a cooperative handler sees through `ctx.progress()`.
+A process also sees a shared cancel flag, so a cooperative handler stops at its next
+`ctx.progress()` before the process is killed.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import multiprocessing
-import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -55,16 +57,16 @@ def _exit_description(exitcode: int | None) -> str:
 @dataclass
 class Slot:
     index: int
-    executor: ProcessPoolExecutor | None = None
+    process: Any = None  # multiprocessing.Process while the slot has one
     pipe: Connection | None = None
     cancel_flag: Any = None
     job_id: str | None = None
+    #: The running attempt's outcome, resolved by the pipe or the process's end.
+    waiter: asyncio.Future[Outcome] | None = None
     #: Held for a job the scheduler is claiming right now.
     reserved: bool = False
     #: Why the service is stopping the running job ("cancelled", "timeout", "shutdown").
     stop_reason: str | None = None
-    processes: list[Any] = field(default_factory=list)
-    writer: Connection | None = None
     #: loop.time() when the slot last finished a job (for retiring idle processes).
     idle_since: float = 0.0
     #: Counts the attempts run on this slot: a kill scheduled for one attempt must not hit
@@ -73,7 +75,7 @@ class Slot:
 
     @property
     def live(self) -> bool:
-        return self.executor is not None
+        return self.process is not None
 
     @property
     def busy(self) -> bool:
@@ -81,7 +83,7 @@ class Slot:
 
     @property
     def pid(self) -> int | None:
-        return self.processes[0].pid if self.processes else None
+        return self.process.pid if self.process is not None else None
 
 
 class WorkerPool:
@@ -107,27 +109,58 @@ class WorkerPool:
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None
-        self.replaced = 0
         #: Set while the service stops: a process that ends is not replaced.
         self.draining = False
         self.started = 0
         self.retired = 0
+        self.replaced = 0
 
     # ---- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        warm = self.slots[: self.min_size]
-        for slot in warm:
+        for slot in self.slots[: self.min_size]:
             self._spawn(slot)
-        await asyncio.gather(*(self._warm(slot) for slot in warm))
         self._schedule_reaper()
 
     async def close(self) -> None:
+        self.draining = True
         if self._reaper is not None:
             self._reaper.cancel()
+        processes = [slot.process for slot in self.slots if slot.live]
         for slot in self.slots:
             if slot.live:
-                self._retire(slot, kill=True)
+                self._end(slot, kill=True)
+        # Reap them off the loop, so none is left behind as a zombie.
+        await asyncio.gather(*(asyncio.to_thread(process.join, 5) for process in processes))
+
+    def _spawn(self, slot: Slot) -> None:
+        assert self._loop is not None
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        slot.cancel_flag = self._ctx.Value("b", 0, lock=False)
+        process = self._ctx.Process(
+            target=runtime.serve, name=f"offload-worker-{slot.index}", daemon=True,
+            args=(theirs, slot.cancel_flag, self.modules, self.memory_limit_bytes))
+        process.start()
+        theirs.close()
+        slot.process, slot.pipe = process, ours
+        slot.idle_since = self._loop.time()
+        self.started += 1
+        self._loop.add_reader(ours.fileno(), self._read, slot, ours)
+        self._loop.add_reader(process.sentinel, self._exited, slot, process)
+
+    def _end(self, slot: Slot, *, kill: bool) -> None:
+        """Detach the slot from its process. Closing the pipe lets an idle process leave by
+        itself; `kill` stops it whatever it is doing."""
+        process, pipe = slot.process, slot.pipe
+        slot.process = slot.pipe = None
+        assert self._loop is not None
+        if pipe is not None:
+            self._loop.remove_reader(pipe.fileno())
+            pipe.close()
+        if process is not None:
+            self._loop.remove_reader(process.sentinel)
+            if kill and process.exitcode is None:
+                process.kill()
 
     def _schedule_reaper(self) -> None:
         assert self._loop is not None
@@ -142,60 +175,56 @@ class WorkerPool:
             if live <= self.min_size:
                 break
             if slot.live and not slot.busy and now - slot.idle_since >= self.idle_timeout:
-                self._retire(slot, kill=False)
+                self._end(slot, kill=False)
                 self.retired += 1
                 live -= 1
         self._schedule_reaper()
 
-    def _spawn(self, slot: Slot) -> None:
-        reader, writer = self._ctx.Pipe(duplex=False)
-        slot.cancel_flag = self._ctx.Value("b", 0, lock=False)
-        slot.executor = ProcessPoolExecutor(
-            max_workers=1, mp_context=self._ctx, initializer=runtime.initialize,
-            initargs=(writer, slot.cancel_flag, self.modules, self.memory_limit_bytes))
-        slot.pipe, slot.writer = reader, writer
-        slot.processes = []
-        assert self._loop is not None
-        slot.idle_since = self._loop.time()
-        self.started += 1
-        self._loop.add_reader(reader.fileno(), self._drain, slot, reader)
-
-    async def _warm(self, slot: Slot) -> None:
-        """Start the slot's process now rather than when its first job arrives."""
-        if slot.executor is None:  # retired before this ran (the service is stopping)
-            return
-        future = slot.executor.submit(runtime.ping)
-        slot.processes = _processes_of(slot.executor)
-        try:
-            await asyncio.wrap_future(future)
-        except BrokenProcessPool:
-            log.warning("a worker process died while starting")
-
-    def _retire(self, slot: Slot, *, kill: bool) -> None:
-        if slot.pipe is not None and self._loop is not None:
-            self._loop.remove_reader(slot.pipe.fileno())
-        if kill:
-            for process in slot.processes:
-                if process.is_alive():
-                    process.kill()
-        if slot.executor is not None:
-            slot.executor.shutdown(wait=False, cancel_futures=True)
-        for conn in (slot.pipe, slot.writer):
-            if conn is not None:
-                conn.close()
-        slot.executor = slot.pipe = slot.writer = None
-        slot.processes = []
-
-    # ---- progress ---------------------------------------------------------------------------
-    def _drain(self, slot: Slot, pipe: Connection) -> None:
+    # ---- what the processes say ------------------------------------------------------------
+    def _read(self, slot: Slot, pipe: Connection) -> None:
         try:
             while pipe.poll():
-                job_id, attempt, percent, message = orjson.loads(pipe.recv_bytes())
-                if job_id == slot.job_id:
-                    self.on_progress(job_id, attempt, percent, message)
+                message = orjson.loads(pipe.recv_bytes())
+                if message[0] == "p":
+                    _, job_id, attempt, percent, text = message
+                    if job_id == slot.job_id:
+                        self.on_progress(job_id, attempt, percent, text)
+                elif slot.waiter is not None and not slot.waiter.done():
+                    slot.waiter.set_result(self._outcome(slot, message[1]))
         except (EOFError, OSError):
+            # The process is ending; its sentinel tells how. Stop watching the pipe, or a
+            # closed pipe would keep the loop busy until then.
             if self._loop is not None and not pipe.closed:
                 self._loop.remove_reader(pipe.fileno())
+
+    def _exited(self, slot: Slot, process: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(process.sentinel)
+        process.join(0)
+        if slot.process is not process:  # retired on purpose, already detached
+            return
+        waiter = slot.waiter
+        if waiter is not None and not waiter.done():
+            if slot.stop_reason is not None:
+                waiter.set_result(Outcome("stopped"))
+            else:
+                description = _exit_description(process.exitcode)
+                log.warning("worker process %s died running %s (%s)", process.pid, slot.job_id, description)
+                waiter.set_result(Outcome("failed", error={"type": "WorkerCrashed",
+                                                           "message": f"worker process died ({description})"}))
+        elif not self.draining:
+            log.warning("idle worker process %s ended (%s)", process.pid, _exit_description(process.exitcode))
+        self._end(slot, kill=True)
+        self.replaced += 1
+        if not self.draining and sum(other.live for other in self.slots) < self.min_size:
+            self._spawn(slot)
+
+    @staticmethod
+    def _outcome(slot: Slot, raw: dict[str, Any]) -> Outcome:
+        if slot.stop_reason is not None and not (raw["outcome"] == "completed" and slot.stop_reason != "shutdown"):
+            return Outcome("stopped")
+        return Outcome(raw["outcome"], result=raw.get("result"), error=raw.get("error"),
+                       permanent=raw.get("permanent", False))
 
     # ---- running jobs ------------------------------------------------------------------------
     def reserve(self) -> list[Slot]:
@@ -215,58 +244,23 @@ class WorkerPool:
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
                   settings: dict[str, Any], results_dir: str) -> Outcome:
         """Run one attempt on `slot`; returns when it ended, however it ended."""
-        assert slot.job_id is None
+        assert slot.job_id is None and self._loop is not None
         if not slot.live:
             self._spawn(slot)
-        assert slot.executor is not None
+        assert slot.pipe is not None
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         slot.run_no += 1
         slot.cancel_flag.value = 0
+        slot.waiter = waiter = self._loop.create_future()
         try:
-            future = slot.executor.submit(runtime.run, job_id, attempt, type, data, settings, results_dir)
-            if not slot.processes:
-                slot.processes = _processes_of(slot.executor)
             try:
-                raw = await asyncio.wrap_future(future)
-            except BrokenProcessPool:
-                return await self._died(slot)
-            if raw["outcome"] == "cancelled" or slot.stop_reason is not None:
-                if raw["outcome"] == "completed" and slot.stop_reason != "shutdown":
-                    return Outcome("completed", result=raw["result"])
-                return Outcome("stopped" if slot.stop_reason else "cancelled")
-            return Outcome(raw["outcome"], result=raw.get("result"), error=raw.get("error"),
-                           permanent=raw.get("permanent", False))
+                slot.pipe.send_bytes(orjson.dumps([job_id, attempt, type, data, settings, results_dir]))
+            except OSError:
+                pass  # the process is already gone: its sentinel resolves the waiter
+            return await waiter
         finally:
-            slot.job_id = None
-            assert self._loop is not None
+            slot.job_id = slot.waiter = None
             slot.idle_since = self._loop.time()
-            if slot.executor is not None and _broken(slot.executor):
-                self._replace(slot)
-
-    async def _died(self, slot: Slot) -> Outcome:
-        # The executor's own thread reaps the dead process. Reading the exit status here at
-        # the same time races with it: the fork server sends the status once, and the reader
-        # that loses sees end-of-file and records 255. So wait for that thread, then read the
-        # status it recorded.
-        manager = getattr(slot.executor, "_executor_manager_thread", None)
-        if manager is not None:
-            await asyncio.to_thread(manager.join, 2.0)
-        exitcode = None
-        for process in slot.processes:
-            exitcode = process.exitcode
-        if slot.stop_reason is not None:
-            return Outcome("stopped")
-        description = _exit_description(exitcode)
-        log.warning("worker process %s died running %s (%s)", slot.pid, slot.job_id, description)
-        return Outcome("failed", error={"type": "WorkerCrashed", "message": f"worker process died ({description})"})
-
-    def _replace(self, slot: Slot) -> None:
-        self._retire(slot, kill=True)
-        self.replaced += 1
-        if not self.draining and sum(other.live for other in self.slots) < self.min_size:
-            self._spawn(slot)
-            assert self._loop is not None
-            self._loop.create_task(self._warm(slot))
 
     def stop(self, job_id: str, reason: str) -> bool:
         """Ask the job running `job_id` to stop: at once through its cancel flag, and by
@@ -281,11 +275,9 @@ class WorkerPool:
         return False
 
     def _kill_if_still(self, slot: Slot, job_id: str, run_no: int) -> None:
-        if slot.job_id == job_id and slot.run_no == run_no:
-            for process in slot.processes:
-                if process.is_alive():
-                    log.info("stopping worker process %s running %s (%s)", process.pid, job_id, slot.stop_reason)
-                    os.kill(process.pid, signal.SIGKILL)
+        if slot.job_id == job_id and slot.run_no == run_no and slot.process is not None:
+            log.info("stopping worker process %s running %s (%s)", slot.process.pid, job_id, slot.stop_reason)
+            slot.process.kill()
 
     def describe(self) -> dict[str, Any]:
         live = [slot for slot in self.slots if slot.live]
@@ -293,13 +285,3 @@ class WorkerPool:
         return {"processes": len(live), "minProcesses": self.min_size, "maxProcesses": self.size,
                 "busy": busy, "idle": len(live) - busy, "started": self.started, "retired": self.retired,
                 "replaced": self.replaced, "pids": [slot.pid for slot in live]}
-
-
-def _processes_of(executor: ProcessPoolExecutor) -> list[Any]:
-    # The executor's process table is private; it is the only handle on the process that a
-    # one-process executor runs (Python 3.14 adds kill_workers() for the same purpose).
-    return list(getattr(executor, "_processes", {}).values())
-
-
-def _broken(executor: ProcessPoolExecutor) -> bool:
-    return bool(getattr(executor, "_broken", False))

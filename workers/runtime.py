@@ -1,9 +1,11 @@
 """The code that runs inside a worker process: start-up, then one job at a time.
 
-Everything here is plain data in, plain data out: the service sends `(job_id, attempt,
-type, data, settings, results_dir)` and gets back a small dict describing the outcome.
-Progress goes out on the process's own pipe, written from the job's thread (no feeder
-thread to fight the CPU-bound job for the GIL).
+The process and the service share one pipe and speak JSON over it. The service sends
+`[job_id, attempt, type, data, settings, results_dir]`; the process answers with any
+number of `["p", job_id, attempt, percent, message]` progress messages, then one
+`["r", outcome]`. Everything is written from the job's own thread, with no helper thread
+to win the GIL from a CPU-bound job, so progress arrives at once and always before the
+outcome.
 """
 from __future__ import annotations
 
@@ -27,8 +29,25 @@ _pipe: Connection | None = None
 _cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
 
 
+def serve(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
+    """A worker process's whole life: set up, then run jobs until the service closes the pipe."""
+    initialize(pipe, cancel_flag, modules, memory_limit_bytes)
+    while True:
+        try:
+            job_id, attempt, type, data, settings, results_dir = orjson.loads(pipe.recv_bytes())
+        except (EOFError, OSError):  # the service retired this process, or is gone
+            return
+        outcome = run(job_id, attempt, type, data, settings, results_dir)
+        try:
+            message = orjson.dumps(["r", outcome])
+        except TypeError as exc:
+            message = orjson.dumps(["r", {"outcome": "failed", "permanent": True, "error": {
+                "type": "ResultNotJSON", "message": f"the handler's result cannot be sent as JSON: {exc}"}}])
+        pipe.send_bytes(message)
+
+
 def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
-    """ProcessPoolExecutor initializer: runs once in each new worker process."""
+    """Runs once in each new worker process, before its first job."""
     global _pipe, _cancel
     _pipe, _cancel = pipe, cancel_flag
     _exit_with_service()
@@ -45,8 +64,7 @@ def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], mem
 def _exit_with_service() -> None:
     """End this process as soon as the service process is gone (killed, crashed).
 
-    Nothing else would: a worker blocks on its executor's call queue, whose write end it
-    holds itself, and a job in a CPU loop never looks up. The fork server and the resource
+    Nothing else would: a job in a CPU loop never looks at its pipe. The fork server and the resource
     tracker in turn live as long as any worker does. Waiting on the parent's sentinel
     (readable once the service process has ended, with every start method) costs a
     blocked thread, no polling; the job the service can no longer record is run again
@@ -62,15 +80,10 @@ def _exit_with_service() -> None:
     threading.Thread(target=watch, name="offload-service-watch", daemon=True).start()
 
 
-def ping() -> int:
-    """Lets the service start a process (and its imports) before the first job needs it."""
-    return os.getpid()
-
-
 def _send(job_id: str, attempt: int):
     def send(percent: int, message: str | None) -> None:
         if _pipe is not None:
-            _pipe.send_bytes(orjson.dumps((job_id, attempt, percent, message)))
+            _pipe.send_bytes(orjson.dumps(("p", job_id, attempt, percent, message)))
 
     return send
 
