@@ -4,9 +4,9 @@
 dies and cannot stop a task that is running; and each task crosses three threads (the
 caller's, the executor's manager, the queue feeder), whose GIL hand-offs cost more than
 the task itself for short jobs. So each slot here owns its process and one pipe to it,
-both watched by the event loop itself (`loop.add_reader` on the pipe and on the process's
-sentinel): sending a job is one write, its progress and outcome arrive as readable data,
-and its death as a readable sentinel. The service always knows which process runs which
+watched by the event loop itself (`loop.add_reader` on the events pipe and on the
+process's sentinel): sending a job is one write, its progress and outcome arrive as
+readable data, and its death as a readable sentinel. The service always knows which process runs which
 job, stops exactly that one (timeout, cancel, shutdown) and replaces it; a crash fails
 exactly one job.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +59,11 @@ def _exit_description(exitcode: int | None) -> str:
 class Slot:
     index: int
     process: Any = None  # multiprocessing.Process while the slot has one
-    pipe: Connection | None = None
+    #: Jobs go out on `jobs` (blocking, written by the service only) and progress and
+    #: outcomes come back on `events` (read by the event loop as raw frames).
+    jobs: Connection | None = None
+    events: Connection | None = None
+    frames: Frames | None = None
     cancel_flag: Any = None
     job_id: str | None = None
     #: The running attempt's outcome, resolved by the pipe or the process's end.
@@ -84,6 +89,33 @@ class Slot:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+
+class Frames:
+    """Splits what arrives on a non-blocking pipe into the worker's length-prefixed messages
+    (`workers.runtime.frame`); a message may arrive over several reads."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        messages = []
+        start = 0
+        while len(buffer) - start >= 4:
+            size = int.from_bytes(buffer[start:start + 4], "big")
+            if len(buffer) - start - 4 < size:
+                break
+            messages.append(bytes(buffer[start + 4:start + 4 + size]))
+            start += 4 + size
+        del buffer[:start]
+        return messages
+
+
+#: Jobs larger than this are written to their worker from a thread: the worker reads them
+#: at once, but the pipe holds only so much, and the loop must not wait on it.
+INLINE_SEND = 32 * 1024
 
 
 class WorkerPool:
@@ -135,28 +167,32 @@ class WorkerPool:
 
     def _spawn(self, slot: Slot) -> None:
         assert self._loop is not None
-        ours, theirs = self._ctx.Pipe(duplex=True)
+        their_jobs, our_jobs = self._ctx.Pipe(duplex=False)
+        our_events, their_events = self._ctx.Pipe(duplex=False)
         slot.cancel_flag = self._ctx.Value("b", 0, lock=False)
         process = self._ctx.Process(
             target=runtime.serve, name=f"offload-worker-{slot.index}", daemon=True,
-            args=(theirs, slot.cancel_flag, self.modules, self.memory_limit_bytes))
+            args=(their_jobs, their_events, slot.cancel_flag, self.modules, self.memory_limit_bytes))
         process.start()
-        theirs.close()
-        slot.process, slot.pipe = process, ours
+        their_jobs.close()
+        their_events.close()
+        slot.process, slot.jobs, slot.events, slot.frames = process, our_jobs, our_events, Frames()
         slot.idle_since = self._loop.time()
         self.started += 1
-        self._loop.add_reader(ours.fileno(), self._read, slot, ours)
+        self._loop.add_reader(our_events.fileno(), self._read, slot, our_events)
         self._loop.add_reader(process.sentinel, self._exited, slot, process)
 
     def _end(self, slot: Slot, *, kill: bool) -> None:
-        """Detach the slot from its process. Closing the pipe lets an idle process leave by
+        """Detach the slot from its process. Closing the pipes lets an idle process leave by
         itself; `kill` stops it whatever it is doing."""
-        process, pipe = slot.process, slot.pipe
-        slot.process = slot.pipe = None
+        process, jobs, events = slot.process, slot.jobs, slot.events
+        slot.process = slot.jobs = slot.events = slot.frames = None
         assert self._loop is not None
-        if pipe is not None:
-            self._loop.remove_reader(pipe.fileno())
-            pipe.close()
+        if events is not None:
+            self._loop.remove_reader(events.fileno())
+            events.close()
+        if jobs is not None:
+            jobs.close()
         if process is not None:
             self._loop.remove_reader(process.sentinel)
             if kill and process.exitcode is None:
@@ -181,21 +217,26 @@ class WorkerPool:
         self._schedule_reaper()
 
     # ---- what the processes say ------------------------------------------------------------
-    def _read(self, slot: Slot, pipe: Connection) -> None:
+    def _read(self, slot: Slot, events: Connection) -> None:
         try:
-            while pipe.poll():
-                message = orjson.loads(pipe.recv_bytes())
-                if message[0] == "p":
-                    _, job_id, attempt, percent, text = message
-                    if job_id == slot.job_id:
-                        self.on_progress(job_id, attempt, percent, text)
-                elif slot.waiter is not None and not slot.waiter.done():
-                    slot.waiter.set_result(self._outcome(slot, message[1]))
-        except (EOFError, OSError):
-            # The process is ending; its sentinel tells how. Stop watching the pipe, or a
-            # closed pipe would keep the loop busy until then.
-            if self._loop is not None and not pipe.closed:
-                self._loop.remove_reader(pipe.fileno())
+            data = os.read(events.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the process is ending; its sentinel tells how
+            assert self._loop is not None
+            self._loop.remove_reader(events.fileno())
+            return
+        assert slot.frames is not None
+        for raw in slot.frames.feed(data):
+            message = orjson.loads(raw)
+            if message[0] == "p":
+                _, job_id, attempt, percent, text = message
+                if job_id == slot.job_id:
+                    self.on_progress(job_id, attempt, percent, text)
+            elif slot.waiter is not None and not slot.waiter.done():
+                slot.waiter.set_result(self._outcome(slot, message[1]))
 
     def _exited(self, slot: Slot, process: Any) -> None:
         assert self._loop is not None
@@ -247,14 +288,18 @@ class WorkerPool:
         assert slot.job_id is None and self._loop is not None
         if not slot.live:
             self._spawn(slot)
-        assert slot.pipe is not None
+        assert slot.jobs is not None
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         slot.run_no += 1
         slot.cancel_flag.value = 0
         slot.waiter = waiter = self._loop.create_future()
         try:
+            message = orjson.dumps([job_id, attempt, type, data, settings, results_dir])
             try:
-                slot.pipe.send_bytes(orjson.dumps([job_id, attempt, type, data, settings, results_dir]))
+                if len(message) <= INLINE_SEND:
+                    slot.jobs.send_bytes(message)
+                else:
+                    await asyncio.to_thread(slot.jobs.send_bytes, message)
             except OSError:
                 pass  # the process is already gone: its sentinel resolves the waiter
             return await waiter

@@ -26,6 +26,13 @@ def invoice(n_items: int = 2, number: str = "INV-1001") -> dict[str, Any]:
     return {**SAMPLE_INVOICE, "order": {**SAMPLE_INVOICE["order"], "number": number}, "items": items}
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The tests run on uvloop, the loop `offload serve` runs on."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     """A configuration on a fresh SQLite file in tmp_path; keyword sections override."""

@@ -84,6 +84,15 @@ async def test_invoice_pdf_downloads_as_real_multipage_pdf(start_server):
     assert f"{total:,.2f}" in reader.pages[-1].extract_text()
 
 
+async def test_large_invoice_travels_to_its_worker_and_back(start_server):
+    client = await start_server()
+    job_id = await submit(client, "pdf", invoice(5000, "INV-BIG"))
+    done = await wait_status(client, job_id, "completed", "failed")
+    assert done["status"] == "completed", done
+    reader = PdfReader(io.BytesIO(await (await client.get(f"/api/jobs/{job_id}/download")).read()))
+    assert len(reader.pages) > 50
+
+
 async def test_list_filters_and_pages_newest_first(start_server):
     client = await start_server(workers={"processes": 1})
     ids = [await submit(client, "test.echo", {"i": i}, delay=3_600_000) for i in range(5)]

@@ -1,11 +1,11 @@
 """The code that runs inside a worker process: start-up, then one job at a time.
 
-The process and the service share one pipe and speak JSON over it. The service sends
-`[job_id, attempt, type, data, settings, results_dir]`; the process answers with any
-number of `["p", job_id, attempt, percent, message]` progress messages, then one
-`["r", outcome]`. Everything is written from the job's own thread, with no helper thread
-to win the GIL from a CPU-bound job, so progress arrives at once and always before the
-outcome.
+The service sends jobs on one pipe, `[job_id, attempt, type, data, settings, results_dir]`
+as JSON; the process answers on another with any number of
+`["p", job_id, attempt, percent, message]` progress messages, then one `["r", outcome]`,
+each framed as a 4-byte big-endian length and the JSON bytes (`frame`). Everything is
+written from the job's own thread, with no helper thread to win the GIL from a CPU-bound
+job, so progress arrives at once and always before the outcome.
 """
 from __future__ import annotations
 
@@ -25,16 +25,28 @@ from workers.context import Context
 from workers.errors import Cancelled, JobError
 from workers.registry import FileOutput
 
-_pipe: Connection | None = None
+_events: int | None = None  # the file descriptor progress and outcomes are written to
+_keep: list[Connection] = []  # holds the connection whose descriptor `_events` is
 _cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
 
 
-def serve(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def _write(message: bytes) -> None:
+    view = memoryview(frame(message))
+    while view:
+        view = view[os.write(_events, view):]  # type: ignore[arg-type]
+
+
+def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple[str, ...],
+          memory_limit_bytes: int) -> None:
     """A worker process's whole life: set up, then run jobs until the service closes the pipe."""
-    initialize(pipe, cancel_flag, modules, memory_limit_bytes)
+    initialize(events, cancel_flag, modules, memory_limit_bytes)
     while True:
         try:
-            job_id, attempt, type, data, settings, results_dir = orjson.loads(pipe.recv_bytes())
+            job_id, attempt, type, data, settings, results_dir = orjson.loads(jobs.recv_bytes())
         except (EOFError, OSError):  # the service retired this process, or is gone
             return
         outcome = run(job_id, attempt, type, data, settings, results_dir)
@@ -43,13 +55,14 @@ def serve(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_l
         except TypeError as exc:
             message = orjson.dumps(["r", {"outcome": "failed", "permanent": True, "error": {
                 "type": "ResultNotJSON", "message": f"the handler's result cannot be sent as JSON: {exc}"}}])
-        pipe.send_bytes(message)
+        _write(message)
 
 
-def initialize(pipe: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
+def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
     """Runs once in each new worker process, before its first job."""
-    global _pipe, _cancel
-    _pipe, _cancel = pipe, cancel_flag
+    global _events, _cancel
+    _events, _cancel = events.fileno(), cancel_flag
+    _keep.append(events)
     _exit_with_service()
     # Ctrl-C in a terminal reaches the whole process group; the service decides when
     # workers stop, so they ignore it.
@@ -82,8 +95,8 @@ def _exit_with_service() -> None:
 
 def _send(job_id: str, attempt: int):
     def send(percent: int, message: str | None) -> None:
-        if _pipe is not None:
-            _pipe.send_bytes(orjson.dumps(("p", job_id, attempt, percent, message)))
+        if _events is not None:
+            _write(orjson.dumps(("p", job_id, attempt, percent, message)))
 
     return send
 
