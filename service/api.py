@@ -11,7 +11,7 @@ from aiohttp import web
 
 from service.errors import Conflict, Invalid, MalformedJSON, NotFound, ShuttingDown, UnsupportedMediaType, job_not_found
 from service.keys import CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
-from service.models import JobStatus
+from service.models import Job, JobStatus
 from service.store import IdempotencyMismatch
 from service.validation import parse_submission
 
@@ -26,6 +26,15 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 def owner_of(request: web.Request) -> str:
     return request[OWNER]
+
+
+async def own_job(request: web.Request) -> Job:
+    """The job the path names, if the caller owns it; 404 alike for unknown and foreign ids."""
+    job_id = job_id_of(request)
+    job = await request.app[STORE].get(job_id, owner_of(request))
+    if job is None:
+        raise job_not_found(job_id)
+    return job
 
 
 def job_id_of(request: web.Request) -> str:
@@ -93,11 +102,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/api/jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job_id = job_id_of(request)
-    job = await request.app[STORE].get(job_id, owner_of(request))
-    if job is None:
-        raise job_not_found(job_id)
-    return json_response(job.to_wire())
+    return json_response((await own_job(request)).to_wire())
 
 
 @routes.delete("/api/jobs/{job_id}")
@@ -111,10 +116,8 @@ _FILENAME_UNSAFE = re.compile(r'[^A-Za-z0-9._ -]+')
 
 @routes.get("/api/jobs/{job_id}/download")
 async def download(request: web.Request) -> web.StreamResponse:
-    job_id = job_id_of(request)
-    job = await request.app[STORE].get(job_id, owner_of(request))
-    if job is None:
-        raise job_not_found(job_id)
+    job = await own_job(request)
+    job_id = job.id
     if job.status is not JobStatus.COMPLETED:
         raise Conflict(f"job {job_id} is {job.status.value}; its result can be downloaded once it is completed")
     result = job.result or {}
