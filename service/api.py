@@ -93,7 +93,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         if not 1 <= limit <= MAX_PAGE:
             raise Invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     try:
-        page = await request.app[STORE].list(owner_of(request), status=status, type=query.get("type") or None,
+        page = await request.app[STORE].list_jobs(owner_of(request), status=status, type=query.get("type") or None,
                                              limit=limit, cursor=query.get("cursor") or None)
     except ValueError:
         raise Invalid("cursor", "is not a cursor this service gave out") from None

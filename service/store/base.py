@@ -65,7 +65,7 @@ class Store(ABC):
         """The job, or None when it does not exist or belongs to another owner."""
 
     @abstractmethod
-    async def list(
+    async def list_jobs(
         self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
         limit: int = 50, cursor: str | None = None,
     ) -> Page:

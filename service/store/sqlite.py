@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -201,7 +202,7 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
         return orjson.loads(rows[0]["data"]) if rows else None
 
-    async def list(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
+    async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
         where, params = [], []
         for column, value in (("owner", owner), ("status", status and status.value), ("type", type)):
@@ -431,5 +432,5 @@ def decode_cursor(cursor: str) -> int:
         if not raw.startswith("p"):
             raise ValueError
         return int(raw[1:])
-    except (ValueError, UnicodeDecodeError, base64.binascii.Error):
+    except (ValueError, UnicodeDecodeError, binascii.Error):
         raise ValueError(f"invalid cursor {cursor!r}") from None
