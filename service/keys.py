@@ -20,7 +20,7 @@ CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
 HUB: web.AppKey[EventHub] = web.AppKey("hub")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
-SOCKETS: web.AppKey[WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+SOCKETS: web.AppKey[WeakSet[web.WebSocketResponse[bool]]] = web.AppKey("sockets")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 LIMITS: web.AppKey[Limits] = web.AppKey("limits")
 #: The request's owner (the user its token names; "local" in single-user mode).

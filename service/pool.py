@@ -133,7 +133,7 @@ class WorkerPool:
         self.memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self.stop_grace = stop_grace
         self.on_progress = on_progress or (lambda *a: None)
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx: Any = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # Import the heavy modules once in the fork server: every worker forked from it
             # starts with reportlab and the job types already loaded.

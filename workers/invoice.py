@@ -135,7 +135,9 @@ def check_invoice(data: Any, default_currency: str = "EUR") -> None:
     for index in range(1, len(items)):
         entry = items[index]
         if type(entry) is dict:
-            name, quantity, price, sku = entry.get("name"), entry.get("quantity"), entry.get("unitPrice"), entry.get("sku")
+            name, sku = entry.get("name"), entry.get("sku")
+            quantity: Any = entry.get("quantity")
+            price: Any = entry.get("unitPrice")
             if (type(name) is str and not name.isspace() and name
                     and type(quantity) in (int, float) and 0 < quantity < _FAST_MAX
                     and type(price) in (int, float) and 0 <= price < _FAST_MAX

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 #: One user's next due jobs of a priority, best first: (due_at, pos) pairs.
 Heads = Sequence[Sequence[int]]
@@ -35,7 +35,7 @@ class Served:
                 del self.last[name]
 
 
-def round_robin(running: MutableMapping[str, int], served: Served, heads: dict[str, Heads], limit: int,
+def round_robin(running: MutableMapping[str, int], served: Served, heads: Mapping[str, Heads], limit: int,
                 cap: int = 0) -> list[int]:
     """The `pos` of up to `limit` jobs to start, in the order they should start. `running`
     and `served` are updated with the jobs picked, so a caller can go on with the next

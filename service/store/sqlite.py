@@ -106,7 +106,7 @@ class SQLiteStore(Store):
             self._lock = _lock_file(Path(self.path + ".lock"))
         self._writer = await self._connect()
         await self._writer.execute("PRAGMA journal_mode=WAL")
-        version = (await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
+        version = list(await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer offload (schema {version} > {SCHEMA_VERSION})")
         await self._writer.executescript(resources.files("service.store").joinpath("schema.sql").read_text())
@@ -204,7 +204,8 @@ class SQLiteStore(Store):
 
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("owner", owner), ("status", status and status.value), ("type", type)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -353,10 +354,10 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?{type_filter} "
            "ORDER BY priority, due_at, pos")
     if len(owners) <= 1 and not cap:  # nobody to share with (single-user mode): plain priority order
-        chosen = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
-        if chosen:
+        plain = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
+        if plain:
             served.mark(owners[0])
-        return chosen
+        return plain
     top = db.execute(f"SELECT priority {due} LIMIT 1", (now, *type_params)).fetchone()
     if top is None:
         return []
