@@ -71,6 +71,7 @@ async def submit(request: web.Request) -> web.Response:
         raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
     if created:
         scheduler.submitted(job)
+        request.app[LIMITS].submitted(job.owner)
     answer = {"jobId": job.id, "status": job.status.value, "createdAt": job.to_wire()["createdAt"]}
     return json_response(answer, 201 if created else 200)
 
@@ -108,6 +109,7 @@ async def get_job(request: web.Request) -> web.Response:
 @routes.delete("/api/jobs/{job_id}")
 async def cancel_job(request: web.Request) -> web.Response:
     job = await request.app[SCHEDULER].cancel(job_id_of(request), owner_of(request))
+    request.app[LIMITS].forget_pending(job.owner)
     return json_response(job.to_wire())
 
 

@@ -21,6 +21,8 @@ from service.store import Store
 _IDLE_SECONDS = 3600.0
 #: What a client at its pending cap is told to wait: jobs start within seconds when workers are free.
 PENDING_RETRY_AFTER = 5
+#: Seconds a pending count read from the store is trusted (and counted up locally).
+PENDING_FRESH = 0.25
 
 
 @dataclass
@@ -61,6 +63,11 @@ class Limits:
         self.config = config
         self.submissions = TokenBucket(config.submit_rate, config.submit_burst, clock)
         self.sockets: dict[str, int] = {}
+        self.clock = clock
+        #: Each owner's pending count as last read, and when: re-read at most every
+        #: PENDING_FRESH seconds and counted up locally in between, so a burst of
+        #: submissions does not count a long queue once per request.
+        self._pending: dict[str, tuple[int, float]] = {}
 
     async def admit_submission(self, owner: str, store: Store) -> None:
         """Raise 429 (with Retry-After) when `owner` submits too fast or has too many
@@ -71,9 +78,28 @@ class Limits:
             raise TooManyRequests(f"too many submissions: at most {self.config.submit_rate:g} per second "
                                   f"(bursts of {self.config.submit_burst}); retry later", math.ceil(wait))
         cap = self.config.max_pending_per_user
-        if cap and await store.count_pending_of(owner) >= cap:
+        if not cap:
+            return
+        now = self.clock()
+        count, read_at = self._pending.get(owner, (0, float("-inf")))
+        if now - read_at > PENDING_FRESH:
+            count, read_at = await store.count_pending_of(owner), now
+            if len(self._pending) > 10_000:
+                self._pending = {k: v for k, v in self._pending.items() if now - v[1] <= PENDING_FRESH}
+            self._pending[owner] = (count, read_at)
+        if count >= cap:
             raise TooManyRequests(f"you have {cap:,} pending jobs, the most allowed; submit more as they start",
                                   PENDING_RETRY_AFTER)
+
+    def forget_pending(self, owner: str) -> None:
+        """`owner` cancelled a job: read the pending count afresh next time."""
+        self._pending.pop(owner, None)
+
+    def submitted(self, owner: str) -> None:
+        """A job of `owner` was stored: count it until the next read of the pending count."""
+        if owner in self._pending:
+            count, read_at = self._pending[owner]
+            self._pending[owner] = (count + 1, read_at)
 
     def open_socket(self, owner: str) -> None:
         """Count a new WebSocket of `owner`; 429 when it has as many as allowed."""
