@@ -8,7 +8,7 @@ is the number of the change that produced it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,27 @@ class Store(ABC):
 
     async def cancel_pending(self, job_id: str, owner: str | None, now: int) -> Job | None:
         return await self._transition(job_id, Fence(frozenset({JobStatus.PENDING}), owner=owner), {
-            "status": JobStatus.CANCELLED, "completed_at": now})
+            "status": JobStatus.CANCELLED, "completed_at": now, "lease_owner": None, "lease_until": None})
+
+    async def reserve(self, node: str, now: int, lease_ms: int, types: Iterable[str], limit: int) -> list[Job]:
+        """Mark up to `limit` due pending jobs as this node's next ones, in the order `claim`
+        would take them. They stay pending (no attempt, no event) and no claim takes them;
+        `start_reserved` starts one without a round trip before its work begins, and an
+        unused reservation is given back with `unreserve` or runs out with the node's lease."""
+        return await self._claim(node, now, lease_ms, tuple(types),
+                                 {"lease_owner": node, "lease_until": now + lease_ms}, limit, 0)
+
+    def start_reserved(self, job: Job, now: int, lease_ms: int) -> Awaitable[Job | None]:
+        """Start the attempt of a job this node reserved. Queued at once, so it is recorded
+        before anything the attempt itself writes; None if the job was cancelled meanwhile."""
+        assert job.lease_owner is not None
+        return self._begin_transition(job.id, Fence(frozenset({JobStatus.PENDING}), lease_owner=job.lease_owner), {
+            "status": JobStatus.RUNNING, "attempts": job.attempts + 1, "started_at": now, "progress": 0,
+            "message": None, "lease_until": now + lease_ms})
+
+    async def unreserve(self, node: str, job_ids: list[str]) -> None:
+        if job_ids:
+            await self._unreserve(node, job_ids)
 
     async def cancel_running(self, job: Job, now: int) -> Job | None:
         return await self._transition(job.id, self._fence_attempt(job), {
@@ -174,9 +194,13 @@ class Store(ABC):
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
                      change: Change, limit: int, per_owner: int) -> list[Job]: ...
 
-    @abstractmethod
     async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:
-        """Apply `change` and bump `seq` if the row matches `fence`; return the new row."""
+        return await self._begin_transition(job_id, fence, change)
+
+    @abstractmethod
+    def _begin_transition(self, job_id: str, fence: Fence, change: Change) -> Awaitable[Job | None]:
+        """Apply `change` and bump `seq` if the row matches `fence`. Queued at once, in order
+        with the writes before and after it; the awaitable gives the new row, or None."""
 
     @abstractmethod
     def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
@@ -184,6 +208,9 @@ class Store(ABC):
 
     @abstractmethod
     async def _renew(self, node: str, until: int) -> int: ...
+
+    @abstractmethod
+    async def _unreserve(self, node: str, job_ids: list[str]) -> None: ...
 
     @abstractmethod
     async def _rescue(self, expired_before: int, now: int, exhausted_error: dict[str, str]) -> list[Job]: ...

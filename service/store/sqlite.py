@@ -12,7 +12,7 @@ import base64
 import binascii
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -140,12 +140,17 @@ class SQLiteStore(Store):
     # ---- group commit ----------------------------------------------------------------------
     async def _write(self, op: WriteOp) -> Any:
         """Run `op(connection)` in the next write transaction; returns once it committed."""
-        if self._closing:
-            raise StoreUnavailable("job store is closing")
+        return await self._enqueue(op)
+
+    def _enqueue(self, op: WriteOp) -> asyncio.Future[Any]:
+        """Queue `op` now, in order with every other write; the future resolves at commit."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(StoreUnavailable("job store is closing"))
+            return future
         self._ops.append((op, future))
         self._wake.set()
-        return await future
+        return future
 
     async def _write_loop(self) -> None:
         db = self._writer
@@ -278,12 +283,15 @@ class SQLiteStore(Store):
         sets, params = _assignments(change)
         if types is not None and not types:
             return []
+        # A claim starts an attempt (and is an event); a reservation only marks the row.
+        starts = change.get("status") is JobStatus.RUNNING
+        counters = ", attempts = attempts + 1, seq = seq + 1" if starts else ""
 
         def op(db: sqlite3.Connection) -> list[Job]:
             chosen = _fair_pick(db, now, types, limit, self._served, per_owner)
             if not chosen:
                 return []
-            rows = db.execute(f"UPDATE jobs SET {sets}, attempts = attempts + 1, seq = seq + 1 "
+            rows = db.execute(f"UPDATE jobs SET {sets}{counters} "
                               f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
                               (*params, *chosen)).fetchall()
             order = {pos: i for i, pos in enumerate(chosen)}
@@ -291,7 +299,7 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:
+    def _begin_transition(self, job_id: str, fence: Fence, change: Change) -> Awaitable[Job | None]:
         sets, params = _assignments(change)
         where = [f"status IN ({', '.join('?' * len(fence.statuses))})"]
         params.extend(s.value for s in fence.statuses)
@@ -305,7 +313,7 @@ class SQLiteStore(Store):
             rows = db.execute(sql, (*params[: len(change)], job_id, *params[len(change):])).fetchall()
             return _job(rows[0]) if rows else None
 
-        return await self._write(op)
+        return self._enqueue(op)
 
     def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
                         on_commit: Callable[[int], None] | None) -> None:
@@ -316,8 +324,8 @@ class SQLiteStore(Store):
 
     async def _renew(self, node: str, until: int) -> int:
         def op(db: sqlite3.Connection) -> int:
-            return db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE status = 'running' AND lease_owner = ?", (until, node)).rowcount
+            return db.execute("UPDATE jobs SET lease_until = ? WHERE status IN ('running', 'pending') "
+                              "AND lease_owner = ?", (until, node)).rowcount
 
         return await self._write(op)
 
@@ -332,9 +340,18 @@ class SQLiteStore(Store):
         )
 
         def op(db: sqlite3.Connection) -> list[Job]:
+            db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
+                       "WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until < ?", (expired_before,))
             return [_job(r) for r in db.execute(sql, (now, now, error, expired_before)).fetchall()]
 
         return await self._write(op)
+
+    async def _unreserve(self, node: str, job_ids: list[str]) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
+                           "WHERE id = ? AND status = 'pending' AND lease_owner = ?", [(i, node) for i in job_ids])
+
+        await self._write(op)
 
 
 def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
@@ -351,7 +368,8 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
         row = db.execute("SELECT MIN(owner) FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner > ?",
                          (row[0],)).fetchone()
     # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
-    due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ?{type_filter} "
+    due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ? AND lease_owner IS NULL"
+           f"{type_filter} "
            "ORDER BY priority, due_at, pos")
     if len(owners) <= 1 and not cap:  # nobody to share with (single-user mode): plain priority order
         plain = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
@@ -364,7 +382,7 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs INDEXED BY jobs_lease WHERE status = 'running' "
                               "GROUP BY owner").fetchall())
     heads_sql = ("SELECT due_at, pos FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner = ? "
-                 f"AND priority = ? AND due_at <= ?{type_filter} ORDER BY due_at, pos LIMIT ?")
+                 f"AND priority = ? AND due_at <= ? AND lease_owner IS NULL{type_filter} ORDER BY due_at, pos LIMIT ?")
     chosen: list[int] = []
     for priority in range(top[0], max(Priority) + 1):
         want = limit - len(chosen)
