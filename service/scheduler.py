@@ -10,15 +10,17 @@ tasks on the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from service.config import Config
-from service.errors import Conflict, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
+from service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
 from service.events import EventHub
 from service.models import Job, JobStatus, now_ms
 from service.pool import Outcome, Slot, WorkerPool
@@ -55,6 +57,9 @@ class Scheduler:
         self._async_running = 0
         self._pending = 0
         self._pending_read_at = float("-inf")
+        #: Pending jobs reserved as the next ones for this node's workers, best first.
+        self.reserved: list[Job] = []
+        self._reservations_stale = False
         pool.on_progress = self._on_progress
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -78,6 +83,10 @@ class Scheduler:
             # Let the loop finish its pass rather than cancel it: a claim cancelled in flight
             # could commit jobs as running with nobody to run them.
             await self._task
+        try:
+            await self._drop_reservations()
+        except OffloadError:
+            log.warning("could not give back reserved jobs; they return to the queue when the lease runs out")
         waiting = [r.done.wait() for r in self.running.values()]
         if waiting:
             _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace)
@@ -103,6 +112,8 @@ class Scheduler:
         it if a slot is free."""
         self._pending += 1
         self.hub.status(job)
+        if self.reserved and self._outranks_reserved(job):
+            self._reservations_stale = True
         self._wake.set()
 
     def notify(self) -> None:
@@ -143,11 +154,17 @@ class Scheduler:
         """Claim jobs for every free slot; True when a slot stayed free for want of due jobs."""
         async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
         process_types = [name for name in registry.names() if name not in async_types]
+        if self._reservations_stale:
+            await self._drop_reservations()
         while self.accepting:
             slots = self.pool.reserve()
+            while slots and self.reserved:  # jobs this node set aside start without a round trip
+                self._start_reserved(self.reserved.pop(0), slots.pop(0))
             room = self.config.workers.async_concurrency - self._async_running if async_types else 0
-            if not slots and room <= 0:
-                return False
+            if not slots:  # every worker busy: set their next jobs aside
+                await self._top_up(process_types)
+                if room <= 0:
+                    return False
             jobs: list[Job] = []
             try:
                 if slots:
@@ -166,6 +183,53 @@ class Scheduler:
                 return True
         return False
 
+    # ---- reservations ------------------------------------------------------------------------
+    # While every worker is busy, the scheduler reserves the next job for each of them, so a
+    # worker that frees up starts its next job at once and the start is recorded meanwhile,
+    # instead of waiting for a claim's commit first. A submission that should go before a
+    # reserved job (better priority, or another user's turn) gives the reservations back.
+
+    @property
+    def _reserving(self) -> bool:
+        # A per-user cap counts running jobs only; reserved ones would slip past it.
+        return self.accepting and not self.config.limits.max_running_per_user
+
+    async def _top_up(self, process_types: list[str]) -> None:
+        want = self.pool.size - len(self.reserved)
+        if want <= 0 or not self._reserving or self._reservations_stale:
+            return
+        jobs = await self.store.reserve(self.node, now_ms(), self.config.jobs.lease_ms, process_types, want)
+        self.reserved.extend(jobs)
+
+    async def _drop_reservations(self) -> None:
+        self._reservations_stale = False
+        dropped, self.reserved = self.reserved, []
+        await self.store.unreserve(self.node, [job.id for job in dropped])
+
+    def _outranks_reserved(self, job: Job) -> bool:
+        return any(job.priority < held.priority or job.owner != held.owner for held in self.reserved)
+
+    def _start_reserved(self, job: Job, slot: Slot) -> None:
+        now = now_ms()
+        started = self.store.start_reserved(job, now, self.config.jobs.lease_ms)
+        running = dataclasses.replace(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, started_at=now,
+                                      progress=0, message=None, lease_until=now + self.config.jobs.lease_ms)
+        entry = Running(running)
+        self.running[job.id] = entry
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
+        asyncio.get_running_loop().create_task(self._confirm_start(entry, started))
+
+    async def _confirm_start(self, entry: Running, started: Awaitable[Job | None]) -> None:
+        try:
+            job = await started
+        except OffloadError:
+            job = None
+        if job is None:  # cancelled (or its reservation lapsed) before the start was recorded
+            self._stop_entry(entry, "lost")
+            return
+        entry.job = job
+        self.hub.status(job)
+
     def _start(self, job: Job, slot: Slot | None) -> None:
         entry = Running(job)
         self.running[job.id] = entry
@@ -175,7 +239,7 @@ class Scheduler:
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
 
     async def _renew(self) -> None:
-        if self.running:
+        if self.running or self.reserved:
             await self.store.renew_leases(self.node, now_ms() + self.config.jobs.lease_ms)
         expired = await self.store.rescue_expired(now_ms(), LEASE_LOST)
         for job in expired:
@@ -317,6 +381,7 @@ class Scheduler:
             if job.status is JobStatus.PENDING:
                 cancelled = await self.store.cancel_pending(job_id, owner, now_ms())
                 if cancelled is not None:
+                    self.reserved = [held for held in self.reserved if held.id != job_id]
                     self.hub.status(cancelled)
                     return cancelled
                 continue  # it was claimed meanwhile: look again
