@@ -114,7 +114,8 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
     min_size = None if config.workers.min_processes < 0 else config.workers.min_processes
     pool = WorkerPool(config.process_count, min_size=min_size, idle_timeout=config.workers.idle_timeout,
                       modules=config.workers.modules,
-                      memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method)
+                      memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method,
+                      stop_grace=config.workers.stop_grace)
     await pool.start()
     scheduler = Scheduler(config, app[STORE], app[HUB], pool)
     await scheduler.start()

@@ -54,6 +54,9 @@ class WorkersConfig:
     modules: tuple[str, ...] = ()
     #: Process start method: forkserver (default: safe with threads, fast), spawn, fork.
     start_method: str = "forkserver"
+    #: Seconds a cancelled or timed-out job gets to stop by itself (at its next
+    #: `ctx.progress()`) before its process is killed.
+    stop_grace: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ def validate(cfg: Config) -> None:
         (cfg.workers.processes >= 0, "[workers] processes must be >= 0 (0 = one per CPU)"),
         (cfg.workers.min_processes >= -1, "[workers] min_processes must be >= 0 (or -1 for all)"),
         (cfg.workers.idle_timeout > 0, "[workers] idle_timeout must be > 0"),
+        (cfg.workers.stop_grace >= 0, "[workers] stop_grace must be >= 0"),
         (cfg.workers.async_concurrency > 0, "[workers] async_concurrency must be > 0"),
         (cfg.workers.memory_limit_mb >= 0, "[workers] memory_limit_mb must be >= 0"),
         (cfg.workers.start_method in ("forkserver", "spawn", "fork"), "[workers] start_method must be forkserver, spawn or fork"),
