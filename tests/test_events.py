@@ -74,3 +74,12 @@ async def test_subscribe_all_forgets_finished_jobs():
         hub.status(job(2, JobStatus.COMPLETED, job_id=f"job_{i}"))
     assert len(await drain(sub)) == 200
     assert sub._last_seq == {}
+
+
+def test_times_are_iso_utc_with_milliseconds():
+    from service.models import iso
+
+    assert iso(0) == "1970-01-01T00:00:00.000Z"
+    assert iso(1764345600123) == "2025-11-28T16:00:00.123Z"
+    assert iso(951782400999) == "2000-02-29T00:00:00.999Z"
+    assert iso(None) is None
