@@ -118,7 +118,11 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
                       stop_grace=config.workers.stop_grace)
     await pool.start()
     scheduler = Scheduler(config, app[STORE], app[HUB], pool)
-    await scheduler.start()
+    try:
+        await scheduler.start()
+    except BaseException:  # no teardown runs for a setup that failed: stop the processes here
+        await pool.close()
+        raise
     app[SCHEDULER] = scheduler
     log.info("scheduler %s: %d worker processes", scheduler.node, pool.size)
     yield
