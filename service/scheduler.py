@@ -41,6 +41,8 @@ class Running:
     stop_reason: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     final: Job | None = None
+    #: The start of this (reserved) attempt was never recorded: it must not write anything.
+    lost: bool = False
 
 
 class Scheduler:
@@ -225,6 +227,7 @@ class Scheduler:
         except OffloadError:
             job = None
         if job is None:  # cancelled (or its reservation lapsed) before the start was recorded
+            entry.lost = True
             self._stop_entry(entry, "lost")
             return
         entry.job = job
@@ -266,7 +269,8 @@ class Scheduler:
         finally:
             if slot is None:
                 self._async_running -= 1
-            del self.running[job.id]
+            if self.running.get(job.id) is entry:  # not a later attempt of the same job
+                del self.running[job.id]
             entry.done.set()
             self._wake.set()
 
@@ -326,6 +330,9 @@ class Scheduler:
 
     async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
         job, now = entry.job, now_ms()
+        if entry.lost:  # the store never saw this attempt start; whatever it did is dropped
+            self._discard_file(outcome)
+            return None
         reason = entry.stop_reason
         if outcome.kind == "completed" and reason != "shutdown":
             final = await self.store.complete(job, outcome.result, now)
