@@ -63,6 +63,10 @@ class Scheduler:
         self.reserved: list[Job] = []
         self._reservations_stale = False
         pool.on_progress = self._on_progress
+        # The job types are registered before the service starts: sort them out once, not
+        # on every pass of the loop.
+        self._async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
+        self._process_types = [name for name in registry.names() if name not in self._async_types]
 
     # ---- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,8 +158,7 @@ class Scheduler:
 
     async def _fill(self) -> bool:
         """Claim jobs for every free slot; True when a slot stayed free for want of due jobs."""
-        async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
-        process_types = [name for name in registry.names() if name not in async_types]
+        async_types, process_types = self._async_types, self._process_types
         if self._reservations_stale:
             await self._drop_reservations()
         while self.accepting:
@@ -216,9 +219,7 @@ class Scheduler:
         started = self.store.start_reserved(job, now, self.config.jobs.lease_ms)
         running = dataclasses.replace(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, started_at=now,
                                       progress=0, message=None, lease_until=now + self.config.jobs.lease_ms)
-        entry = Running(running)
-        self.running[job.id] = entry
-        entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
+        entry = self._launch(running, slot)
         asyncio.get_running_loop().create_task(self._confirm_start(entry, started))
 
     async def _confirm_start(self, entry: Running, started: Awaitable[Job | None]) -> None:
@@ -234,12 +235,17 @@ class Scheduler:
         self.hub.status(job)
 
     def _start(self, job: Job, slot: Slot | None) -> None:
+        self.hub.status(job)
+        self._launch(job, slot)
+
+    def _launch(self, job: Job, slot: Slot | None) -> Running:
+        """Run the attempt `job` describes: on `slot`'s process, or on the loop without one."""
         entry = Running(job)
         self.running[job.id] = entry
-        self.hub.status(job)
         if slot is None:
             self._async_running += 1
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
+        return entry
 
     async def _renew(self) -> None:
         if self.running or self.reserved:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from service.config import LimitsConfig
 from service.errors import OffloadError
 from service.events import EventHub, Overflow, Subscriber
 from service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STORE
@@ -30,13 +31,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     check_origin(request, config.server.allowed_origins)  # 403 before the upgrade
     limits.open_socket(owner)  # 429 before the upgrade
     try:
-        return await _serve(request, owner, config.limits.max_ws_message_bytes)
+        return await _serve(request, owner, config.limits)
     finally:
         limits.close_socket(owner)
 
 
-async def _serve(request: web.Request, owner: str, max_message: int) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=request.app[CONFIG].limits.ws_heartbeat_s, max_msg_size=max_message)
+async def _serve(request: web.Request, owner: str, limits: LimitsConfig) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.max_ws_message_bytes)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     hub, store = request.app[HUB], request.app[STORE]

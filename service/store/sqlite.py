@@ -203,10 +203,6 @@ class SQLiteStore(Store):
         rows = await self._read(sql, params)
         return _job(rows[0]) if rows else None
 
-    async def get_data(self, job_id: str) -> Any:
-        rows = await self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
-        return orjson.loads(rows[0]["data"]) if rows else None
-
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
         where: list[str] = []
@@ -243,7 +239,11 @@ class SQLiteStore(Store):
         return rows[0]["n"]
 
     async def next_due(self, now: int) -> int | None:
-        rows = await self._read("SELECT MIN(due_at) AS due FROM jobs WHERE status = 'pending' AND due_at > ?", (now,))
+        # One index seek per priority rather than a walk over every pending job.
+        per_priority = " UNION ALL ".join(
+            f"SELECT MIN(due_at) AS due FROM jobs INDEXED BY jobs_due WHERE status = 'pending' "
+            f"AND priority = {int(p)} AND due_at > ?" for p in Priority)
+        rows = await self._read(f"SELECT MIN(due) AS due FROM ({per_priority})", (now,) * len(Priority))
         return rows[0]["due"]
 
     async def unfinished(self, owner: str | None) -> list[Job]:
