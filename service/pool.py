@@ -20,7 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -283,7 +283,7 @@ class WorkerPool:
             slot.reserved = False
 
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
-                  settings: dict[str, Any], results_dir: str) -> Outcome:
+                  settings: Mapping[str, Any], results_dir: str) -> Outcome:
         """Run one attempt on `slot`; returns when it ended, however it ended."""
         assert slot.job_id is None and self._loop is not None
         if not slot.live:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,7 +259,7 @@ class Scheduler:
         job = entry.job
         job_type = registry.get(job.type)
         timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
-        settings = dict(self.config.jobs.settings.get(job.type, {}))
+        settings = self.config.jobs.settings.get(job.type, {})
         try:
             if slot is not None:
                 outcome = await self._run_in_process(entry, slot, settings, timeout_ms)
@@ -280,7 +280,7 @@ class Scheduler:
             entry.done.set()
             self._wake.set()
 
-    async def _run_in_process(self, entry: Running, slot: Slot, settings: dict[str, Any], timeout_ms: int) -> Outcome:
+    async def _run_in_process(self, entry: Running, slot: Slot, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
         job = entry.job
         timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, "timeout")
         try:
@@ -289,7 +289,7 @@ class Scheduler:
         finally:
             timer.cancel()
 
-    async def _run_async(self, entry: Running, handler: Any, settings: dict[str, Any], timeout_ms: int) -> Outcome:
+    async def _run_async(self, entry: Running, handler: Any, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
         job = entry.job
 
         def send(percent: int, message: str | None) -> None:

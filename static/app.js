@@ -264,6 +264,12 @@ function updateRow(row, job) {
   row.attempts.textContent = `attempts ${job.attempts}/${job.maxRetries + 1}`;
   row.attempts.title = "attempts made / attempts allowed (1 + maxRetries)";
 
+  // Rebuilt only when what it shows changes: a progress event must not replace a Cancel
+  // button the user just pressed (and disabled) with a fresh one.
+  const active = job.status === "pending" || job.status === "running";
+  const outcomeKey = active ? "active" : `${job.status}:${job.result?.url ?? ""}:${job.error?.message ?? ""}`;
+  if (row.outcomeKey === outcomeKey) return;
+  row.outcomeKey = outcomeKey;
   row.outcome.replaceChildren();
   if (job.status === "completed" && job.result?.url) {
     const href = sameOriginUrl(job.result.url);
@@ -277,7 +283,7 @@ function updateRow(row, job) {
     }
   } else if (job.status === "failed" && job.error) {
     row.outcome.append(el("p", "job-error", `${job.error.type ? `${job.error.type}: ` : ""}${job.error.message}`));
-  } else if (job.status === "pending" || job.status === "running") {
+  } else if (active) {
     const cancel = el("button", "cancel", "Cancel");
     cancel.type = "button";
     cancel.addEventListener("click", () => cancelJob(job.id, cancel));

@@ -1,8 +1,8 @@
 """The invoice behind the built-in `pdf` job: payload validation, money math, and the PDF.
 
-`parse_invoice` runs twice per job: in the service at submit time (so bad input is a 422
-naming the field, before anything is stored) and again in the worker, so it must stay
-cheap: it runs on the service's event loop. Money is `Decimal` throughout and rounded half-up to cents
+`check_invoice` runs in the service at submit time, on its event loop (so bad input is a
+422 naming the field, before anything is stored): the same rules as `parse_invoice`, which
+runs in the worker and builds the invoice, at a fraction of the cost per item. Money is `Decimal` throughout and rounded half-up to cents
 per line, then once more for the tax.
 
 `render_invoice` lays the page out by hand on a reportlab canvas. Platypus tables are
@@ -101,16 +101,7 @@ def parse_invoice(data: Any, default_currency: str = "EUR") -> Invoice:
     )
     notes = _optional(order.get("notes"), "order.notes", multiline=True)
 
-    items_data = data.get("items")
-    if items_data is None:
-        raise ValidationError("items", "is required")
-    if not isinstance(items_data, list):
-        raise ValidationError("items", "must be a list")
-    if not items_data:
-        raise ValidationError("items", "must not be empty")
-    if len(items_data) > MAX_ITEMS:
-        raise ValidationError("items", f"must have at most {MAX_ITEMS:,} entries, got {len(items_data):,}")
-    items = tuple(_item(entry, f"items[{i}]") for i, entry in enumerate(items_data))
+    items = tuple(_item(entry, f"items[{i}]") for i, entry in enumerate(_items_list(data)))
 
     subtotal = sum((item.line_total for item in items), Decimal("0.00"))
     tax = _MATH.multiply(subtotal, tax_rate).quantize(CENT, context=_MATH)
@@ -118,6 +109,19 @@ def parse_invoice(data: Any, default_currency: str = "EUR") -> Invoice:
 
 
 _FAST_MAX = int(MAX_AMOUNT)
+
+
+def _items_list(data: Mapping[str, Any]) -> list[Any]:
+    items = data.get("items")
+    if items is None:
+        raise ValidationError("items", "is required")
+    if not isinstance(items, list):
+        raise ValidationError("items", "must be a list")
+    if not items:
+        raise ValidationError("items", "must not be empty")
+    if len(items) > MAX_ITEMS:
+        raise ValidationError("items", f"must have at most {MAX_ITEMS:,} entries, got {len(items):,}")
+    return items
 
 
 def check_invoice(data: Any, default_currency: str = "EUR") -> None:
@@ -128,10 +132,8 @@ def check_invoice(data: Any, default_currency: str = "EUR") -> None:
     if type(data) is not dict or type(data.get("items")) is not list or not data["items"]:
         parse_invoice(data, default_currency)
         return
-    items = data["items"]
-    parse_invoice({**data, "items": items[:1]}, default_currency)  # everything but the other items
-    if len(items) > MAX_ITEMS:
-        raise ValidationError("items", f"must have at most {MAX_ITEMS:,} entries, got {len(items):,}")
+    parse_invoice({**data, "items": data["items"][:1]}, default_currency)  # everything but the other items
+    items = _items_list(data)
     for index in range(1, len(items)):
         entry = items[index]
         if type(entry) is dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 Validator = Callable[[Any, Mapping[str, Any]], None]
@@ -33,10 +33,11 @@ class JobType:
     name: str
     handler: Callable[..., Any]
     validate: Validator | None = None
+    #: An `async def` handler runs on the service's event loop instead of in a process.
+    is_async: bool = field(init=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
 
 _registry: dict[str, JobType] = {}
