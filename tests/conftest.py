@@ -89,9 +89,15 @@ async def submit(client: TestClient, type: str, data: Any, **options: Any) -> st
     return body["jobId"]
 
 
-async def wait_status(client: TestClient, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+async def workers(client: TestClient) -> dict[str, Any]:
+    """The worker pool figures from /api/stats."""
+    return (await (await client.get("/api/stats")).json())["scheduler"]["workers"]
+
+
+async def wait_status(client: TestClient, job_id: str, *statuses: str, timeout: float = 30,
+                      headers: dict[str, str] | None = None) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
-        response = await client.get(f"/api/jobs/{job_id}")
+        response = await client.get(f"/api/jobs/{job_id}", headers=headers)
         job = await response.json()
         return job if job["status"] in statuses else None
 

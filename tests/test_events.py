@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service.events import EventHub, Overflow, Subscriber, progress_event, status_event
+from service.events import EventHub, Overflow, Subscriber
 from service.models import Job, JobStatus
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from service.models import Job, Priority, new_job_id, now_ms
 from service.store.fairness import Served, round_robin
 from service.store.sqlite import SQLiteStore
-from tests.conftest import eventually
+from tests.conftest import wait_status
 from tests.users import TOKENS, A, B, job_as, submit_as
 
 
@@ -64,19 +64,15 @@ async def test_latecomers_job_starts_before_another_users_backlog(start_server, 
     client = await start_server(workers={"processes": 1}, **TOKENS)
     gate = tmp_path / "gate"
     blocker = await submit_as(client, A, "test.steps", {"n": 1, "gate": str(gate)})
-    await eventually(lambda: _is(client, A, blocker, "running"), what="A's first job to run")
+    await wait_status(client, blocker, "running", headers=A)
     backlog = [await submit_as(client, A, "test.clock", {"i": i}) for i in range(10)]
     late = await submit_as(client, B, "test.clock", {"b": True})
     gate.write_text("go")
-    await eventually(lambda: _is(client, A, backlog[-1], "completed"), what="A's backlog")
+    await wait_status(client, backlog[-1], "completed", headers=A)
     b_started = (await job_as(client, B, late))[1]["result"]["value"]["ns"]
     a_started = [(await job_as(client, A, j))[1]["result"]["value"]["ns"] for j in backlog]
     assert b_started < min(a_started)
     assert a_started == sorted(a_started)  # A's own jobs still start in order
-
-
-async def _is(client, headers, job_id, status) -> bool:  # type: ignore[no-untyped-def]
-    return (await job_as(client, headers, job_id))[1]["status"] == status
 
 
 def test_round_robin_respects_the_per_owner_cap():
@@ -90,11 +86,11 @@ async def test_per_user_running_cap_leaves_slots_to_others(start_server, tmp_pat
     client = await start_server(workers={"processes": 3}, limits={"max_running_per_user": 1}, **TOKENS)
     gate = tmp_path / "gate"
     mine = [await submit_as(client, A, "test.steps", {"n": 1, "gate": str(gate)}) for _ in range(3)]
-    await eventually(lambda: _is(client, A, mine[0], "running"), what="A's first job to run")
+    await wait_status(client, mine[0], "running", headers=A)
     theirs = await submit_as(client, B, "test.steps", {"n": 1, "gate": str(gate)})
-    await eventually(lambda: _is(client, B, theirs, "running"), what="B's job to run beside A's")
+    await wait_status(client, theirs, "running", headers=B)
     statuses = [(await job_as(client, A, j))[1]["status"] for j in mine]
     assert statuses == ["running", "pending", "pending"]  # a slot is free, but A is at the cap
     gate.write_text("go")
     for job_id in mine:
-        await eventually(lambda job_id=job_id: _is(client, A, job_id, "completed"), what="A's jobs, one at a time")
+        await wait_status(client, job_id, "completed", headers=A)

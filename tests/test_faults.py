@@ -24,7 +24,7 @@ from service.models import Job, JobStatus, now_ms
 from service.pool import WorkerPool
 from service.scheduler import LEASE_LOST, Scheduler
 from service.store.sqlite import SQLiteStore
-from tests.conftest import eventually, invoice, submit, wait_status
+from tests.conftest import eventually, invoice, submit, wait_status, workers
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -79,10 +79,6 @@ async def watch(client: TestClient) -> AsyncIterator[Events]:
             yield events
         finally:
             await events.close()
-
-
-async def workers(client: TestClient) -> dict[str, Any]:
-    return (await (await client.get("/api/stats")).json())["scheduler"]["workers"]
 
 
 async def job(client: TestClient, job_id: str) -> dict[str, Any]:
@@ -223,17 +219,27 @@ async def test_event_seq_is_gap_free_with_progress_and_retries(start_server, tmp
         assert values and values == sorted(values) and values[-1] == 100, values
 
 
+async def spin_beside_bystander(client: TestClient, tmp_path: Any, gate: Any, queued_data: dict[str, Any],
+                                **spin_options: Any) -> tuple[str, str, int, int, str]:
+    """On two worker processes: a bystander held at `gate`, a `test.spin` beside it, and an
+    echo job queued behind them. Returns (bystander, spin, spin pid, bystander pid, queued)."""
+    pids = set((await workers(client))["pids"])
+    started = tmp_path / "spin-started"
+    other = await bystander(client, gate)
+    spin = await submit(client, "test.spin", {"started": str(started)}, **spin_options)
+    spin_pid = await started_pid(started)
+    (other_pid,) = pids - {spin_pid}
+    queued = await submit(client, "test.echo", queued_data)
+    return other, spin, spin_pid, other_pid, queued
+
+
 # ---- 2. timeouts ------------------------------------------------------------------------------
 async def test_cpu_loop_past_timeout_fails_frees_slot_and_spares_other_job(start_server, tmp_path):
     client = await start_server(workers={"processes": 2})
-    pids = set((await workers(client))["pids"])
-    gate, started = tmp_path / "gate", tmp_path / "spin-started"
+    gate = tmp_path / "gate"
     async with watch(client) as events:
-        other = await bystander(client, gate)
-        spin = await submit(client, "test.spin", {"started": str(started)}, timeout=700, maxRetries=0)
-        spin_pid = await started_pid(started)
-        (other_pid,) = pids - {spin_pid}
-        queued = await submit(client, "test.echo", {"after": "timeout"})
+        other, spin, spin_pid, other_pid, queued = await spin_beside_bystander(
+            client, tmp_path, gate, {"after": "timeout"}, timeout=700, maxRetries=0)
 
         failed = await events.until(spin, "failed")
         assert failed["error"]["type"] == "Timeout"
@@ -290,14 +296,10 @@ async def test_cooperative_job_past_timeout_retries_on_the_same_process(start_se
 # ---- 3. cancelling running jobs ------------------------------------------------------------------
 async def test_cancel_running_cpu_loop_frees_slot_and_spares_other_job(start_server, tmp_path):
     client = await start_server(workers={"processes": 2})
-    pids = set((await workers(client))["pids"])
-    gate, started = tmp_path / "gate", tmp_path / "spin-started"
+    gate = tmp_path / "gate"
     async with watch(client) as events:
-        other = await bystander(client, gate)
-        spin = await submit(client, "test.spin", {"started": str(started)})
-        spin_pid = await started_pid(started)
-        (other_pid,) = pids - {spin_pid}
-        queued = await submit(client, "test.echo", {"after": "cancel"})
+        other, spin, spin_pid, other_pid, queued = await spin_beside_bystander(
+            client, tmp_path, gate, {"after": "cancel"})
 
         response = await client.delete(f"/api/jobs/{spin}")
         assert response.status == 200
@@ -355,7 +357,6 @@ async def test_cancel_racing_completion_is_cancelled_or_409(start_server, tmp_pa
             assert response.status == 409 and body["error"]["code"] == "conflict", body
             assert final["status"] == "completed" and final["result"]["value"]["steps"] == 1
         answers.add(response.status)
-    assert answers <= {200, 409}
 
 
 async def test_cancel_finished_job_is_409(start_server):

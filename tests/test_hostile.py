@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
 
 import aiohttp
 import orjson
@@ -13,7 +12,7 @@ import pytest
 from service.keys import STORE
 from service.models import JobStatus
 from service.store.base import Fence
-from tests.conftest import eventually, invoice, submit
+from tests.conftest import invoice, submit, wait_status
 from tests.test_limits import nested
 from tests.users import TOKENS, A, B, job_as, submit_as
 
@@ -58,7 +57,7 @@ async def test_hostile_inputs_leave_stored_jobs_intact_and_the_server_answering(
     done = await submit_as(client, A, "pdf", invoice(5, "INV-KEEP"))
     waiting_a = await submit_as(client, A, "test.echo", {"keep": "a"}, delay=3_600_000, idempotencyKey="k1")
     waiting_b = await submit_as(client, B, "test.echo", {"keep": "b"}, delay=3_600_000, idempotencyKey="k1")
-    await eventually(lambda: _completed(client, done), what="the invoice")
+    await wait_status(client, done, "completed", headers=A)
     pdf = await (await client.get(f"/api/jobs/{done}/download", headers=A)).read()
     before = {job_id: (await job_as(client, headers, job_id))[1]
               for job_id, headers in ((done, A), (waiting_a, A), (waiting_b, B))}
@@ -114,10 +113,6 @@ async def test_hostile_inputs_leave_stored_jobs_intact_and_the_server_answering(
     listing_b = await (await client.get("/api/jobs", headers=B)).json()
     assert {j["id"] for j in listing_b["jobs"]} == {waiting_b}
     assert {done, waiting_a} <= {j["id"] for j in listing_a["jobs"]}
-
-
-async def _completed(client: Any, job_id: str) -> bool:
-    return (await job_as(client, A, job_id))[1]["status"] == "completed"
 
 
 async def test_download_serves_only_files_named_after_the_job(start_server, tmp_path):

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.events import EventHub, Subscriber, progress_event
 
-from tests.conftest import eventually, invoice
+from tests.conftest import invoice, wait_status
 from tests.users import TOKENS, A, B, job_as, submit_as
 
 UNKNOWN = "job_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -23,7 +23,7 @@ async def test_other_users_job_is_404_on_get_delete_and_download(start_server):
     client = await start_server(**TOKENS)
     done = await submit_as(client, A, "pdf", invoice(3, "INV-A1"))
     waiting = await submit_as(client, A, "test.echo", {"secret": "a"}, delay=3_600_000)
-    await eventually(lambda: _status_is(client, A, done, "completed"), what="A's invoice")
+    await wait_status(client, done, "completed", headers=A)
 
     for job_id in (done, waiting):
         await _not_found_like_unknown(await client.get(f"/api/jobs/{job_id}", headers=B), job_id)
@@ -35,18 +35,14 @@ async def test_other_users_job_is_404_on_get_delete_and_download(start_server):
     assert download.status == 200 and (await download.read()).startswith(b"%PDF")
 
 
-async def _status_is(client: Any, headers: dict[str, str], job_id: str, status: str) -> bool:
-    return (await job_as(client, headers, job_id))[1]["status"] == status
-
-
 async def test_running_job_of_another_user_cannot_be_cancelled(start_server, tmp_path):
     client = await start_server(**TOKENS)
     gate = tmp_path / "gate"
     running = await submit_as(client, A, "test.steps", {"n": 1, "gate": str(gate)})
-    await eventually(lambda: _status_is(client, A, running, "running"), what="A's job to run")
+    await wait_status(client, running, "running", headers=A)
     await _not_found_like_unknown(await client.delete(f"/api/jobs/{running}", headers=B), running)
     gate.write_text("go")
-    await eventually(lambda: _status_is(client, A, running, "completed"), what="A's job to complete")
+    await wait_status(client, running, "completed", headers=A)
 
 
 async def test_each_user_lists_only_their_own_jobs(start_server):
@@ -88,7 +84,7 @@ async def test_websocket_subscribe_to_another_users_job_gets_not_found_and_no_da
         error = await ws.receive_json()
         assert error == {"event": "error", "code": "not_found", "message": f"no job with id {a_job!r}"}
         gate.write_text("go")
-        await eventually(lambda: _status_is(client, A, a_job, "completed"), what="A's job")
+        await wait_status(client, a_job, "completed", headers=A)
         await ws.send_json({"op": "ping"})
         assert await ws.receive_json() == {"event": "pong"}  # nothing about A's job came in between
 

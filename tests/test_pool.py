@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 from tests.conftest import eventually, submit, wait_status
-
-
-async def stats(client):
-    return (await (await client.get("/api/stats")).json())["scheduler"]["workers"]
+from tests.conftest import workers as stats
 
 
 async def test_pool_grows_with_queue_and_retires_idle_processes(start_server, tmp_path):

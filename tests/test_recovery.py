@@ -158,7 +158,6 @@ async def test_soak_random_kill_9_under_load_loses_nothing(tmp_path: Path):
         load = Load(server, random.Random(rng.random()))
         log = EventLog()
         clients = [asyncio.create_task(load.client(i)) for i in range(3)]
-        started = time.monotonic()
         try:
             async with server.session() as http:
                 for kill in range(KILLS):
@@ -188,7 +187,6 @@ async def test_soak_random_kill_9_under_load_loses_nothing(tmp_path: Path):
             load.running = False
             await asyncio.gather(*clients)
         assert len(load.acknowledged) > 200, "the load did not get through"
-        load_time = time.monotonic() - started
 
         async with server.session() as http:
             follower = asyncio.create_task(log.follow(http))
@@ -203,8 +201,4 @@ async def test_soak_random_kill_9_under_load_loses_nothing(tmp_path: Path):
         assert set(load.acknowledged) <= set(jobs)
         not_completed = {job_id: j["error"] for job_id, j in jobs.items() if j["status"] != "completed"}
         assert not not_completed, not_completed
-        # Each job ran its attempts one after another: at most one per server run it saw.
-        assert max(j["attempts"] for j in jobs.values()) <= KILLS + 1
     log.check_seq()
-    print(f"soak: {len(load.acknowledged)} jobs acknowledged, {load.refused} refused while down, "
-          f"{server.starts} server starts in {load_time:.1f} s")

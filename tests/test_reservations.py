@@ -2,13 +2,15 @@
 freed worker starts one at once. They must never change what runs, or in which order."""
 from __future__ import annotations
 
+from service.keys import SCHEDULER
 from service.models import Job, JobStatus, Priority, new_job_id, now_ms
 from service.store.sqlite import SQLiteStore
 from tests.conftest import eventually, submit, wait_status
 
 
-async def stats(client):
-    return (await (await client.get("/api/stats")).json())
+async def reserved(client, job_id: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `job_id` is exactly what the scheduler holds reserved."""
+    return [job.id for job in client.server.app[SCHEDULER].reserved] == [job_id]
 
 
 async def test_reserved_job_cancelled_before_it_starts_never_runs(start_server, tmp_path):
@@ -17,12 +19,7 @@ async def test_reserved_job_cancelled_before_it_starts_never_runs(start_server, 
     blocker = await submit(client, "test.steps", {"n": 1, "gate": str(gate)})
     await wait_status(client, blocker, "running")
     doomed = await submit(client, "test.clock", {"doomed": True})
-
-    async def reserved():
-        from service.keys import SCHEDULER
-        return [job.id for job in client.server.app[SCHEDULER].reserved] == [doomed]
-
-    await eventually(reserved, what="the waiting job to be reserved")
+    await eventually(lambda: reserved(client, doomed), what="the waiting job to be reserved")
     response = await client.delete(f"/api/jobs/{doomed}")
     assert response.status == 200 and (await response.json())["status"] == "cancelled"
     after = await submit(client, "test.clock", {"after": True})
@@ -38,14 +35,9 @@ async def test_better_submission_takes_the_place_of_a_reserved_job(start_server,
     blocker = await submit(client, "test.steps", {"n": 1, "gate": str(gate)})
     await wait_status(client, blocker, "running")
     low = await submit(client, "test.clock", {"p": "low"}, priority="low")
-
-    async def reserved(job_id):
-        from service.keys import SCHEDULER
-        return [job.id for job in client.server.app[SCHEDULER].reserved] == [job_id]
-
-    await eventually(lambda: reserved(low), what="the low job to be reserved")
+    await eventually(lambda: reserved(client, low), what="the low job to be reserved")
     high = await submit(client, "test.clock", {"p": "high"}, priority="high")
-    await eventually(lambda: reserved(high), what="the high job to take the reservation")
+    await eventually(lambda: reserved(client, high), what="the high job to take the reservation")
     gate.write_text("go")
     done = [await wait_status(client, j, "completed") for j in (high, low)]
     assert done[0]["result"]["value"]["ns"] < done[1]["result"]["value"]["ns"]
