@@ -20,65 +20,22 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.server_process import ServerProcess  # noqa: E402
+from benchmarks._client import Watcher, with_watcher  # noqa: E402
+from tests.conftest import eventually  # noqa: E402
+from tests.server_process import ServerProcess, all_jobs, until  # noqa: E402
+from tests.server_process import post as submit  # noqa: E402
 
 MODULES = ("tests.jobtypes", "benchmarks.noop")
 
 
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
-
-
-class Watcher:
-    """One `subscribe all` WebSocket; records when each (job, status) event arrived."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[str, str], tuple[float, float, dict[str, Any]]] = {}
-        self._changed = asyncio.Event()
-
-    async def run(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for message in ws:
-            event = message.json()
-            if event.get("event") == "status":
-                self.seen[(event["jobId"], event["status"])] = (time.perf_counter(), time.time(), event["job"])
-                self._changed.set()
-
-    async def wait(self, job_id: str, status: str, timeout: float = 30) -> tuple[float, float, dict[str, Any]]:
-        """(perf_counter, wall clock, job) when `status` of `job_id` arrived."""
-        async with asyncio.timeout(timeout):
-            while (job_id, status) not in self.seen:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.seen[(job_id, status)]
-
-
-async def submit(http: aiohttp.ClientSession, type: str, data: Any = None, **options: Any) -> str:
-    async with http.post("/api/jobs", json={"type": type, "data": data or {}, "options": options}) as response:
-        body = await response.json()
-        if response.status != 201:
-            raise RuntimeError(f"submit failed: {response.status} {body}")
-        return body["jobId"]
-
-
-async def with_watcher(server: ServerProcess, body: Callable[[aiohttp.ClientSession, Watcher], Any]) -> Any:
-    async with server.session() as http:
-        ws = await http.ws_connect("/api/ws")
-        await ws.send_json({"op": "subscribe", "all": True})
-        watcher = Watcher()
-        reader = asyncio.create_task(watcher.run(ws))
-        try:
-            return await body(http, watcher)
-        finally:
-            reader.cancel()
-            await ws.close()
 
 
 async def bench_cancel(folder: Path, runs: int) -> tuple[list[float], list[float]]:
@@ -88,9 +45,9 @@ async def bench_cancel(folder: Path, runs: int) -> tuple[list[float], list[float
 
         async def body(http: aiohttp.ClientSession, watcher: Watcher) -> None:
             for run in range(runs + 1):
-                spin = await submit(http, "test.spin")
+                spin = await submit(http, "test.spin", {})
                 await watcher.wait(spin, "running")
-                following = await submit(http, "bench.noop")
+                following = await submit(http, "bench.noop", {})
                 start = time.perf_counter()
                 async with http.delete(f"/api/jobs/{spin}") as response:
                     assert response.status == 200, await response.text()
@@ -112,9 +69,9 @@ async def bench_timeout(folder: Path, runs: int, timeout_ms: int = 300) -> list[
 
         async def body(http: aiohttp.ClientSession, watcher: Watcher) -> None:
             for run in range(runs + 1):
-                spin = await submit(http, "test.spin", timeout=timeout_ms, maxRetries=0)
+                spin = await submit(http, "test.spin", {}, timeout=timeout_ms, maxRetries=0)
                 job = (await watcher.wait(spin, "running"))[2]
-                following = await submit(http, "bench.noop")
+                following = await submit(http, "bench.noop", {})
                 deadline = epoch(job["startedAt"]) + timeout_ms / 1000
                 failed = (await watcher.wait(spin, "failed"))[2]
                 assert failed["error"]["type"] == "Timeout", failed
@@ -134,18 +91,14 @@ async def bench_recovery(folder: Path, jobs: int, processes: int) -> tuple[float
         async with server.session() as http:
             # Blockers hold every slot, so the no-op jobs are all pending when the server dies;
             # with no retries left they fail at the restart instead of holding the slots again.
-            blockers = [await submit(http, "test.spin", maxRetries=0) for _ in range(processes)]
+            blockers = [await submit(http, "test.spin", {}, maxRetries=0) for _ in range(processes)]
             for job_id in blockers:
-                while True:
-                    async with http.get(f"/api/jobs/{job_id}") as response:
-                        if (await response.json())["status"] == "running":
-                            break
-                    await asyncio.sleep(0.01)
+                await until(http, job_id, lambda job: job["status"] == "running", "running")
             limit = asyncio.Semaphore(32)
 
             async def one() -> str:
                 async with limit:
-                    return await submit(http, "bench.noop")
+                    return await submit(http, "bench.noop", {})
 
             ids = set(await asyncio.gather(*(one() for _ in range(jobs))))
         server.kill()
@@ -155,25 +108,17 @@ async def bench_recovery(folder: Path, jobs: int, processes: int) -> tuple[float
         await server.wait_ready()
         healthy = time.time()
         async with server.session() as http:
-            while True:
+            async def all_completed() -> bool:
                 async with http.get("/api/stats") as response:
-                    if (await response.json())["jobs"]["completed"] >= jobs:
-                        break
-                await asyncio.sleep(0.01)
+                    return (await response.json())["jobs"]["completed"] >= jobs
+
+            await eventually(all_completed, 120, "every job to complete")
             first, last = float("inf"), 0.0
-            cursor = None
-            while True:
-                params = {"limit": "200", "type": "bench.noop", **({"cursor": cursor} if cursor else {})}
-                async with http.get("/api/jobs", params=params) as response:
-                    page = await response.json()
-                for job in page["jobs"]:
-                    if job["id"] in ids:
-                        assert job["status"] == "completed" and job["attempts"] == 1, job
-                        first = min(first, epoch(job["startedAt"]))
-                        last = max(last, epoch(job["completedAt"]))
-                cursor = page["nextCursor"]
-                if not cursor:
-                    break
+            for job in (await all_jobs(http)).values():
+                if job["id"] in ids:
+                    assert job["status"] == "completed" and job["attempts"] == 1, job
+                    first = min(first, epoch(job["startedAt"]))
+                    last = max(last, epoch(job["completedAt"]))
     return (healthy - started) * 1000, (first - started) * 1000, (last - started) * 1000
 
 
