@@ -110,7 +110,7 @@ async def test_websockets_per_user_are_capped_with_429(start_server):
 async def test_dead_websocket_is_dropped_by_heartbeat(start_server):
     client = await start_server(limits={"ws_heartbeat_s": 1.0})
 
-    async def subscribers(n):
+    def subscribers(n):
         async def check():
             stats = await (await client.get("/api/stats")).json()
             return stats["websocket"]["subscribers"] == n
@@ -118,7 +118,7 @@ async def test_dead_websocket_is_dropped_by_heartbeat(start_server):
 
     async with client.ws_connect("/api/ws", autoping=False) as deaf:
         await deaf.send_json({"op": "subscribe", "all": True})
-        await eventually(await subscribers(1), what="the subscription to register")
+        await eventually(subscribers(1), what="the subscription to register")
         # the client never answers the server's pings, as a vanished peer would not
         kinds = []
         async with asyncio.timeout(10):
@@ -128,7 +128,7 @@ async def test_dead_websocket_is_dropped_by_heartbeat(start_server):
                 if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
                     break
         assert WSMsgType.PING in kinds
-        await eventually(await subscribers(0), what="the silent socket to be dropped")
+        await eventually(subscribers(0), what="the silent socket to be dropped")
     async with client.ws_connect("/api/ws") as healthy:
         await healthy.send_json({"op": "ping"})
         assert (await healthy.receive_json())["event"] == "pong"

@@ -1,7 +1,7 @@
 """Exceptions a job handler raises to tell the service how its job ended.
 
-They live on the worker side and carry only plain data, so they pickle across the
-process boundary unchanged.
+They live on the worker side and carry only plain data; the worker runtime turns them
+into the JSON outcome it sends to the service.
 """
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ class ValidationError(PermanentError):
         super().__init__(f"{field}: {problem}", type="ValidationError")
         self.field = field
         self.problem = problem
-
-    def __reduce__(self):  # keep (field, problem) through pickling
-        return (self.__class__, (self.field, self.problem))
 
 
 class Cancelled(Exception):
