@@ -84,6 +84,18 @@ async def test_invoice_pdf_downloads_as_real_multipage_pdf(start_server):
     assert f"{total:,.2f}" in reader.pages[-1].extract_text()
 
 
+async def test_async_job_type_runs_on_the_loop_with_progress(start_server):
+    client = await start_server(workers={"processes": 1})
+    job_id = await submit(client, "test.async_steps", {"n": 4})
+    async with client.ws_connect("/api/ws") as ws:
+        await ws.send_json({"op": "subscribe", "jobId": job_id})
+        events = await ws_events_until(ws, job_id)
+    final = events[-1]["job"]
+    assert (final["status"], final["result"], final["attempts"]) == ("completed", {"value": {"steps": 4}}, 1)
+    seqs = [e.get("seq", e.get("job", {}).get("seq")) for e in events]
+    assert seqs == sorted(seqs)
+
+
 async def test_large_invoice_travels_to_its_worker_and_back(start_server):
     client = await start_server()
     job_id = await submit(client, "pdf", invoice(5000, "INV-BIG"))

@@ -10,6 +10,7 @@ import pytest
 from service.app import create_app
 from service.auth import Authenticator
 from service.config import ConfigError, load_config
+from service.keys import STORE
 from tests.conftest import submit
 from tests.users import ALICE, BOB, TOKENS, A
 
@@ -123,6 +124,7 @@ async def test_single_user_mode_owner_is_local_and_tokens_are_ignored(start_serv
     job_id = await submit(client, "test.echo", {}, delay=3_600_000)
     response = await client.get(f"/api/jobs/{job_id}", headers={"Authorization": "Bearer whatever"})
     assert response.status == 200
+    assert (await client.server.app[STORE].get(job_id)).owner == "local"
 
 
 def test_page_script_sends_a_saved_token():
