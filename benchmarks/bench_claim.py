@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.models import Job, new_job_id, now_ms  # noqa: E402
-from service.store.sqlite import SQLiteStore  # noqa: E402
+from offload.service.models import Job, new_job_id, now_ms  # noqa: E402
+from offload.service.store.sqlite import SQLiteStore  # noqa: E402
 
 
 async def main() -> None:

@@ -143,7 +143,7 @@ async def main() -> None:
 
     recoveries = [await bench_recovery(folder / f"recovery-{i}", args.jobs, args.processes)
                   for i in range(args.recovery_runs)]
-    health, first, done = zip(*recoveries)
+    health, first, done = zip(*recoveries, strict=True)
     print(row(f"kill -9, {args.jobs} pending: start -> /api/health 200", list(health)))
     print(row(f"kill -9, {args.jobs} pending: start -> first job running", list(first)))
     print(row(f"kill -9, {args.jobs} pending: start -> all completed", list(done)))

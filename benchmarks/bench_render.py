@@ -34,7 +34,7 @@ from reportlab.pdfgen.canvas import Canvas  # noqa: E402
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # noqa: E402
 
 from benchmarks.sample import make_invoice  # noqa: E402
-from workers.invoice import Invoice, parse_invoice, render_invoice  # noqa: E402
+from offload.workers.invoice import Invoice, parse_invoice, render_invoice  # noqa: E402
 
 _PAGE = re.compile(rb"/Type /Page\b(?!s)")
 

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp.test_utils import TestServer  # noqa: E402
 
-from service.app import create_app  # noqa: E402
-from service.config import load_config  # noqa: E402
-from service.keys import SCHEDULER, STORE  # noqa: E402
-from service.validation import parse_submission  # noqa: E402
+from offload.service.app import create_app  # noqa: E402
+from offload.service.config import load_config  # noqa: E402
+from offload.service.keys import SCHEDULER, STORE  # noqa: E402
+from offload.service.validation import parse_submission  # noqa: E402
 
 
 async def one_run(jobs: int, processes: int) -> float:

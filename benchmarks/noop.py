@@ -1,5 +1,5 @@
 """A job type that does nothing, to measure the service's own overhead per job."""
-from workers.registry import job_type
+from offload.workers.registry import job_type
 
 
 @job_type("bench.noop")

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.errors import Conflict, Invalid, MalformedJSON, NotFound, ShuttingDown, UnsupportedMediaType, job_not_found
-from service.keys import CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
-from service.models import Job, JobStatus
-from service.store import IdempotencyMismatch
-from service.validation import parse_submission
+from offload.service.errors import Conflict, Invalid, MalformedJSON, NotFound, ShuttingDown, UnsupportedMediaType, job_not_found
+from offload.service.keys import CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
+from offload.service.models import Job, JobStatus
+from offload.service.store import IdempotencyMismatch
+from offload.service.validation import parse_submission
 
 routes = web.RouteTableDef()
 JOB_ID = re.compile(r"^job_[a-z2-7]{24}$")

@@ -6,6 +6,7 @@ so running jobs are handed back before the pool stops and the store closes last.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 import re
 import secrets
 from pathlib import Path
@@ -13,21 +14,22 @@ from weakref import WeakSet
 
 from aiohttp import WSCloseCode, web
 
-from service import api, ws
-from service.auth import Authenticator, authenticate
-from service.config import Config
-from service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
-from service.events import EventHub
-from service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
-from service.limits import Limits
-from service.openapi import openapi_json
-from service.pool import WorkerPool
-from service.scheduler import Scheduler
-from service.store import open_store
-from workers import registry
+from offload.service import api, ws
+from offload.service.auth import Authenticator, authenticate
+from offload.service.config import Config
+from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
+from offload.service.events import EventHub
+from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
+from offload.service.limits import Limits
+from offload.service.openapi import openapi_json
+from offload.service.pool import WorkerPool
+from offload.service.scheduler import Scheduler
+from offload.service.store import open_store
+from offload.workers import registry
 
 log = logging.getLogger("offload.app")
-STATIC = Path(__file__).resolve().parent.parent / "static"
+#: The page's folder, wherever the package is installed (a wheel or an editable checkout).
+STATIC = Path(str(resources.files("offload.static")))
 
 
 #: A caller's own X-Request-Id is kept when it is this tame (it goes into logs and headers).

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from service.errors import Forbidden, Unauthorized
-from service.keys import AUTH, OWNER
+from offload.service.errors import Forbidden, Unauthorized
+from offload.service.keys import AUTH, OWNER
 
 if TYPE_CHECKING:
-    from service.config import Config
+    from offload.service.config import Config
 
 LOCAL_USER = "local"
 MIN_TOKEN_LENGTH = 16
@@ -78,7 +78,7 @@ class Authenticator:
     def from_config(cls, config: Config) -> Authenticator:
         """Raises `ConfigError` naming the problem: a bad token or user name, an unreadable
         tokens file, or no tokens on a non-loopback host."""
-        from service.config import ConfigError
+        from offload.service.config import ConfigError
 
         entries: dict[bytes, str] = {}
         for token, user in config.auth.tokens.items():
@@ -112,7 +112,7 @@ class Authenticator:
 
 
 def _user(name: str, where: str) -> str:
-    from service.config import ConfigError
+    from offload.service.config import ConfigError
 
     if not USER_NAME.match(name):
         raise ConfigError(f"{where}: user name {name!r} must be 1-64 letters, digits or ._@- characters")

@@ -9,9 +9,9 @@ import sys
 
 from aiohttp import web
 
-from service.app import create_app
-from service.config import ConfigError, load_config
-from service.keys import CONFIG, SCHEDULER
+from offload.service.app import create_app
+from offload.service.config import ConfigError, load_config
+from offload.service.keys import CONFIG, SCHEDULER
 
 log = logging.getLogger("offload.cli")
 

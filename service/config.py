@@ -286,6 +286,6 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from service.auth import Authenticator  # here, not at the top: auth reads Config
+    from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address

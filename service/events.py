@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from service.models import Job
+from offload.service.models import Job
 
 
 @dataclass(frozen=True)

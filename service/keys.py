@@ -7,12 +7,12 @@ from weakref import WeakSet
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from service.auth import Authenticator
-    from service.config import Config
-    from service.events import EventHub
-    from service.limits import Limits
-    from service.scheduler import Scheduler
-    from service.store import Store
+    from offload.service.auth import Authenticator
+    from offload.service.config import Config
+    from offload.service.events import EventHub
+    from offload.service.limits import Limits
+    from offload.service.scheduler import Scheduler
+    from offload.service.store import Store
 
 # The annotations give type checkers the value types; at run time they stay strings, so
 # this module imports nothing from the rest of the service.

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import LimitsConfig
-from service.errors import Invalid, TooManyRequests
-from service.store import Store
+from offload.service.config import LimitsConfig
+from offload.service.errors import Invalid, TooManyRequests
+from offload.service.store import Store
 
 #: Buckets idle this long are full again and are dropped to bound memory.
 _IDLE_SECONDS = 3600.0

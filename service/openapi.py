@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.validation import MAX_DELAY_MS
+from offload.service.validation import MAX_DELAY_MS
 
 JSON = "application/json"
 _REF = "#/components"

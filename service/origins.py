@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from yarl import URL
 
-from service.errors import Forbidden
+from offload.service.errors import Forbidden
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 

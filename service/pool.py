@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from workers import runtime
+from offload.workers import runtime
 
 log = logging.getLogger("offload.pool")
 
@@ -137,7 +137,7 @@ class WorkerPool:
         if start_method == "forkserver":
             # Import the heavy modules once in the fork server: every worker forked from it
             # starts with reportlab and the job types already loaded.
-            self._ctx.set_forkserver_preload(["workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules])
+            self._ctx.set_forkserver_preload(["offload.workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules])
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.config import Config
-from service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
-from service.events import EventHub
-from service.models import Job, JobStatus, now_ms
-from service.pool import Outcome, Slot, WorkerPool
-from service.store import Store
-from workers import registry
-from workers.context import Context
-from workers.errors import Cancelled, JobError
+from offload.service.config import Config
+from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
+from offload.service.events import EventHub
+from offload.service.models import Job, JobStatus, now_ms
+from offload.service.pool import Outcome, Slot, WorkerPool
+from offload.service.store import Store
+from offload.workers import registry
+from offload.workers.context import Context
+from offload.workers.errors import Cancelled, JobError
 
 log = logging.getLogger("offload.scheduler")
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import orjson
 
-from service.config import Config
-from service.errors import Invalid
-from service.limits import check_depth
-from service.models import Job, Priority, new_job_id, now_ms
-from workers import registry
-from workers.errors import ValidationError
+from offload.service.config import Config
+from offload.service.errors import Invalid
+from offload.service.limits import check_depth
+from offload.service.models import Job, Priority, new_job_id, now_ms
+from offload.workers import registry
+from offload.workers.errors import ValidationError
 
 OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey"}
 MAX_DELAY_MS = 365 * 24 * 3600 * 1000

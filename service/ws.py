@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from service.config import LimitsConfig
-from service.errors import OffloadError
-from service.events import EventHub, Overflow, Subscriber
-from service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STORE
-from service.models import Job
-from service.origins import check_origin
-from service.store import Store
+from offload.service.config import LimitsConfig
+from offload.service.errors import OffloadError
+from offload.service.events import EventHub, Overflow, Subscriber
+from offload.service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STORE
+from offload.service.models import Job
+from offload.service.origins import check_origin
+from offload.service.store import Store
 
 log = logging.getLogger("offload.ws")
 

@@ -8,8 +8,8 @@ from typing import Any, Awaitable, Callable
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import create_app
-from service.config import Config, load_config
+from offload.service.app import create_app
+from offload.service.config import Config, load_config
 
 SAMPLE_INVOICE = {
     "type": "invoice",

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from workers.errors import JobError, PermanentError
-from workers.registry import job_type
+from offload.workers.errors import JobError, PermanentError
+from offload.workers.registry import job_type
 
 
 @job_type("test.echo")

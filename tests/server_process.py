@@ -155,7 +155,7 @@ class ServerProcess:
             log.write(f"\n===== start {self.starts + 1} =====\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--config", str(self.config), "--port", str(self.port),
+                [sys.executable, "-m", "offload", "serve", "--config", str(self.config), "--port", str(self.port),
                  "--log-level", self.log_level],
                 cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # its own process group, as a terminal would give it

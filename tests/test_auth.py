@@ -7,10 +7,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from service.app import create_app
-from service.auth import Authenticator
-from service.config import ConfigError, load_config
-from service.keys import STORE
+from offload.service.app import create_app
+from offload.service.auth import Authenticator
+from offload.service.config import ConfigError, load_config
+from offload.service.keys import STORE
 from tests.conftest import submit
 from tests.users import ALICE, BOB, TOKENS, A
 

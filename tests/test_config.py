@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_config
+from offload.service.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,7 @@ def test_bad_configuration_names_the_problem(tmp_path, text, environ, message):
 
 def test_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
     (tmp_path / "config.toml").write_text("[server]\nprot = 1\n")
-    result = subprocess.run([sys.executable, "-m", "service", "serve", "--config", str(tmp_path / "config.toml")],
+    result = subprocess.run([sys.executable, "-m", "offload", "serve", "--config", str(tmp_path / "config.toml")],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "'prot'" in result.stderr

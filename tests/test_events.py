@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from service.events import EventHub, Overflow, Subscriber
-from service.models import Job, JobStatus
+from offload.service.events import EventHub, Overflow, Subscriber
+from offload.service.models import Job, JobStatus
 
 
 def job(seq: int, status: JobStatus = JobStatus.RUNNING, job_id: str = "job_a", owner: str = "u") -> Job:
@@ -77,7 +77,7 @@ async def test_subscribe_all_forgets_finished_jobs():
 
 
 def test_times_are_iso_utc_with_milliseconds():
-    from service.models import iso
+    from offload.service.models import iso
 
     assert iso(0) == "1970-01-01T00:00:00.000Z"
     assert iso(1764345600123) == "2025-11-28T16:00:00.123Z"

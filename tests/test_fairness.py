@@ -2,9 +2,9 @@
 not hold up another user's new job."""
 from __future__ import annotations
 
-from service.models import Job, Priority, new_job_id, now_ms
-from service.store.fairness import Served, round_robin
-from service.store.sqlite import SQLiteStore
+from offload.service.models import Job, Priority, new_job_id, now_ms
+from offload.service.store.fairness import Served, round_robin
+from offload.service.store.sqlite import SQLiteStore
 from tests.conftest import wait_status
 from tests.users import TOKENS, A, B, job_as, submit_as
 

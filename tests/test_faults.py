@@ -19,11 +19,11 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from service.events import EventHub
-from service.models import Job, JobStatus, now_ms
-from service.pool import WorkerPool
-from service.scheduler import LEASE_LOST, Scheduler
-from service.store.sqlite import SQLiteStore
+from offload.service.events import EventHub
+from offload.service.models import Job, JobStatus, now_ms
+from offload.service.pool import WorkerPool
+from offload.service.scheduler import LEASE_LOST, Scheduler
+from offload.service.store.sqlite import SQLiteStore
 from tests.conftest import eventually, invoice, submit, wait_status, workers
 
 
@@ -146,7 +146,7 @@ async def test_failing_job_retries_with_backoff_then_fails(start_server):
     assert seen[0]["runAt"] is None
 
     # Each retry waits retryDelay * 2^(n-1) plus up to 25 % jitter, announced as runAt.
-    for n, (ran, retry, rerun) in enumerate(zip(seen[1::2], seen[2::2], seen[3::2]), start=1):
+    for n, (ran, retry, rerun) in enumerate(zip(seen[1::2], seen[2::2], seen[3::2], strict=False), start=1):
         assert retry["error"] == {"type": "Broken", "message": "it broke"}
         base = 100 * 2 ** (n - 1)
         wait = ms(retry["runAt"]) - ms(ran["startedAt"])

@@ -9,9 +9,9 @@ import aiohttp
 import orjson
 import pytest
 
-from service.keys import STORE
-from service.models import JobStatus
-from service.store.base import Fence
+from offload.service.keys import STORE
+from offload.service.models import JobStatus
+from offload.service.store.base import Fence
 from tests.conftest import invoice, submit, wait_status
 from tests.test_limits import nested
 from tests.users import TOKENS, A, B, job_as, submit_as

@@ -12,11 +12,11 @@ from pypdf import PdfReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from benchmarks.sample import make_invoice
-from workers import registry
-from workers.context import Context
-from workers.errors import Cancelled, ValidationError
-from workers.invoice import MAX_ITEMS, Invoice, check_invoice, parse_invoice, render_invoice
-from workers.pdf import invoice_filename, pdf, validate_pdf
+from offload.workers import registry
+from offload.workers.context import Context
+from offload.workers.errors import Cancelled, ValidationError
+from offload.workers.invoice import MAX_ITEMS, Invoice, check_invoice, parse_invoice, render_invoice
+from offload.workers.pdf import invoice_filename, pdf, validate_pdf
 
 
 def reference_payload() -> dict[str, Any]:

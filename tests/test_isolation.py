@@ -5,7 +5,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from service.events import EventHub, Subscriber, progress_event
+from offload.service.events import EventHub, Subscriber, progress_event
 
 from tests.conftest import invoice, wait_status
 from tests.users import TOKENS, A, B, job_as, submit_as

@@ -82,9 +82,9 @@ async def test_kill_9_reruns_running_jobs_and_runs_pending_ones(tmp_path: Path):
 async def test_expired_lease_is_taken_back_and_the_old_attempt_cannot_finish(tmp_path: Path):
     """The mechanism under the restart: a node that stops renewing loses its running jobs at
     the lease's end, the attempt counts, and the node that lost it cannot record an outcome."""
-    from service.models import Job, new_job_id
-    from service.scheduler import LEASE_LOST
-    from service.store import open_store
+    from offload.service.models import Job, new_job_id
+    from offload.service.scheduler import LEASE_LOST
+    from offload.service.store import open_store
 
     store = open_store(f"sqlite:///{tmp_path / 'lease.db'}")
     await store.open()

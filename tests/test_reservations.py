@@ -2,9 +2,9 @@
 freed worker starts one at once. They must never change what runs, or in which order."""
 from __future__ import annotations
 
-from service.keys import SCHEDULER
-from service.models import Job, JobStatus, Priority, new_job_id, now_ms
-from service.store.sqlite import SQLiteStore
+from offload.service.keys import SCHEDULER
+from offload.service.models import Job, JobStatus, Priority, new_job_id, now_ms
+from offload.service.store.sqlite import SQLiteStore
 from tests.conftest import eventually, submit, wait_status
 
 

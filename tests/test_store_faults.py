@@ -12,7 +12,7 @@ from tests.conftest import eventually, submit, wait_status
 
 
 def db_path(client) -> Path:
-    from service.keys import CONFIG
+    from offload.service.keys import CONFIG
 
     return Path(client.server.app[CONFIG].store_url.removeprefix("sqlite:///"))
 

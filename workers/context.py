@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from workers.errors import Cancelled
+from offload.workers.errors import Cancelled
 
 
 class Context:

@@ -23,7 +23,7 @@ from typing import Any
 from reportlab.pdfbase.pdfmetrics import getFont, stringWidth
 from reportlab.pdfgen.canvas import Canvas
 
-from workers.errors import ValidationError
+from offload.workers.errors import ValidationError
 
 MAX_ITEMS = 10_000
 #: Bound on quantity and unit price, so every amount fits its column and exact Decimal math.

@@ -10,9 +10,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from workers.context import Context
-from workers.invoice import check_invoice, parse_invoice, render_invoice
-from workers.registry import FileOutput, job_type
+from offload.workers.context import Context
+from offload.workers.invoice import check_invoice, parse_invoice, render_invoice
+from offload.workers.registry import FileOutput, job_type
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -43,7 +43,7 @@ class JobType:
 _registry: dict[str, JobType] = {}
 
 #: Modules holding the built-in job types; imported by `load()`.
-BUILTIN_MODULES = ("workers.pdf",)
+BUILTIN_MODULES = ("offload.workers.pdf",)
 
 
 def job_type(name: str, *, validate: Validator | None = None) -> Callable[[Callable], Callable]:

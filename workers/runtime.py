@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from workers import registry
-from workers.context import Context
-from workers.errors import Cancelled, JobError
-from workers.registry import FileOutput
+from offload.workers import registry
+from offload.workers.context import Context
+from offload.workers.errors import Cancelled, JobError
+from offload.workers.registry import FileOutput
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
 _keep: list[Connection] = []  # holds the connection whose descriptor `_events` is

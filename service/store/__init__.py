@@ -2,13 +2,13 @@
 only when it is used."""
 from __future__ import annotations
 
-from service.store.base import Fence, IdempotencyMismatch, Page, Store
+from offload.service.store.base import Fence, IdempotencyMismatch, Page, Store
 
 
 def open_store(url: str, **options: object) -> Store:
     scheme, _, rest = url.partition("://")
     if url == ":memory:" or scheme == "sqlite":
-        from service.store.sqlite import SQLiteStore
+        from offload.service.store.sqlite import SQLiteStore
 
         path = ":memory:" if url == ":memory:" else rest[1:] if rest.startswith("/") else rest
         return SQLiteStore(path, **options)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from service.models import TERMINAL, Job, JobStatus
+from offload.service.models import TERMINAL, Job, JobStatus
 
 Change = dict[str, Any]
 

@@ -20,10 +20,10 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from service.errors import StoreUnavailable
-from service.models import Job, JobStatus, Priority
-from service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
-from service.store.fairness import Served, round_robin
+from offload.service.errors import StoreUnavailable
+from offload.service.models import Job, JobStatus, Priority
+from offload.service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
+from offload.service.store.fairness import Served, round_robin
 
 log = logging.getLogger("offload.store")
 
@@ -109,7 +109,7 @@ class SQLiteStore(Store):
         version = list(await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer offload (schema {version} > {SCHEMA_VERSION})")
-        await self._writer.executescript(resources.files("service.store").joinpath("schema.sql").read_text())
+        await self._writer.executescript(resources.files("offload.service.store").joinpath("schema.sql").read_text())
         await self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._reader = self._writer if self.path == ":memory:" else await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="offload-store-writer")

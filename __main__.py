@@ -1,0 +1,5 @@
+import sys
+
+from offload.service.cli import main
+
+sys.exit(main())
