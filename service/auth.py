@@ -93,7 +93,7 @@ class Tickets:
         if entry is None:
             return None
         user, expires = entry
-        self._per_user[user] -= 1
+        self._release(user)
         return user if self.clock() < expires else None
 
     def _forget_expired(self) -> None:
@@ -103,7 +103,12 @@ class Tickets:
             if expires > now:
                 return
             del self._live[key]
-            self._per_user[user] -= 1
+            self._release(user)
+
+    def _release(self, user: str) -> None:
+        self._per_user[user] -= 1
+        if not self._per_user[user]:
+            del self._per_user[user]
 
 
 class Authenticator:

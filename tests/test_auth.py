@@ -204,13 +204,18 @@ async def test_a_ticket_is_its_users_alone(start_server):
     assert [e["code"] for e in events if e["event"] == "error"] == ["not_found"]
 
 
-async def test_unused_tickets_per_user_are_capped(start_server):
+async def test_unused_tickets_per_user_are_capped_until_they_expire(start_server):
     client = await start_server(**TOKENS)
+    tickets = client.server.app[AUTH].tickets
+    now = [1000.0]
+    tickets.clock = lambda: now[0]
     for _ in range(MAX_TICKETS_PER_USER):
         await _ticket(client, A)
     refused = await client.post("/api/ws-ticket", headers=A)
     assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
     await _ticket(client, B)  # another user is not affected
+    now[0] += tickets.ttl
+    await _ticket(client, A)  # expired tickets no longer count
 
 
 # ---- the log ------------------------------------------------------------------------------------
