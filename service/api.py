@@ -24,7 +24,7 @@ from offload.service.errors import (
     job_not_found,
 )
 from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
-from offload.service.models import Job, JobStatus
+from offload.service.models import Job, JobStatus, iso, now_ms
 from offload.service.store import IdempotencyMismatch
 from offload.service.validation import parse_submission
 from offload.workers.runtime import is_media_type
@@ -59,14 +59,29 @@ def job_id_of(request: web.Request) -> str:
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", "application/octet-stream", "") and \
-            not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON with Content-Type: application/json, not {request.content_type}")
+    """The body as JSON, if it is declared `application/json` (a `charset`, if any, must be
+    UTF-8, the only encoding JSON has). Nothing else is read as JSON: not a missing
+    Content-Type (aiohttp reports it as application/octet-stream), not text/plain, not
+    `+json` types. A cross-site page can send those without a CORS preflight
+    (`fetch(url, {mode: "no-cors", body: new Blob([json])})`); `application/json` it cannot."""
+    declared = request.headers.get("Content-Type")
+    charset = (request.charset or "utf-8").lower()
+    if declared is None or request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        found = f"not {declared[:100]!r}" if declared is not None else "none was sent"
+        raise UnsupportedMediaType(f"the body must be JSON sent as Content-Type: application/json ({found})")
     raw = await request.read()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+@routes.post("/api/ws-ticket")
+async def ws_ticket(request: web.Request) -> web.Response:
+    """A single-use credential for one `/api/ws?ticket=` upgrade, so that a browser need not
+    put its long-lived token in a URL."""
+    ticket, ttl = request.app[AUTH].tickets.issue(owner_of(request))
+    return json_response({"ticket": ticket, "expiresAt": iso(now_ms() + int(ttl * 1000))}, 201)
 
 
 @routes.post("/api/jobs")

@@ -22,6 +22,7 @@ from offload.service.events import EventHub
 from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
 from offload.service.limits import Limits
 from offload.service.openapi import openapi_json
+from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import Scheduler
 from offload.service.store import open_store
@@ -72,9 +73,31 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     return response
 
 
+#: A Host safe to repeat in the page's CSP (anything else just leaves out the ws: sources).
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,255}$")
+
+
+@web.middleware
+async def page_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """The demo page runs only its own files: no inline or foreign script or style, no
+    framing (clickjacking), no Referer leaving the page, no type sniffing. `connect-src`
+    names ws:/wss: to this host besides 'self', which older browsers do not apply to
+    WebSockets."""
+    response = await handler(request)
+    if request.path == "/" or request.path.startswith("/static/"):
+        own = f" ws://{request.host} wss://{request.host}" if _HOST.match(request.host) else ""
+        response.headers.update({
+            "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                       f"img-src 'self' data:; connect-src 'self'{own}; base-uri 'none'; "
+                                       "form-action 'self'; frame-ancestors 'none'",
+            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+    return response
+
+
 def create_app(config: Config) -> web.Application:
     registry.load(config.workers.modules)
-    app = web.Application(middlewares=[errors, authenticate], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(middlewares=[page_headers, errors, refuse_foreign_origins, authenticate],
+                          client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
     app[AUTH] = Authenticator.from_config(config)  # ConfigError: no tokens on a public host
     app[LIMITS] = Limits(config.limits)

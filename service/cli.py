@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
 from offload.service.config import ConfigError, load_config
 from offload.service.keys import CONFIG, SCHEDULER
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
     try:
         web.run_app(app, host=config.server.host, port=config.server.port, loop=loop, print=None,
-                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=False)
+                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=False,
+                    access_log_class=RedactingAccessLogger)
     except (RuntimeError, OSError) as exc:  # the database is taken, the port is in use, …
         print(f"offload: cannot start: {exc}", file=sys.stderr)
         return 1

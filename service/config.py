@@ -22,8 +22,9 @@ class ServerConfig:
     #: Seconds that running jobs get to finish on SIGTERM/Ctrl-C before they are stopped
     #: and put back to pending.
     shutdown_grace: float = 10.0
-    #: Browser origins (besides the service's own) whose pages may open the WebSocket,
-    #: e.g. ("https://app.example.com",). Needed behind a proxy that changes scheme or port.
+    #: Browser origins (besides the service's own) whose pages may open the WebSocket and
+    #: send POST/DELETE, e.g. ("https://app.example.com",). Needed behind a proxy that
+    #: changes scheme or port.
     allowed_origins: tuple[str, ...] = ()
 
 

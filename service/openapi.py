@@ -36,6 +36,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 UNAUTHORIZED = _error("no token, or not a valid one (when [auth] tokens are configured)")
 FORBIDDEN = _error("single-user mode answers only to a loopback Host name")
+FORBIDDEN_WRITE = _error("a foreign Origin (a page elsewhere; see [server] allowed_origins), or a non-loopback "
+                         "Host in single-user mode")
 NOT_FOUND = _error("no such job (also: a job of another user)")
 JOB_ID = {"name": "jobId", "in": "path", "required": True,
           "schema": {"type": "string", "example": "job_abcdefghijklmnopqrstuvwx"}}
@@ -108,6 +110,12 @@ SCHEMAS: dict[str, Any] = {
             "websocket": {"type": "object", "description": "operators only: subscribers, events published"},
         },
     },
+    "Ticket": {
+        "type": "object", "required": ["ticket", "expiresAt"],
+        "properties": {"ticket": {"type": "string", "minLength": 32,
+                                  "description": "pass it as /api/ws?ticket=; good for one upgrade"},
+                       "expiresAt": _ref("schemas", "Time")},
+    },
     "Page": {
         "type": "object", "required": ["jobs", "nextCursor"],
         "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")},
@@ -141,8 +149,8 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "201": _ok("the job is stored", _ref("schemas", "Accepted")),
                     "200": _ok("the job this idempotency key made before", _ref("schemas", "Accepted")),
-                    "400": _error("not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN,
-                    "413": _error("the body is too large"), "415": _error("not a JSON content type"),
+                    "400": _error("not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN_WRITE,
+                    "413": _error("the body is too large"), "415": _error("not sent as Content-Type: application/json"),
                     "422": _error("valid JSON that fails validation; the message names the field"),
                     "429": _error("too many submissions, or too many pending jobs", retry_after=True),
                     "503": _error("shutting down, or the store is unavailable", retry_after=True),
@@ -169,7 +177,7 @@ SPEC: dict[str, Any] = {
                 "404": NOT_FOUND, "503": _error("the store is unavailable", retry_after=True)}},
             "delete": {"summary": "Cancel a pending or running job", "responses": {
                 "200": _ok("the job, now cancelled", _ref("schemas", "Job")), "401": UNAUTHORIZED,
-                "403": FORBIDDEN, "404": NOT_FOUND, "409": _error("the job already finished"),
+                "403": FORBIDDEN_WRITE, "404": NOT_FOUND, "409": _error("the job already finished"),
                 "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },
         "/api/jobs/{jobId}/download": {
@@ -180,6 +188,14 @@ SPEC: dict[str, Any] = {
                 "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND,
                 "409": _error("the job is not completed"), "503": _error("the store is unavailable", retry_after=True)}},
         },
+        "/api/ws-ticket": {"post": {
+            "summary": "A single-use WebSocket credential for browsers",
+            "description": "Answers a ticket for one `/api/ws?ticket=` upgrade within about 30 seconds, as the "
+                           "caller's user, so that a page need not put its long-lived token in a URL. Used once "
+                           "(successful or not), it is gone. Tickets are kept by the node that issued them.",
+            "responses": {"201": _ok("the ticket", _ref("schemas", "Ticket")), "401": UNAUTHORIZED,
+                          "403": FORBIDDEN_WRITE,
+                          "429": _error("too many unused tickets of this user", retry_after=True)}}},
         "/api/stats": {"get": {
             "summary": "Job counts: your own; for operators the whole service with queue and worker figures",
             "description": "Operators are the users in `[auth] admins` (in single-user mode, the one user). "
@@ -212,12 +228,16 @@ SPEC: dict[str, Any] = {
             "200": _ok("OpenAPI 3.0", {"type": "object"}), "401": UNAUTHORIZED, "403": FORBIDDEN}}},
         "/api/ws": {"get": {
             "summary": "The WebSocket: live job events",
-            "description": "Upgrade to a WebSocket (`?token=` may replace the Authorization header). Client ops: "
+            "description": "Upgrade to a WebSocket (`?ticket=` from POST /api/ws-ticket, or `?token=`, may "
+                           "replace the Authorization header). Client ops: "
                            '{"op": "subscribe", "jobId"} | {"op": "subscribe", "all": true} | '
                            '{"op": "unsubscribe", "jobId"} | {"op": "ping"}. Server events: snapshot, progress, '
                            "status, pong, error. A browser Origin must be the service's own or listed in "
                            "[server] allowed_origins. Messages above the size limit close the socket with 1009.",
-            "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
+            "parameters": [{"name": "ticket", "in": "query", "schema": {"type": "string"},
+                            "description": "a single-use ticket from POST /api/ws-ticket"},
+                           {"name": "token", "in": "query", "schema": {"type": "string"},
+                            "description": "the bearer token (kept for compatibility; prefer a ticket)"}],
             "responses": {"101": {"description": "switching to the WebSocket protocol"},
                           "400": _error("not a WebSocket upgrade request"), "401": UNAUTHORIZED,
                           "403": _error("a foreign Origin, or a non-loopback Host in single-user mode"),

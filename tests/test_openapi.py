@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 
-from service.app import create_app
-from service.openapi import SPEC
+from offload.service.app import create_app
+from offload.service.openapi import SPEC
 from tests.users import TOKENS, A
 
 EXAMPLES_PER_OPERATION = 50
@@ -77,7 +77,7 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     # empty `status=` or `type=` filter means "any", unknown query parameters are ignored).
     excluded = [st_checks.positive_data_acceptance, st_checks.negative_data_rejection]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 12
     session = requests.Session()
     seen: dict[str, set[int]] = {}
     for operation, mode in itertools.product(operations, (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)):
