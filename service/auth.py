@@ -32,9 +32,10 @@ LOCAL_USER = "local"
 MIN_TOKEN_LENGTH = 16
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 HEX_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
-#: Paths anyone may fetch: the demo page and its files. Everything else needs a token.
+#: Paths anyone may fetch: the demo page and its files, and the probes (which show nothing
+#: about jobs, users or processes). Everything else needs a token.
 PUBLIC_PREFIXES = ("/static/",)
-PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PATHS = frozenset({"/", "/api/health/live", "/api/health/ready"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="offload"'}
 
 

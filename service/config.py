@@ -96,6 +96,10 @@ class AuthConfig:
     tokens: Mapping[str, str] = field(default_factory=dict)
     #: A TOML file of `"<sha256 hex of a token>" = "user"` lines: secrets stored hashed.
     tokens_file: str = ""
+    #: Users who operate the service: they see global job counts and node internals (node
+    #: id, worker pids) in /api/stats and /api/health. Everyone else sees their own counts.
+    #: In single-user mode the one user is the operator.
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -363,4 +367,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
-    Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
+    auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
+    unknown = sorted(set(cfg.auth.admins) - auth.users)
+    if unknown and not auth.single_user:
+        raise ConfigError(f"[auth] admins: no token is configured for {', '.join(map(repr, unknown))} "
+                          f"(users with tokens: {', '.join(sorted(auth.users))})")

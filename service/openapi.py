@@ -96,6 +96,18 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"jobId": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"}, "status": {"type": "string"},
                        "createdAt": _ref("schemas", "Time")},
     },
+    "Stats": {
+        "type": "object", "required": ["scope", "jobs"],
+        "properties": {
+            "scope": {"type": "string", "enum": ["own", "all"],
+                      "description": "own: the caller's jobs only; all: the whole service (operators)"},
+            "jobs": {"type": "object", "description": "jobs per status",
+                     "required": ["pending", "running", "completed", "failed", "cancelled"],
+                     "additionalProperties": {"type": "integer", "minimum": 0}},
+            "scheduler": {"type": "object", "description": "operators only: node id, running jobs, worker pool"},
+            "websocket": {"type": "object", "description": "operators only: subscribers, events published"},
+        },
+    },
     "Page": {
         "type": "object", "required": ["jobs", "nextCursor"],
         "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")},
@@ -133,7 +145,7 @@ SPEC: dict[str, Any] = {
                     "413": _error("the body is too large"), "415": _error("not a JSON content type"),
                     "422": _error("valid JSON that fails validation; the message names the field"),
                     "429": _error("too many submissions, or too many pending jobs", retry_after=True),
-                    "503": _error("shutting down, or the store is unavailable"),
+                    "503": _error("shutting down, or the store is unavailable", retry_after=True),
                 },
             },
             "get": {
@@ -147,18 +159,18 @@ SPEC: dict[str, Any] = {
                 ],
                 "responses": {"200": _ok("a page of jobs", _ref("schemas", "Page")), "401": UNAUTHORIZED,
                               "403": FORBIDDEN, "422": _error("a bad filter, limit or cursor"),
-                              "503": _error("the store is unavailable")},
+                              "503": _error("the store is unavailable", retry_after=True)},
             },
         },
         "/api/jobs/{jobId}": {
             "parameters": [JOB_ID],
             "get": {"summary": "One job", "responses": {
                 "200": _ok("the job", _ref("schemas", "Job")), "401": UNAUTHORIZED, "403": FORBIDDEN,
-                "404": NOT_FOUND, "503": _error("the store is unavailable")}},
+                "404": NOT_FOUND, "503": _error("the store is unavailable", retry_after=True)}},
             "delete": {"summary": "Cancel a pending or running job", "responses": {
                 "200": _ok("the job, now cancelled", _ref("schemas", "Job")), "401": UNAUTHORIZED,
                 "403": FORBIDDEN, "404": NOT_FOUND, "409": _error("the job already finished"),
-                "503": _error("shutting down, or the store is unavailable")}},
+                "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },
         "/api/jobs/{jobId}/download": {
             "parameters": [JOB_ID],
@@ -166,15 +178,36 @@ SPEC: dict[str, Any] = {
                 "200": _ok("the file, with Content-Type and Content-Disposition",
                            {"type": "string", "format": "binary"}, "*/*"),
                 "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND,
-                "409": _error("the job is not completed"), "503": _error("the store is unavailable")}},
+                "409": _error("the job is not completed"), "503": _error("the store is unavailable", retry_after=True)}},
         },
-        "/api/stats": {"get": {"summary": "Queue and worker figures", "responses": {
-            "200": _ok("statistics", {"type": "object", "required": ["jobs", "scheduler", "websocket"]}),
-            "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable")}}},
-        "/api/health": {"get": {"summary": "Liveness: the store answers and workers run", "responses": {
-            "200": _ok("healthy", {"type": "object", "required": ["status"],
-                                   "properties": {"status": {"type": "string", "enum": ["ok"]}}}),
-            "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable")}}},
+        "/api/stats": {"get": {
+            "summary": "Job counts: your own; for operators the whole service with queue and worker figures",
+            "description": "Operators are the users in `[auth] admins` (in single-user mode, the one user). "
+                           "Everyone else gets `scope: own` and their own job counts only.",
+            "responses": {
+                "200": _ok("statistics", _ref("schemas", "Stats")),
+                "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable", retry_after=True)}}},
+        "/api/health": {"get": {
+            "summary": "Health: the store takes writes and the workers run (with a token)",
+            "responses": {
+                "200": _ok("healthy", {"type": "object", "required": ["status", "accepting"], "properties": {
+                    "status": {"type": "string", "enum": ["ok"]}, "accepting": {"type": "boolean"},
+                    "workers": {"type": "object", "description": "operators only: the worker pool"}}}),
+                "401": UNAUTHORIZED, "403": FORBIDDEN,
+                "503": _error("the store refuses writes (the message says why), or the workers are stopping",
+                              retry_after=True)}}},
+        "/api/health/live": {"get": {
+            "summary": "Liveness probe, no token: the process answers", "security": [],
+            "responses": {"200": _ok("alive", {"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": ["alive"]}}})}}},
+        "/api/health/ready": {"get": {
+            "summary": "Readiness probe, no token: the store takes writes, the workers run, jobs are accepted",
+            "security": [],
+            "responses": {
+                "200": _ok("ready", {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string", "enum": ["ready"]}}}),
+                "503": _error("not ready: shutting_down, store_unavailable (the message says why) or unavailable",
+                              retry_after=True)}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": _ok("OpenAPI 3.0", {"type": "object"}), "401": UNAUTHORIZED, "403": FORBIDDEN}}},
         "/api/ws": {"get": {

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from offload.workers.errors import JobError, PermanentError
-from offload.workers.registry import job_type
+from offload.workers.registry import FileOutput, job_type
 
 
 @job_type("test.echo")
@@ -95,3 +95,9 @@ async def async_steps(data, ctx):
         await asyncio.sleep(0)
         ctx.progress(i * 100 // n, f"async step {i}")
     return {"steps": n}
+
+
+@job_type("test.file")
+def file_output(data, ctx):
+    """A file result with whatever filename and content type the test asks for."""
+    return FileOutput(data["filename"], data.get("contentType", "text/plain"), data.get("text", "hello").encode())

@@ -57,6 +57,7 @@ def test_tokens_file_holds_only_hashes(tmp_path):
     ({"tokens": {"short": "alice"}}, "shorter than 16"),
     ({"tokens": {ALICE: "bad user!"}}, "user name"),
     ({"tokens_file": "missing.toml"}, "cannot be read"),
+    ({"tokens": {ALICE: "alice"}, "admins": ["alcie"]}, r"\[auth\] admins: no token is configured for 'alcie'"),
 ])
 def test_bad_auth_settings_stop_start_up_naming_the_problem(tmp_path, auth, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -96,6 +97,16 @@ async def test_demo_page_stays_public(start_server):
     client = await start_server(**TOKENS)
     assert (await client.get("/")).status == 200
     assert (await client.get("/static/app.js")).status == 200
+
+
+async def test_health_probes_need_no_token_and_show_nothing_sensitive(start_server):
+    client = await start_server(**TOKENS)
+    live = await client.get("/api/health/live")
+    assert live.status == 200 and await live.json() == {"status": "alive"}
+    ready = await client.get("/api/health/ready")
+    assert ready.status == 200 and await ready.json() == {"status": "ready"}
+    assert (await client.get("/api/health")).status == 401  # the full answer stays behind a token
+    assert (await client.get("/api/health", headers=A)).status == 200
 
 
 async def test_websocket_needs_a_token_in_header_or_query(start_server):

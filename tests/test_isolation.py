@@ -63,6 +63,41 @@ async def test_each_user_lists_only_their_own_jobs(start_server):
         assert {j["id"] for j in listed["jobs"]} == set(own)  # every own job is pending; nobody else's
 
 
+async def test_stats_show_a_user_their_own_counts_and_an_admin_the_whole_service(start_server):
+    client = await start_server(auth={**TOKENS["auth"], "admins": ["alice"]})
+    for i in range(2):
+        await submit_as(client, A, "test.echo", {"i": i}, delay=3_600_000)
+    done = await submit_as(client, B, "test.echo", {"b": 1})
+    await submit_as(client, B, "test.echo", {"b": 2}, delay=3_600_000)
+    await wait_status(client, done, "completed", headers=B)
+
+    response = await client.get("/api/stats", headers=B)
+    assert response.status == 200
+    mine = await response.json()
+    assert mine == {"scope": "own", "jobs": {"pending": 1, "running": 0, "completed": 1, "failed": 0,
+                                             "cancelled": 0}}
+    health = await (await client.get("/api/health", headers=B)).json()
+    assert set(health) == {"status", "accepting"}  # no worker pids for a user
+
+    everything = await (await client.get("/api/stats", headers=A)).json()
+    assert everything["scope"] == "all"
+    assert everything["jobs"]["pending"] == 3 and everything["jobs"]["completed"] == 1
+    assert everything["scheduler"]["node"].startswith("node_")
+    pids = everything["scheduler"]["workers"]["pids"]
+    assert pids and all(isinstance(pid, int) for pid in pids)
+    assert (await (await client.get("/api/health", headers=A)).json())["workers"]["pids"] == pids
+    text = await (await client.get("/api/stats", headers=B)).text()
+    assert everything["scheduler"]["node"] not in text and not any(str(pid) in text for pid in pids)
+
+
+async def test_without_admins_every_user_sees_their_own_stats_only(start_server):
+    client = await start_server(**TOKENS)
+    await submit_as(client, A, "test.echo", {"a": 1}, delay=3_600_000)
+    for headers, pending in ((A, 1), (B, 0)):
+        stats = await (await client.get("/api/stats", headers=headers)).json()
+        assert stats["scope"] == "own" and stats["jobs"]["pending"] == pending and "scheduler" not in stats
+
+
 async def test_idempotency_keys_are_per_user(start_server):
     client = await start_server(**TOKENS)
     options = {"idempotencyKey": "order-42", "delay": 3_600_000}

@@ -49,11 +49,15 @@ async def test_signal_refuses_new_jobs_drains_running_ones_and_exits_0(tmp_path:
                     if response.status == 201:
                         accepted.append(body["jobId"])
                         return None
-                    return response.status, body
+                    return response.status, body, response.headers.get("Retry-After", "")
 
-            status, body = await eventually(refused, 5, "a submission to be refused")
+            status, body, retry_after = await eventually(refused, 5, "a submission to be refused")
             assert status == 503 and body["error"]["code"] == "shutting_down", body
             assert "shutting down" in body["error"]["message"]
+            assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
+            async with http.get("/api/health/ready") as response:
+                assert response.status == 503 and (await response.json())["error"]["code"] == "shutting_down"
+                assert response.headers["Retry-After"].isdigit()
             async with http.get("/api/health") as response:
                 assert response.status == 200 and (await response.json())["accepting"] is False
 

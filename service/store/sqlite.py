@@ -94,6 +94,8 @@ class SQLiteStore(Store):
         self._task: asyncio.Task[None] | None = None
         #: Who had a job started when: fair claims between owners (used in the writer thread only).
         self._served = Served()
+        #: The write probe in flight, shared by every `writable()` caller meanwhile.
+        self._probe: asyncio.Future[Any] | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
     #: One service owns a SQLite file: jobs left running in it belong to a previous run of
@@ -152,6 +154,14 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
+
+    async def writable(self) -> None:
+        """Commit a write through the writer queue, as a job's write would: BEGIN IMMEDIATE
+        meets another process's lock, and the commit writes a WAL frame (rewriting the
+        schema version), which a read-only file or a full disk refuses."""
+        if self._probe is None or self._probe.done():
+            self._probe = self._enqueue(_probe_write)
+        await asyncio.shield(self._probe)
 
     # ---- group commit ----------------------------------------------------------------------
     async def _write(self, op: WriteOp) -> Any:
@@ -239,8 +249,12 @@ class SQLiteStore(Store):
         rows = rows[:limit]
         return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
 
-    async def count_by_status(self) -> dict[str, int]:
-        rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+    async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
+        if owner is None:
+            rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        else:
+            rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs INDEXED BY jobs_owner WHERE owner = ? "
+                                    "GROUP BY status", (owner,))
         counts = {s.value: 0 for s in JobStatus}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
@@ -435,6 +449,11 @@ def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]],
         conn.rollback()
         raise
     return seqs, outcomes
+
+
+def _probe_write(db: sqlite3.Connection) -> None:
+    """A write that changes no job but always dirties a page, so its commit really writes."""
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 def _lock_file(path: Path) -> Any:
