@@ -93,3 +93,15 @@ def test_job_type_settings_come_from_the_environment(tmp_path):
     config.write_text("")
     assert load_config(config, environ={"OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "GBP"}).jobs.settings["pdf"] == {
         "currency": "GBP"}
+
+
+def test_the_readmes_tokens_file_recipe_makes_a_file_the_service_reads(tmp_path):
+    recipe = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                  if line.startswith("printf") and ">> tokens.toml" in line)
+    token = "a-long-enough-token-for-alice"
+    subprocess.run(["sh", "-c", recipe], cwd=tmp_path, env={"TOKEN": token, "PATH": "/usr/bin:/bin"}, check=True)
+    (tmp_path / "config.toml").write_text('[auth]\ntokens_file = "tokens.toml"\n')
+    from offload.service.auth import Authenticator
+
+    auth = Authenticator.from_config(load_config(tmp_path / "config.toml", environ={}))
+    assert auth.user_for(token) == "alice"
