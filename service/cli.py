@@ -59,7 +59,11 @@ async def _serve(config: Config) -> int:
     """Start, serve until a signal's drain is over, stop. "serving on" is printed only once
     the port listens; a start-up that fails (the database is read-only, the port is taken)
     prints one line, closes what was opened and returns 1."""
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except ImportError as exc:  # a module named in [workers] modules (or one it imports)
+        print(f"offload: cannot start: [workers] modules: {exc}", file=sys.stderr, flush=True)
+        return 1
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace + 5)
     shutdown = _Shutdown(app, config.server.shutdown_grace)
     shutdown.install(asyncio.get_running_loop())

@@ -141,6 +141,11 @@ async def test_kubernetes_service_variables_are_warnings_and_job_settings_come_f
     assert "OFFLOAD_URL" not in log and "OFFLOAD_TOKEN" not in log and "OFFLOAD_JOBS_SETTINGS" not in log
 
 
+async def test_a_job_module_that_cannot_be_imported_stops_start_up_with_one_line(tmp_path: Path):
+    with ServerProcess(tmp_path / "server", modules=("tests.jobtypes", "no_such_jobs_module")) as server:
+        await assert_fails_to_start(server, "[workers] modules", "no_such_jobs_module")
+
+
 @pytest.mark.parametrize("level", ["verbose", "loud"])
 def test_an_unknown_log_level_is_a_usage_error(tmp_path: Path, level: str):
     result = subprocess.run([sys.executable, "-m", "offload", "serve", "--log-level", level],
