@@ -126,8 +126,12 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
     store = open_store(config.store_url, synchronous=config.store.synchronous,
                        busy_timeout_ms=config.store.busy_timeout_ms)
-    await store.open()
-    config.results_path.mkdir(parents=True, exist_ok=True)
+    await store.open()  # closes whatever it opened when it fails
+    try:
+        config.results_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no teardown runs for a setup that failed: close the store here
+        await store.close()
+        raise RuntimeError(f"cannot create the results folder {config.results_path}: {exc.strerror}") from None
     app[STORE] = store
     log.info("job store: %s", config.store_url)
     yield
@@ -141,9 +145,9 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
                       modules=config.workers.modules,
                       memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method,
                       stop_grace=config.workers.stop_grace)
-    await pool.start()
-    scheduler = Scheduler(config, app[STORE], app[HUB], pool)
     try:
+        await pool.start()
+        scheduler = Scheduler(config, app[STORE], app[HUB], pool)
         await scheduler.start()
     except BaseException:  # no teardown runs for a setup that failed: stop the processes here
         await pool.close()

@@ -218,6 +218,8 @@ def test_totals_move_to_a_new_page_when_they_do_not_fit() -> None:
         content = render_invoice(parse_invoice(data), progress=lambda *report: reports.append(report))
         if len(reports) == 4:
             break
+    else:
+        pytest.fail("no item count between 40 and 200 spilled the totals onto a third page")
 
     pages = read_pages(content)
     assert len(pages) == 3

@@ -109,6 +109,26 @@ async def test_idempotency_keys_are_per_user(start_server):
     assert (await job_as(client, B, b1))[0] == 200 and (await job_as(client, B, a1))[0] == 404
 
 
+async def test_a_retry_with_a_key_another_user_also_used_answers_the_retriers_own_job(start_server):
+    """Both users made a job with one key; each one's retry finds that user's own job,
+    whoever used the key first (a lookup by key alone would hand Bob Alice's job)."""
+    client = await start_server(**TOKENS)
+    options = {"idempotencyKey": "order-7", "delay": 3_600_000}
+    body = {"type": "test.echo", "data": {"n": 7}, "options": options}
+    a1 = await submit_as(client, A, "test.echo", {"n": 7}, **options)
+    b1 = await submit_as(client, B, "test.echo", {"n": 7}, **options)
+    for headers, own, other in ((B, b1, a1), (A, a1, b1)):
+        again = await client.post("/api/jobs", headers=headers, json=body)
+        assert again.status == 200, await again.text()
+        assert (await again.json())["jobId"] == own
+        changed = await client.post("/api/jobs", headers=headers, json={**body, "data": {"n": 8}})
+        error = (await changed.json())["error"]
+        assert changed.status == 422 and own in error["message"] and other not in error["message"], error
+    assert (await job_as(client, B, b1))[0] == 200 and (await job_as(client, B, a1))[0] == 404
+    listed = await (await client.get("/api/jobs", headers=B)).json()
+    assert [j["id"] for j in listed["jobs"]] == [b1]
+
+
 async def test_websocket_subscribe_to_another_users_job_gets_not_found_and_no_data(start_server, tmp_path):
     client = await start_server(**TOKENS)
     gate = tmp_path / "gate"

@@ -103,6 +103,18 @@ class SQLiteStore(Store):
     exclusive = True
 
     async def open(self) -> None:
+        """Open (or create) the database. A file or folder that cannot be written stops here
+        with `StoreUnavailable` naming the file and the problem, and whatever was opened
+        before the failure (the lock file, the connections and their threads) is closed."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreUnavailable(f"cannot open the job store {self.path}: {_open_failure(exc)}") from None
+            raise
+
+    async def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_file(Path(self.path + ".lock"))
@@ -118,9 +130,13 @@ class SQLiteStore(Store):
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-        await db.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            await db.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            await db.close()
+            raise
         return db
 
     async def close(self) -> None:
@@ -453,6 +469,23 @@ def _lock_file(path: Path) -> Any:
         raise RuntimeError(f"another offload service is using {path.with_suffix('')}; "
                            "stop it first, or give this one its own [store] url") from None
     return handle
+
+
+def _open_failure(exc: sqlite3.Error | OSError) -> str:
+    """Why a database could not be opened, in words for the person starting the service."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return "the database file is read-only"
+    if "unable to open" in text:
+        return "the database file cannot be opened or created (is it, and its folder, writable?)"
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another process"
+    if "not a database" in text or "malformed" in text:
+        return f"the file is not a usable SQLite database ({exc})"
+    return str(exc)
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
