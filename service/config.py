@@ -148,6 +148,9 @@ class Config:
 
 
 _SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base_dir"}
+#: The clients' variables (where the service is, the caller's token): an application and the
+#: service it talks to often share one environment, so the service passes over them.
+CLIENT_VARIABLES = frozenset({"OFFLOAD_URL", "OFFLOAD_TOKEN"})
 
 
 def _coerce(where: str, value: Any, kind: Any) -> Any:
@@ -234,7 +237,7 @@ def load_config(
                 raise ConfigError(f"{file}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
             layers[name].update(_section(name, values, str(file)))
     for var, value in environ.items():
-        if not var.startswith("OFFLOAD_"):
+        if not var.startswith("OFFLOAD_") or var in CLIENT_VARIABLES:
             continue
         name, _, key = var[len("OFFLOAD_") :].lower().partition("_")
         if name not in _SECTIONS or not key:
