@@ -192,28 +192,38 @@ async def test_watch_one_job_yields_snapshot_then_newer_events_and_ends_at_its_f
 
 async def test_watch_all_yields_the_final_status_of_a_job_that_finished_while_the_service_was_down(tmp_path):
     gate = tmp_path / "gate"
+    seqs: dict[str, list[int]] = {}
+
+    async def until(watcher: Any, job_id: str, done: Any) -> Any:
+        async for event in watcher:
+            seqs.setdefault(event.job_id, []).append(event.seq)
+            if event.job_id == job_id and isinstance(event, (Snapshot, Status)) and done(event.job):
+                return event
+        raise AssertionError("the watch ended")
+
     with ServerProcess(tmp_path / "server", processes=1, lease_ms=1000) as server:
         await server.start()
         async with AsyncClient(server.url) as offload:
+            waiting = await offload.submit("test.echo", {}, delay=3600)  # unchanged across the restart
             watcher = offload.watch()
             job = await offload.submit("test.steps", {"n": 2, "gate": str(gate)})
             async with asyncio.timeout(30):
-                async for event in watcher:  # until the job is seen running
-                    if event.job_id == job.id and isinstance(event, (Snapshot, Status)) and \
-                            event.job.status is JobStatus.RUNNING:
-                        break
+                await until(watcher, job.id, lambda j: j.status is JobStatus.RUNNING)
                 # The watcher is not read while the service is killed, restarted and the job
                 # finishes, so it only learns of the outcome after its reconnect.
                 server.kill()
                 gate.write_text("go")
                 await server.start()
                 await eventually(lambda: _is(offload, job.id, JobStatus.COMPLETED), what="the job to finish")
-                async for event in watcher:
-                    if event.job_id == job.id and isinstance(event, (Snapshot, Status)) and event.job.status.terminal:
-                        break
+                final = await until(watcher, job.id, lambda j: j.status.terminal)
+                await offload.cancel(waiting.id)
+                await until(watcher, waiting.id, lambda j: j.status.terminal)
             await watcher.aclose()
-    assert isinstance(event, Snapshot) and event.job.status is JobStatus.COMPLETED
-    assert event.job.attempts == 2  # the run interrupted by the kill, then the one after the restart
+    assert isinstance(final, Snapshot) and final.job.status is JobStatus.COMPLETED
+    assert final.job.attempts == 2  # the run interrupted by the kill, then the one after the restart
+    # nothing is yielded twice: the snapshots of the reconnect that tell nothing new are dropped
+    assert all(s == sorted(set(s)) for s in seqs.values()), seqs
+    assert len(seqs[waiting.id]) == 2, seqs  # its first snapshot, then its cancellation
 
 
 # ---- retries ------------------------------------------------------------------------------------
