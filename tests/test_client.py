@@ -148,13 +148,29 @@ async def _is(offload: AsyncClient, job_id: str, status: JobStatus) -> bool:
 
 
 # ---- wait and watch ----------------------------------------------------------------------------
-async def test_wait_returns_the_json_value_and_reports_progress(start_server):
-    server = await start_server()
+async def test_wait_returns_the_json_value_and_reports_progress_as_it_happens(start_server, tmp_path):
+    server = await start_server(workers={"processes": 1})
+    busy, held = tmp_path / "busy", tmp_path / "held"
     seen: list[tuple[int, str | None]] = []
+    subscribed = asyncio.Event()
+
+    def on_progress(percent: int, message: str | None) -> None:
+        seen.append((percent, message))
+        subscribed.set()
+        if percent == 100:
+            held.write_text("go")  # the job holds at 100 % until its progress was reported here
+
     async with AsyncClient(url_of(server)) as offload:
-        value = await offload.run("test.steps", {"n": 4}, on_progress=lambda p, m: seen.append((p, m)))
+        blocker = await offload.submit("test.steps", {"n": 1, "gate": str(busy)})  # keeps the one worker busy
+        job = await offload.submit("test.steps", {"n": 4, "gate": str(held)})
+        async with asyncio.timeout(20):
+            waiting = asyncio.ensure_future(offload.wait(job.id, on_progress))
+            await subscribed.wait()  # the job's snapshot: every progress event comes after it
+            busy.write_text("go")
+            value = await waiting
+        await offload.wait(blocker.id)
     assert value["steps"] == 4
-    assert seen and seen[-1] == (100, "step 4 of 4"), seen
+    assert seen[0] == (0, None) and seen[-1] == (100, "step 4 of 4"), seen
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
 
 
@@ -224,6 +240,23 @@ async def test_watch_all_yields_the_final_status_of_a_job_that_finished_while_th
     # nothing is yielded twice: the snapshots of the reconnect that tell nothing new are dropped
     assert all(s == sorted(set(s)) for s in seqs.values()), seqs
     assert len(seqs[waiting.id]) == 2, seqs  # its first snapshot, then its cancellation
+
+
+async def test_wait_follows_its_job_across_a_server_restart(tmp_path):
+    gate = tmp_path / "gate"
+    with ServerProcess(tmp_path / "server", processes=1, lease_ms=1000) as server:
+        await server.start()
+        async with AsyncClient(server.url) as offload:
+            job = await offload.submit("test.steps", {"n": 2, "gate": str(gate)})
+            running = asyncio.Event()
+            waiting = asyncio.ensure_future(offload.wait(job.id, lambda p, m: running.set() if p == 100 else None))
+            async with asyncio.timeout(30):
+                await running.wait()
+                server.kill()  # the wait keeps reconnecting while nothing listens
+                gate.write_text("go")
+                await server.start()
+                value = await waiting
+    assert value["steps"] == 2
 
 
 # ---- retries ------------------------------------------------------------------------------------
@@ -390,6 +423,7 @@ def test_generate_invoice_without_a_url_renders_in_process(monkeypatch, caplog):
     pdf = generate_invoice(ORDER, ITEMS)
     assert "INV-1001" in text_of(pdf)[0]
     assert any(r.levelno == logging.INFO and "OFFLOAD_URL is not set" in r.getMessage() for r in caplog.records)
+    assert text_of(generate_invoice(ORDER, ITEMS, url=dead_url())) == text_of(pdf)  # the blocking fallback
     with pytest.raises(ServiceUnreachable):
         generate_invoice(ORDER, ITEMS, url=dead_url(), fallback=False)
 
