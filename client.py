@@ -246,6 +246,8 @@ class AsyncClient:
             if response.status < 400:
                 try:
                     yield response
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                    raise ServiceUnreachable(f"offload at {self.url} stopped answering: {exc!r}") from exc
                 finally:
                     response.release()
                 return
