@@ -34,6 +34,8 @@ log = logging.getLogger("offload.invoice")
 
 #: The service's default (`[jobs.settings.pdf] currency`), used for an order without one.
 DEFAULT_CURRENCY = "EUR"
+#: Seconds of 429/503 retries before giving up (and falling back), unless `max_retry_wait=` says otherwise.
+RETRY_WAIT = 5.0
 #: Failures that mean "no service to render it": anything else is raised as it is.
 UNREACHABLE = (ServiceUnreachable, Unavailable)
 
@@ -42,7 +44,9 @@ def generate_invoice(order: dict[str, Any], items: list[dict[str, Any]], *, url:
                      token: str | None = None, fallback: bool = True, timeout: float = 120.0,
                      **client_options: Any) -> bytes:
     """The invoice PDF's bytes; blocking. `client_options` go to `Client` (`max_attempts`,
-    `max_retry_wait`, `max_reconnect_wait`)."""
+    `max_retry_wait`, `max_reconnect_wait`); `max_retry_wait` is `RETRY_WAIT` unless given,
+    since someone usually waits for this call and the fallback is right here."""
+    client_options.setdefault("max_retry_wait", RETRY_WAIT)
     url = url or os.environ.get("OFFLOAD_URL")
     if not url:
         log.info("OFFLOAD_URL is not set: rendering invoice %s in this process", _number(order))
@@ -61,6 +65,7 @@ async def agenerate_invoice(order: dict[str, Any], items: list[dict[str, Any]], 
                             token: str | None = None, fallback: bool = True, timeout: float = 120.0,
                             **client_options: Any) -> bytes:
     """`generate_invoice` for asyncio code; an in-process render runs in a thread, off the loop."""
+    client_options.setdefault("max_retry_wait", RETRY_WAIT)
     url = url or os.environ.get("OFFLOAD_URL")
     if not url:
         log.info("OFFLOAD_URL is not set: rendering invoice %s in this process", _number(order))
