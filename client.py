@@ -339,6 +339,7 @@ class AsyncClient:
         pause, down_since = RECONNECT_FIRST, None
         ws_url = "ws" + self.url.removeprefix("http") + "/api/ws"
         while True:
+            hinted = 0.0  # a Retry-After of the refused upgrade
             try:
                 async with self._http().ws_connect(ws_url, heartbeat=30.0) as ws:
                     subscriptions = [{"op": "subscribe", "jobId": job_id}] if job_id else \
@@ -349,7 +350,6 @@ class AsyncClient:
                         if frame.type is not aiohttp.WSMsgType.TEXT:
                             break
                         wire = orjson.loads(frame.data)
-                        pause, down_since = RECONNECT_FIRST, None  # the service answers again
                         if wire.get("event") == "error":
                             if wire.get("code") == "not_found" and job_id:
                                 raise NotFound(wire.get("message", f"no job with id {job_id!r}"), code="not_found")
@@ -357,6 +357,7 @@ class AsyncClient:
                                 log.warning("offload WebSocket error %s: %s", wire.get("code"), wire.get("message"))
                                 break
                             continue
+                        pause, down_since = RECONNECT_FIRST, None  # the service answers again
                         event = parse_event(wire)
                         if event is None or event.seq <= seen.get(event.job_id, -1):
                             continue
@@ -372,7 +373,7 @@ class AsyncClient:
                     raise _BY_STATUS.get(exc.status, OffloadClientError)(
                         f"the WebSocket was refused: HTTP {exc.status} {exc.message}", status=exc.status) from exc
                 headers: Any = exc.headers or {}
-                pause = max(pause, retry_after(headers.get("Retry-After")) or 0)
+                hinted = retry_after(headers.get("Retry-After")) or 0.0
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 log.debug("offload WebSocket dropped: %r", exc)
             now = time.monotonic()
@@ -380,7 +381,7 @@ class AsyncClient:
             if now - down_since > self.max_reconnect_wait:
                 raise ServiceUnreachable(f"offload at {self.url} has not answered for "
                                          f"{self.max_reconnect_wait:g}s; stopped watching")
-            await asyncio.sleep(pause / 2 + random.random() * pause / 2)
+            await asyncio.sleep(max(hinted, pause / 2 + random.random() * pause / 2))
             pause = min(RECONNECT_MAX, pause * 2)
 
     async def wait(self, job_id: str, on_progress: OnProgress | None = None, *, timeout: float | None = None) -> Any:
