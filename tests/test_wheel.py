@@ -51,7 +51,8 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     assert {t for t in tops if not t.endswith(".dist-info")} == {"offload"}, tops
     # the page, the schema and the type marker travel with the code; tests and benchmarks do not
     for needed in ("offload/static/index.html", "offload/static/app.js", "offload/service/store/schema.sql",
-                   "offload/py.typed", "offload/__main__.py"):
+                   "offload/py.typed", "offload/__main__.py", "offload/client.py", "offload/job.py",
+                   "offload/invoice.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("offload/tests/", "offload/benchmarks/"))]
 
