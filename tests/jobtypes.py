@@ -90,3 +90,16 @@ async def async_steps(data, ctx):
         await asyncio.sleep(0)
         ctx.progress(i * 100 // n, f"async step {i}")
     return {"steps": n}
+
+
+@job_type("test.chatty")
+def chatty(data, ctx):
+    """Reports progress with a long message about a thousand times a second until `gate`
+    (a file path) exists: a chatty job that fills a slow client's connection."""
+    pad = "x" * int(data.get("size", 4000))
+    i = 0
+    while not Path(data["gate"]).exists():
+        i += 1
+        ctx.progress(min(99, i // 100), f"{i} {pad}")
+        time.sleep(0.001)
+    return {"reports": i}
