@@ -66,6 +66,7 @@ async def _serve(request: web.Request, owner: str, limits: LimitsConfig) -> web.
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         await guard.stop()
+        guard.let_go()
     return ws
 
 
@@ -125,6 +126,20 @@ class _Guard:
         # and the connection, forever: abort instead.
         if self.transport is not None and (timed_out or self.transport.get_write_buffer_size()):
             self.transport.abort()
+
+    def let_go(self) -> None:
+        """The socket is done (closed, or dropped by the heartbeat): if its transport still
+        holds data a moment later, the client is not reading it and never will, and a
+        graceful close would keep the connection open until it does. Abort it instead."""
+        transport = self.transport
+        if transport is None or not transport.get_write_buffer_size():
+            return
+
+        def abort_if_stuck() -> None:
+            if transport.get_write_buffer_size():
+                transport.abort()
+
+        asyncio.get_running_loop().call_later(CLOSE_HANDSHAKE_S, abort_if_stuck)
 
     async def stop(self) -> None:
         if self._timer is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from offload.service.keys import STORE
+from offload.service.keys import SOCKETS, STORE
 from offload.service.models import Job, new_job_id, now_ms
 from tests.conftest import eventually, submit, wait_status, ws_events_until
 
@@ -231,3 +231,44 @@ async def test_unsubscribe_all_stops_it_and_single_job_subscriptions_stay(start_
         await ws.send_json({"op": "ping"})
         assert await ws.receive_json() == {"event": "pong"}
     assert {e["jobId"] for e in events} == {watched}, events
+
+
+async def _stalled_on_a_chatty_job(client: TestClient, gate: Path) -> RawClient:
+    job_id = await submit(client, "test.chatty", {"gate": str(gate)})
+    stalled = await asyncio.to_thread(RawClient, client.port)
+    stalled.send_json({"op": "subscribe", "jobId": job_id})  # ... and never reads again
+    await eventually(_subscribers(client, 1), what="the subscription")
+    return stalled
+
+
+async def test_a_stalled_client_dropped_by_the_heartbeat_is_let_go(start_server, tmp_path):
+    # Under the unsent-bytes bound (progress is coalesced: it costs little), so the heartbeat
+    # is what notices it; then nothing may keep its connection open.
+    client = await start_server(limits={"ws_heartbeat_s": 1.0})
+    stalled = await _stalled_on_a_chatty_job(client, tmp_path / "gate")
+    try:
+        port = stalled.sock.getsockname()[1]
+        await eventually(_subscribers(client, 0), what="the heartbeat to drop the stalled client")
+        await eventually(lambda: asyncio.sleep(0, not _holds_connection_from(port)),
+                         what="the server to let go of the stalled connection")
+    finally:
+        stalled.sock.close()
+        (tmp_path / "gate").touch()
+
+
+async def test_shutdown_does_not_wait_for_a_stalled_client(start_server, tmp_path):
+    client = await start_server()
+    stalled = await _stalled_on_a_chatty_job(client, tmp_path / "gate")
+    try:
+        port = stalled.sock.getsockname()[1]
+
+        async def backed_up() -> bool:  # the kernel takes no more: the server holds the rest
+            return any(s._req.transport.get_write_buffer_size() for s in client.server.app[SOCKETS])
+
+        await eventually(backed_up, what="the stalled client's connection to back up")
+        async with asyncio.timeout(20):  # a guard against hanging, not a speed check
+            await client.close()
+        assert not _holds_connection_from(port)
+    finally:
+        stalled.sock.close()
+        (tmp_path / "gate").touch()
