@@ -124,6 +124,13 @@ class LimitsConfig:
     #: Seconds between pings to each WebSocket; a client that does not answer within half
     #: of it is dropped.
     ws_heartbeat_s: float = 30.0
+    #: Bytes a WebSocket may hold for its client unsent (queued events plus what the
+    #: connection could not write yet); a client that stays above it for `ws_slow_close_s`
+    #: seconds is closed with 1013.
+    ws_max_unsent_bytes: int = 1024 * 1024
+    #: Seconds a WebSocket client may stay above `ws_max_unsent_bytes` (a burst it reads
+    #: through) before it is closed.
+    ws_slow_close_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -362,6 +369,8 @@ def validate(cfg: Config) -> None:
         (cfg.limits.max_pending_per_user >= 0, "[limits] max_pending_per_user must be >= 0 (0 = no cap)"),
         (cfg.limits.max_websockets_per_user >= 1, "[limits] max_websockets_per_user must be >= 1"),
         (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),
+        (cfg.limits.ws_max_unsent_bytes >= 65536, "[limits] ws_max_unsent_bytes must be >= 65536"),
+        (cfg.limits.ws_slow_close_s >= 0, "[limits] ws_slow_close_s must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

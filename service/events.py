@@ -3,8 +3,13 @@
 Every event is encoded once and handed to each interested subscriber's outbox. An outbox
 keeps `status` and `snapshot` events in order and never drops them; `progress` events of
 one job are coalesced in place (the latest value wins), so a slow client costs memory
-proportional to the jobs it watches, not to the events they produce. Publishing never
+proportional to the jobs it watches, not to the events they produce. An outbox counts the
+bytes it holds, so its connection can bound what a client leaves unread. Publishing never
 awaits: the scheduler is never held up by a client.
+
+Snapshots for `subscribe all` are not all read at once: the outbox asks for them page by
+page as its client takes them (`Subscriber.stream`), so any number of unfinished jobs can
+be watched, and each job's live events wait until its snapshot is queued.
 
 Events carry plain data only, so a later node-to-node bridge can feed the hub with events
 produced elsewhere through `publish`.
@@ -13,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -51,26 +56,76 @@ class Overflow(Exception):
     """A subscriber fell too far behind on events that may not be dropped."""
 
 
+#: Below this many queued messages the snapshot stream of a `subscribe all` asks for its
+#: next page, so snapshots are read from the store only as fast as the client takes them.
+STREAM_LOW_WATER = 100
+
+
+@dataclass
+class SnapshotStream:
+    """The snapshots of one `subscribe all`, paged from the store as the client reads."""
+
+    #: The store's cursor of the next page; None for the first one.
+    cursor: str | None = None
+    #: Jobs whose snapshot this stream already queued: their live events flow from then on.
+    sent: set[str] = field(default_factory=set)
+
+
 class Subscriber:
-    """One WebSocket connection's view: what it watches and what it has yet to receive."""
+    """One WebSocket connection's view: what it watches and what it has yet to receive.
+
+    A job's live events are held while its snapshot is being read (a `subscribe` of that
+    job, or a `subscribe all` whose stream has not reached it yet) and follow the snapshot,
+    newer ones only, once it is queued: subscribing first and reading after means no
+    change can fall between the two."""
 
     def __init__(self, owner: str | None, limit: int = 10_000) -> None:
         self.owner = owner
+        #: Messages (queued and held) before the subscriber overflows.
         self.limit = limit
         self.jobs: set[str] = set()
         self.all = False
         self.overflowed = False
+        #: Bytes of the messages queued or held, not yet handed to the connection.
+        self.queued_bytes = 0
+        #: Called whenever the outbox grows (the connection checks its unsent bytes).
+        self.on_grow: Callable[[], None] | None = None
+        self.stream: SnapshotStream | None = None
         self._last_seq: dict[str, int] = {}
         self._queue: deque[list[Any]] = deque()
         self._progress_items: dict[str, list[Any]] = {}
-        self._held: list[Event] | None = None
+        self._held: dict[str, list[Event]] = {}
+        self._held_count = 0
+        self._reading: set[str] = set()
         self._ready = asyncio.Event()
 
     # ---- fed by the hub -------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
-        if self._held is not None:
-            self._held.append(event)
+        if self._holds(event.job_id):
+            self._hold(event)
+        else:
+            self._queue_event(event)
+
+    def _holds(self, job_id: str) -> bool:
+        if job_id in self._reading:
+            return True
+        stream = self.stream
+        return stream is not None and job_id not in stream.sent and job_id not in self.jobs
+
+    def _hold(self, event: Event) -> None:
+        held = self._held.setdefault(event.job_id, [])
+        if event.kind == "progress" and held and held[-1].kind == "progress":
+            self.queued_bytes -= len(held[-1].payload)
+            held[-1] = event
+        elif self._full():
             return
+        else:
+            held.append(event)
+            self._held_count += 1
+        self.queued_bytes += len(event.payload)
+        self._grew()
+
+    def _queue_event(self, event: Event) -> None:
         if event.seq <= self._last_seq.get(event.job_id, -1):
             return
         if event.terminal and event.job_id not in self.jobs:
@@ -82,6 +137,7 @@ class Subscriber:
         if event.kind == "progress":
             item = self._progress_items.get(event.job_id)
             if item is not None:
+                self.queued_bytes += len(event.payload) - len(item[1])
                 item[1] = event.payload
                 return
             item = [event.job_id, event.payload]
@@ -90,31 +146,87 @@ class Subscriber:
             item = [None, event.payload]
         self._push(item)
 
-    def _push(self, item: list[Any]) -> None:
-        if len(self._queue) >= self.limit:
+    def _full(self) -> bool:
+        if len(self._queue) + self._held_count >= self.limit:
             self.overflowed = True
             self._ready.set()
+        return self.overflowed
+
+    def _push(self, item: list[Any]) -> None:
+        if self._full():
             return
         self._queue.append(item)
+        self.queued_bytes += len(item[1])
+        self._ready.set()
+        self._grew()
+
+    def _grew(self) -> None:
+        if self.on_grow is not None:
+            self.on_grow()
+
+    # ---- one job's snapshot: hold its live events while its current state is read ----------
+    def hold(self, job_id: str) -> None:
+        self._reading.add(job_id)
+
+    def release(self, job_id: str, job: Job | None) -> None:
+        """Queue the snapshot (None: the job was not found), then the events held
+        meanwhile that are newer than it."""
+        self._reading.discard(job_id)
+        if job is not None:
+            self._snapshot(job)
+        self._release_held(job_id)
+
+    def _snapshot(self, job: Job) -> None:
+        last = self._last_seq.get(job.id, -1)
+        if job.seq < last:
+            return  # the client already has a newer state of this job
+        self._last_seq[job.id] = job.seq
+        self._push([None, snapshot_payload(job)])
+
+    def _release_held(self, job_id: str) -> None:
+        if self._holds(job_id):
+            return
+        held = self._held.pop(job_id, ())
+        for event in held:
+            self._held_count -= 1
+            self.queued_bytes -= len(event.payload)
+        if self.all or job_id in self.jobs:  # not a job whose lookup failed meanwhile
+            for event in held:
+                self._queue_event(event)
+
+    # ---- `subscribe all`: every unfinished job's snapshot, page by page --------------------
+    def start_stream(self) -> None:
+        self.stream = SnapshotStream()
         self._ready.set()
 
-    # ---- snapshots: hold live events while the current state is read ---------------------
-    def hold(self) -> None:
-        if self._held is None:
-            self._held = []
+    def add_page(self, stream: SnapshotStream, jobs: Iterable[Job], next_cursor: str | None) -> None:
+        """Queue one page of snapshots, each followed by its job's held events; after the
+        last page (`next_cursor` None), the events of every other job held meanwhile."""
+        if stream is not self.stream:
+            return  # `unsubscribe all` meanwhile
+        for job in jobs:
+            stream.sent.add(job.id)
+            self._snapshot(job)
+            self._release_held(job.id)
+        stream.cursor = next_cursor
+        if next_cursor is None:
+            self.end_stream()
 
-    def release(self, snapshots: Iterable[Job]) -> None:
-        """Send each snapshot, then the events held meanwhile that are newer than it."""
-        for job in snapshots:
-            self._last_seq[job.id] = max(job.seq, self._last_seq.get(job.id, -1))
-            self._push([None, snapshot_payload(job)])
-        held, self._held = self._held or [], None
-        for event in held:
-            if self.all or event.job_id in self.jobs:  # not a job whose lookup failed meanwhile
-                self.deliver(event)
+    def end_stream(self) -> None:
+        self.stream = None
+        for job_id in list(self._held):
+            self._release_held(job_id)
+
+    def stop_all(self) -> None:
+        """`unsubscribe all`: forget the jobs watched through it alone."""
+        self.all = False
+        self.end_stream()  # releases nothing of jobs not watched one by one: they are dropped
+        self._last_seq = {job_id: seq for job_id, seq in self._last_seq.items()
+                          if job_id in self.jobs or job_id in self._reading}
 
     def forget(self, job_id: str) -> None:
         self._last_seq.pop(job_id, None)
+        self._release_held(job_id)
 
     def send_error(self, code: str, message: str) -> None:
         self._push([None, orjson.dumps({"event": "error", "code": code, "message": message})])
@@ -122,17 +234,30 @@ class Subscriber:
     def send_raw(self, payload: bytes) -> None:
         self._push([None, payload])
 
+    def discard(self) -> None:
+        """Drop everything not yet sent: the connection is being closed."""
+        self._queue.clear()
+        self._progress_items.clear()
+        self._held.clear()
+        self._held_count = 0
+        self.queued_bytes = 0
+        self.stream = None
+
     # ---- drained by the connection's sender -------------------------------------------------
-    async def next(self) -> bytes:
-        """The next message to send; raises Overflow when the client fell too far behind."""
-        while not self._queue:
+    async def next(self) -> bytes | None:
+        """The next message to send, or None when the snapshot stream wants its next page
+        (`self.stream`); raises Overflow when the client fell too far behind."""
+        while True:
             if self.overflowed:
                 raise Overflow
+            if self.stream is not None and len(self._queue) < STREAM_LOW_WATER:
+                return None
+            if self._queue:
+                break
             self._ready.clear()
             await self._ready.wait()
-        if self.overflowed:
-            raise Overflow
         job_id, payload = self._queue.popleft()
+        self.queued_bytes -= len(payload)
         if job_id is not None:
             del self._progress_items[job_id]
         return payload
@@ -176,17 +301,25 @@ class EventHub:
                 del self._by_job[job_id]
 
     def watch_all(self, subscriber: Subscriber) -> None:
+        """Every job of the subscriber's owner, present and future: the snapshots of the
+        unfinished ones follow through `subscriber.stream`, read by the connection."""
         subscriber.all = True
+        subscriber.start_stream()
         self._by_owner.setdefault(subscriber.owner, set()).add(subscriber)
 
-    def remove(self, subscriber: Subscriber) -> None:
-        for job_id in list(subscriber.jobs):
-            self.unwatch_job(subscriber, job_id)
+    def unwatch_all(self, subscriber: Subscriber) -> None:
+        """Stop `watch_all`; the jobs watched one by one stay watched."""
         watchers = self._by_owner.get(subscriber.owner)
         if watchers is not None:
             watchers.discard(subscriber)
             if not watchers:
                 del self._by_owner[subscriber.owner]
+        subscriber.stop_all()
+
+    def remove(self, subscriber: Subscriber) -> None:
+        for job_id in list(subscriber.jobs):
+            self.unwatch_job(subscriber, job_id)
+        self.unwatch_all(subscriber)
 
     @property
     def subscriber_count(self) -> int:

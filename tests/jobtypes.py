@@ -101,3 +101,16 @@ async def async_steps(data, ctx):
 def file_output(data, ctx):
     """A file result with whatever filename and content type the test asks for."""
     return FileOutput(data["filename"], data.get("contentType", "text/plain"), data.get("text", "hello").encode())
+
+
+@job_type("test.chatty")
+def chatty(data, ctx):
+    """Reports progress with a long message about a thousand times a second until `gate`
+    (a file path) exists: a chatty job that fills a slow client's connection."""
+    pad = "x" * int(data.get("size", 4000))
+    i = 0
+    while not Path(data["gate"]).exists():
+        i += 1
+        ctx.progress(min(99, i // 100), f"{i} {pad}")
+        time.sleep(0.001)
+    return {"reports": i}

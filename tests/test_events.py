@@ -16,8 +16,17 @@ def job(seq: int, status: JobStatus = JobStatus.RUNNING, job_id: str = "job_a", 
 async def drain(subscriber: Subscriber) -> list[dict]:
     out = []
     while subscriber._queue:
-        out.append(orjson.loads(await subscriber.next()))
+        payload = await subscriber.next()
+        assert payload is not None
+        out.append(orjson.loads(payload))
     return out
+
+
+def watch_all(hub: EventHub, subscriber: Subscriber, *unfinished: Job) -> None:
+    """`subscribe all` with its snapshot stream answered at once, in one page."""
+    hub.watch_all(subscriber)
+    assert subscriber.stream is not None
+    subscriber.add_page(subscriber.stream, unfinished, None)
 
 
 async def test_progress_is_coalesced_in_place_and_status_kept_in_order():
@@ -34,11 +43,11 @@ async def test_progress_is_coalesced_in_place_and_status_kept_in_order():
 
 async def test_snapshot_first_then_only_newer_events():
     hub, sub = EventHub(), Subscriber("u")
-    sub.hold()
+    sub.hold("job_a")
     hub.watch_job(sub, "job_a")
     hub.progress("job_a", "u", 10, None, 3)   # already reflected by the snapshot
     hub.progress("job_a", "u", 20, None, 5)   # newer: must follow it
-    sub.release([job(4)])
+    sub.release("job_a", job(4))
     events = await drain(sub)
     assert [e["event"] for e in events] == ["snapshot", "progress"]
     assert events[0]["job"]["seq"] == 4 and events[1]["seq"] == 5
@@ -46,8 +55,8 @@ async def test_snapshot_first_then_only_newer_events():
 
 async def test_subscriber_only_sees_its_owners_jobs():
     hub, mine, other = EventHub(), Subscriber("u"), Subscriber("v")
-    hub.watch_all(mine)
-    hub.watch_all(other)
+    watch_all(hub, mine)
+    watch_all(hub, other)
     hub.status(job(1, owner="u"))
     assert len(await drain(mine)) == 1
     assert await drain(other) == []
@@ -55,7 +64,7 @@ async def test_subscriber_only_sees_its_owners_jobs():
 
 async def test_slow_client_overflows_on_status_events_only():
     hub, sub = EventHub(), Subscriber("u", limit=3)
-    hub.watch_all(sub)
+    watch_all(hub, sub)
     for seq in range(1, 1000):
         hub.progress("job_a", "u", seq % 100, None, seq)  # one slot, however many
     assert not sub.overflowed
@@ -68,12 +77,57 @@ async def test_slow_client_overflows_on_status_events_only():
 
 async def test_subscribe_all_forgets_finished_jobs():
     hub, sub = EventHub(), Subscriber("u")
-    hub.watch_all(sub)
+    watch_all(hub, sub)
     for i in range(100):
         hub.status(job(1, job_id=f"job_{i}"))
         hub.status(job(2, JobStatus.COMPLETED, job_id=f"job_{i}"))
     assert len(await drain(sub)) == 200
     assert sub._last_seq == {}
+
+
+async def test_subscribe_all_pages_snapshots_and_holds_each_jobs_events_until_its_snapshot():
+    hub, sub = EventHub(), Subscriber("u")
+    hub.watch_all(sub)
+    stream = sub.stream
+    assert stream is not None and await sub.next() is None  # the writer is asked for a page
+    hub.progress("job_b", "u", 10, None, 3)
+    hub.progress("job_b", "u", 20, None, 4)                   # coalesced while held
+    hub.status(job(6, JobStatus.COMPLETED, job_id="job_c"))   # finished before its page
+    hub.status(job(2, job_id="job_a"))                        # older than its snapshot
+    sub.add_page(stream, [job(2, job_id="job_a")], "page 2")
+    assert [orjson.loads(payload)["job"]["id"] for _, payload in sub._queue] == ["job_a"]  # its snapshot alone
+    hub.progress("job_a", "u", 50, None, 3)                   # job_a's snapshot is out: flows
+    sub.add_page(stream, [job(3, job_id="job_b")], None)      # the last page
+    assert sub.stream is None
+    events = [(e["event"], e.get("jobId") or e["job"]["id"], e.get("seq", e.get("job", {}).get("seq")))
+              for e in await drain(sub)]
+    assert events == [("snapshot", "job_a", 2), ("progress", "job_a", 3), ("snapshot", "job_b", 3), ("progress", "job_b", 4),
+                      ("status", "job_c", 6)]
+    assert sub.queued_bytes == 0
+
+
+async def test_outbox_counts_the_bytes_it_holds():
+    hub, sub = EventHub(), Subscriber("u")
+    hub.watch_job(sub, "job_a")
+    hub.status(job(1))
+    first = sub.queued_bytes
+    assert first > 0
+    hub.progress("job_a", "u", 10, "x" * 1000, 2)
+    hub.progress("job_a", "u", 20, None, 3)  # replaces the one before in place
+    assert first < sub.queued_bytes < first + 200
+    await drain(sub)
+    assert sub.queued_bytes == 0
+
+
+async def test_unsubscribe_all_keeps_single_job_subscriptions():
+    hub, sub = EventHub(), Subscriber("u")
+    hub.watch_job(sub, "job_a")
+    watch_all(hub, sub)
+    hub.unwatch_all(sub)
+    hub.status(job(1, job_id="job_a"))
+    hub.status(job(1, job_id="job_b"))
+    assert [e["jobId"] for e in await drain(sub)] == ["job_a"]
+    assert hub.subscriber_count == 1
 
 
 def test_times_are_iso_utc_with_milliseconds():

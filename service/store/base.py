@@ -99,6 +99,13 @@ class Store(ABC):
     async def unfinished(self, owner: str | None) -> list[Job]:
         """Pending and running jobs of `owner` (every owner's when None), oldest first."""
 
+    @abstractmethod
+    async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
+        """Up to `limit` pending and running jobs of `owner` (every owner's when None), in
+        submission order, after the page `cursor` ended; `next_cursor` is None on the last
+        page. Each page is read on its own, so a job that finished before its page is left
+        out and one queued after the first page is still met."""
+
     # ---- writes --------------------------------------------------------------------------
     async def create(self, job: Job, request_hash: str | None = None) -> tuple[Job, bool]:
         """Store a new pending job; durable when this returns. With an idempotency key that

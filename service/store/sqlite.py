@@ -284,6 +284,19 @@ class SQLiteStore(Store):
             params.append(owner)
         return [_job(r) for r in await self._read(sql + " ORDER BY pos", params)]
 
+    async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
+        # One ordered walk of the (status, pos) index per status, each stopping after
+        # `limit` rows, so a page costs the same however many jobs come after it.
+        after = 0 if cursor is None else decode_cursor(cursor)
+        mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        walks = [f"SELECT * FROM (SELECT pos, {_COLS} FROM jobs INDEXED BY jobs_status WHERE status = '{status}' "
+                 f"AND pos > ?{mine} ORDER BY pos LIMIT ?)" for status in ("pending", "running")]
+        rows = await self._read(" UNION ALL ".join(walks) + " ORDER BY pos LIMIT ?",
+                                [*((after, *params, limit + 1) * 2), limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
+
     # ---- write hooks ----------------------------------------------------------------------------
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
         values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
