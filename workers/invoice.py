@@ -66,17 +66,18 @@ class InvoiceSettings:
     def from_settings(cls, settings: Mapping[str, Any]) -> InvoiceSettings:
         """Read `[jobs.settings.pdf]`; a `ValueError` names the first bad key. Whole numbers may
         also be strings of digits, as the environment gives them."""
-        known = {f.name for f in fields(cls)}
+        defaults = {f.name: f.default for f in fields(cls)}
+        known = set(defaults)
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ValueError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
         values: dict[str, Any] = {}
-        currency = settings.get("currency", cls.currency)
+        currency = settings.get("currency", defaults["currency"])
         if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
             raise ValueError(f"currency: must be a 3-letter currency code, got {currency!r}")
         values["currency"] = currency.upper()
         for key in ("max_items", "max_text_length", "max_notes_length"):
-            value = settings.get(key, getattr(cls, key))
+            value = settings.get(key, defaults[key])
             if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -133,8 +134,7 @@ def parse_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> In
         raise ValidationError("type", "is required" if kind is None else 'must be "invoice"')
     order = _object(data.get("order"), "order")
     number = order.get("number")
-    if isinstance(number, int) and not isinstance(number, bool):
-        number = str(number)
+    number = _whole_as_text(number)
     limit = settings.max_text_length
     number = _required(number, "order.number", limit)
     invoice_date = _date(order.get("date"))
@@ -251,10 +251,16 @@ def _item(entry: Any, path: str, limit: int) -> Item:
         raise ValidationError(f"{path}.quantity", "must be a number greater than 0")
     unit_price = _amount(entry.get("unitPrice"), f"{path}.unitPrice", "must be a number, 0 or more")
     sku = entry.get("sku")
-    if isinstance(sku, int) and not isinstance(sku, bool):
-        sku = str(sku)
+    sku = _whole_as_text(sku)
     line_total = _MATH.multiply(quantity, unit_price).quantize(CENT, context=_MATH)
     return Item(name, quantity, unit_price, line_total, _optional(sku, f"{path}.sku", limit))
+
+
+def _whole_as_text(value: Any) -> Any:
+    """An integer (also `7.0`, which JSON Schema counts as one) as its digits; else unchanged."""
+    if type(value) is float and value.is_integer() and _JSON_INT_MIN <= value <= _JSON_INT_MAX:
+        value = int(value)
+    return str(value) if type(value) is int else value
 
 
 def _object(value: Any, path: str) -> Mapping[str, Any]:
