@@ -3,17 +3,31 @@ Rules live in the scheduler and the store; errors are raised and rendered by the
 error middleware."""
 from __future__ import annotations
 
+import asyncio
 import re
+import unicodedata
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
-from offload.service.errors import Conflict, Invalid, MalformedJSON, NotFound, ShuttingDown, UnsupportedMediaType, job_not_found
-from offload.service.keys import CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
-from offload.service.models import Job, JobStatus
+from offload.service.errors import (
+    Conflict,
+    Invalid,
+    MalformedJSON,
+    NotFound,
+    ShuttingDown,
+    StoreUnavailable,
+    Unavailable,
+    UnsupportedMediaType,
+    job_not_found,
+)
+from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
+from offload.service.models import Job, JobStatus, iso, now_ms
 from offload.service.store import IdempotencyMismatch
 from offload.service.validation import parse_submission
+from offload.workers.runtime import is_media_type
 
 routes = web.RouteTableDef()
 JOB_ID = re.compile(r"^job_[a-z2-7]{24}$")
@@ -45,14 +59,29 @@ def job_id_of(request: web.Request) -> str:
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_type not in ("application/json", "application/octet-stream", "") and \
-            not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON with Content-Type: application/json, not {request.content_type}")
+    """The body as JSON, if it is declared `application/json` (a `charset`, if any, must be
+    UTF-8, the only encoding JSON has). Nothing else is read as JSON: not a missing
+    Content-Type (aiohttp reports it as application/octet-stream), not text/plain, not
+    `+json` types. A cross-site page can send those without a CORS preflight
+    (`fetch(url, {mode: "no-cors", body: new Blob([json])})`); `application/json` it cannot."""
+    declared = request.headers.get("Content-Type")
+    charset = (request.charset or "utf-8").lower()
+    if declared is None or request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        found = f"not {declared[:100]!r}" if declared is not None else "none was sent"
+        raise UnsupportedMediaType(f"the body must be JSON sent as Content-Type: application/json ({found})")
     raw = await request.read()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+
+
+@routes.post("/api/ws-ticket")
+async def ws_ticket(request: web.Request) -> web.Response:
+    """A single-use credential for one `/api/ws?ticket=` upgrade, so that a browser need not
+    put its long-lived token in a URL."""
+    ticket, ttl = request.app[AUTH].tickets.issue(owner_of(request))
+    return json_response({"ticket": ticket, "expiresAt": iso(now_ms() + int(ttl * 1000))}, 201)
 
 
 @routes.post("/api/jobs")
@@ -111,7 +140,29 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job.to_wire())
 
 
+#: What a download's ASCII `filename=` may hold; anything else becomes "_".
 _FILENAME_UNSAFE = re.compile(r'[^A-Za-z0-9._ -]+')
+#: Never part of a file name in any form: path separators and control characters.
+_FILENAME_NEVER = re.compile(r'[\x00-\x1f\x7f/\\]+')
+#: RFC 5987 attr-char besides letters and digits: what `filename*` keeps unescaped.
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def content_disposition(filename: str, fallback: str) -> str:
+    """`attachment` with an ASCII `filename` every client understands and, for a name that
+    is not plain ASCII, the exact name as RFC 6266/5987 `filename*=UTF-8''…`. A name that
+    is empty or only dots (`..`, `/..`) after cleaning becomes `fallback` (the stored file's own name)."""
+    exact = _FILENAME_NEVER.sub("_", filename).strip()[:200]
+    if not exact.strip("._ "):
+        exact = fallback
+    ascii_name = unicodedata.normalize("NFKD", exact).encode("ascii", "ignore").decode()
+    ascii_name = _FILENAME_UNSAFE.sub("_", ascii_name).strip()
+    if not ascii_name.strip("._ "):
+        ascii_name = fallback
+    header = f'attachment; filename="{ascii_name}"'
+    if exact != ascii_name:
+        header += f"; filename*=UTF-8''{quote(exact, safe=_ATTR_CHARS)}"
+    return header
 
 
 @routes.get("/api/jobs/{job_id}/download")
@@ -129,24 +180,74 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = request.app[CONFIG].results_path / name
     if not path.is_file():
         raise NotFound(f"the result file of job {job_id} is gone")
-    filename = _FILENAME_UNSAFE.sub("_", result.get("filename") or path.name).strip() or path.name
+    # Workers refuse a bad content type; a row written before they did is served as bytes.
+    content_type = str(result.get("contentType") or "")
+    if not is_media_type(content_type):
+        content_type = "application/octet-stream"
     return web.FileResponse(path, headers={
-        "Content-Type": result.get("contentType") or "application/octet-stream",
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Type": content_type,
+        "Content-Disposition": content_disposition(str(result.get("filename") or ""), path.name),
+        "X-Content-Type-Options": "nosniff",  # never rendered as anything but its declared type
     })
+
+
+def is_operator(request: web.Request) -> bool:
+    """Operators see the whole service (global counts, node id, worker pids): the users in
+    `[auth] admins`, and the one user of single-user mode."""
+    return request.app[AUTH].single_user or owner_of(request) in request.app[CONFIG].auth.admins
 
 
 @routes.get("/api/stats")
 async def stats(request: web.Request) -> web.Response:
-    counts = await request.app[STORE].count_by_status()
+    store = request.app[STORE]
+    if not is_operator(request):
+        return json_response({"scope": "own", "jobs": await store.count_by_status(owner_of(request))})
     scheduler = request.app[SCHEDULER]
-    return json_response({"jobs": counts, "scheduler": scheduler.describe(),
+    return json_response({"scope": "all", "jobs": await store.count_by_status(), "scheduler": scheduler.describe(),
                           "websocket": {"subscribers": request.app[HUB].subscriber_count,
                                         "eventsPublished": request.app[HUB].published}})
 
 
+#: How long a health probe waits for its write to commit before it calls the store unavailable.
+PROBE_TIMEOUT_S = 2.0
+
+
+async def check_store_and_workers(request: web.Request) -> None:
+    """Raise 503 (with its reason and Retry-After) unless the store commits a write now and
+    the worker pool runs. A read would not do: a locked, read-only or full database answers
+    reads while it refuses every job."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await request.app[STORE].writable()
+    except TimeoutError:
+        raise StoreUnavailable(f"job store unavailable: a write did not commit within {PROBE_TIMEOUT_S:g} s "
+                               "(locked by another process, or slow storage); try again shortly") from None
+    if request.app[SCHEDULER].pool.draining:
+        raise Unavailable("the worker pool is stopping")
+
+
 @routes.get("/api/health")
 async def health(request: web.Request) -> web.Response:
-    await request.app[STORE].ping()
-    workers = request.app[SCHEDULER].pool.describe()
-    return json_response({"status": "ok", "accepting": request.app[SCHEDULER].accepting, "workers": workers})
+    await check_store_and_workers(request)
+    scheduler = request.app[SCHEDULER]
+    answer: dict[str, Any] = {"status": "ok", "accepting": scheduler.accepting}
+    if is_operator(request):
+        answer["workers"] = scheduler.pool.describe()
+    return json_response(answer)
+
+
+@routes.get("/api/health/live")
+async def live(request: web.Request) -> web.Response:
+    """For liveness probes, no token: the process answers. Says nothing else."""
+    return json_response({"status": "alive"})
+
+
+@routes.get("/api/health/ready")
+async def ready(request: web.Request) -> web.Response:
+    """For readiness probes, no token: 200 while the store takes writes, the workers run and
+    new jobs are accepted; otherwise 503 naming the reason, with Retry-After. Shows nothing
+    about jobs, users or processes."""
+    if not request.app[SCHEDULER].accepting:
+        raise ShuttingDown("the service is shutting down and takes no new jobs")
+    await check_store_and_workers(request)
+    return json_response({"status": "ready"})

@@ -22,6 +22,7 @@ from offload.service.events import EventHub
 from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
 from offload.service.limits import Limits
 from offload.service.openapi import openapi_json
+from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import Scheduler
 from offload.service.store import open_store
@@ -72,9 +73,31 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     return response
 
 
+#: A Host safe to repeat in the page's CSP (anything else just leaves out the ws: sources).
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,255}$")
+
+
+@web.middleware
+async def page_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """The demo page runs only its own files: no inline or foreign script or style, no
+    framing (clickjacking), no Referer leaving the page, no type sniffing. `connect-src`
+    names ws:/wss: to this host besides 'self', which older browsers do not apply to
+    WebSockets."""
+    response = await handler(request)
+    if request.path == "/" or request.path.startswith("/static/"):
+        own = f" ws://{request.host} wss://{request.host}" if _HOST.match(request.host) else ""
+        response.headers.update({
+            "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                       f"img-src 'self' data:; connect-src 'self'{own}; base-uri 'none'; "
+                                       "form-action 'self'; frame-ancestors 'none'",
+            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+    return response
+
+
 def create_app(config: Config) -> web.Application:
     registry.load(config.workers.modules)
-    app = web.Application(middlewares=[errors, authenticate], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(middlewares=[page_headers, errors, refuse_foreign_origins, authenticate],
+                          client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
     app[AUTH] = Authenticator.from_config(config)  # ConfigError: no tokens on a public host
     app[LIMITS] = Limits(config.limits)
@@ -103,8 +126,12 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
     store = open_store(config.store_url, synchronous=config.store.synchronous,
                        busy_timeout_ms=config.store.busy_timeout_ms)
-    await store.open()
-    config.results_path.mkdir(parents=True, exist_ok=True)
+    await store.open()  # closes whatever it opened when it fails
+    try:
+        config.results_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no teardown runs for a setup that failed: close the store here
+        await store.close()
+        raise RuntimeError(f"cannot create the results folder {config.results_path}: {exc.strerror}") from None
     app[STORE] = store
     log.info("job store: %s", config.store_url)
     yield
@@ -118,9 +145,9 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
                       modules=config.workers.modules,
                       memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method,
                       stop_grace=config.workers.stop_grace)
-    await pool.start()
-    scheduler = Scheduler(config, app[STORE], app[HUB], pool)
     try:
+        await pool.start()
+        scheduler = Scheduler(config, app[STORE], app[HUB], pool)
         await scheduler.start()
     except BaseException:  # no teardown runs for a setup that failed: stop the processes here
         await pool.close()

@@ -10,6 +10,13 @@ Without tokens the service trusts whoever can reach it, so it must only listen o
 loopback address: `Authenticator.from_config` refuses any other host, and the middleware
 refuses requests whose `Host` is not a loopback name (a web page that rebinds its own
 DNS name to 127.0.0.1 must not reach the API).
+
+Browsers cannot give a WebSocket an Authorization header. Rather than a long-lived token
+in the URL (where proxies and logs keep it), the page trades its token for a ticket
+(`POST /api/ws-ticket`): random, valid for one upgrade within `TICKET_TTL_S` seconds, and
+only on `/api/ws?ticket=`. Tickets live in this process's memory, so behind a balancer the
+upgrade must reach the node that issued the ticket. `?token=` keeps working; the access
+log redacts both (service/access_log.py).
 """
 from __future__ import annotations
 
@@ -17,12 +24,16 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import secrets
+import time
 import tomllib
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from offload.service.errors import Forbidden, Unauthorized
+from offload.service.errors import Forbidden, TooManyRequests, Unauthorized
 from offload.service.keys import AUTH, OWNER
 
 if TYPE_CHECKING:
@@ -32,10 +43,14 @@ LOCAL_USER = "local"
 MIN_TOKEN_LENGTH = 16
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 HEX_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
-#: Paths anyone may fetch: the demo page and its files. Everything else needs a token.
+#: Paths anyone may fetch: the demo page and its files, and the probes (which show nothing
+#: about jobs, users or processes). Everything else needs a token.
 PUBLIC_PREFIXES = ("/static/",)
-PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PATHS = frozenset({"/", "/api/health/live", "/api/health/ready"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="offload"'}
+#: Seconds a WebSocket ticket stays valid, and how many unused ones a user may hold.
+TICKET_TTL_S = 30.0
+MAX_TICKETS_PER_USER = 100
 
 
 def digest(token: str) -> bytes:
@@ -52,11 +67,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class Tickets:
+    """Single-use, short-lived WebSocket credentials. Kept as digests; `clock` (monotonic
+    seconds) is the one a test may replace to let tickets expire without waiting."""
+
+    def __init__(self, ttl: float = TICKET_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._live: dict[bytes, tuple[str, float]] = {}  # digest → (user, expiry on `clock`), oldest first
+        self._per_user: Counter[str] = Counter()
+
+    def issue(self, user: str) -> tuple[str, float]:
+        """A new ticket for `user` and its lifetime in seconds; 429 past the per-user cap."""
+        self._forget_expired()
+        if self._per_user[user] >= MAX_TICKETS_PER_USER:
+            raise TooManyRequests(f"you hold {MAX_TICKETS_PER_USER} unused WebSocket tickets; use them or let "
+                                  "them expire", retry_after=int(self.ttl) + 1)
+        ticket = secrets.token_urlsafe(32)
+        self._live[digest(ticket)] = (user, self.clock() + self.ttl)
+        self._per_user[user] += 1
+        return ticket, self.ttl
+
+    def redeem(self, ticket: str) -> str | None:
+        """The ticket's user, once: the ticket is gone afterwards. None when unknown or expired."""
+        entry = self._live.pop(digest(ticket), None)
+        if entry is None:
+            return None
+        user, expires = entry
+        self._release(user)
+        return user if self.clock() < expires else None
+
+    def _forget_expired(self) -> None:
+        now = self.clock()
+        while self._live:
+            key, (user, expires) = next(iter(self._live.items()))
+            if expires > now:
+                return
+            del self._live[key]
+            self._release(user)
+
+    def _release(self, user: str) -> None:
+        self._per_user[user] -= 1
+        if not self._per_user[user]:
+            del self._per_user[user]
+
+
 class Authenticator:
-    """Maps a presented token to its user. With no tokens it is single-user."""
+    """Maps a presented token (or WebSocket ticket) to its user. With no tokens it is single-user."""
 
     def __init__(self, users_by_digest: dict[bytes, str]) -> None:
         self._entries = list(users_by_digest.items())
+        self.tickets = Tickets()
 
     @property
     def single_user(self) -> bool:
@@ -142,6 +203,14 @@ async def authenticate(request: web.Request, handler):  # type: ignore[no-untype
         request[OWNER] = LOCAL_USER
         return await handler(request)
     token = presented_token(request)
+    ticket = request.query.get("ticket") if request.path == "/api/ws" else None
+    if token is None and ticket:
+        user = authenticator.tickets.redeem(ticket)
+        if user is None:
+            raise Unauthorized("the ticket is not valid: it was used already, has expired or was never issued; "
+                               "get a new one from POST /api/ws-ticket", headers=CHALLENGE)
+        request[OWNER] = user
+        return await handler(request)
     if token is None:
         raise Unauthorized("this service needs a token: send `Authorization: Bearer <token>`", headers=CHALLENGE)
     user = authenticator.user_for(token)

@@ -9,11 +9,15 @@ import sys
 
 from aiohttp import web
 
+from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
-from offload.service.config import ConfigError, load_config
-from offload.service.keys import CONFIG, SCHEDULER
+from offload.service.config import Config, ConfigError, load_config
+from offload.service.errors import OffloadError
+from offload.service.keys import SCHEDULER
 
 log = logging.getLogger("offload.cli")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -31,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="path to config.toml (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                       help="DEBUG, INFO (default), WARNING or ERROR, in any case")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}}
     try:
         config = load_config(args.config, overrides=overrides)
@@ -43,20 +48,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     loop = _loop()
     asyncio.set_event_loop(loop)
-    app = create_app(config)
-    _stop_gracefully_on_signals(app, loop)
-    print(f"offload: serving on http://{config.server.host}:{config.server.port}  "
-          f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, loop=loop, print=None,
-                    shutdown_timeout=config.server.shutdown_grace + 5, handle_signals=False)
-    except (RuntimeError, OSError) as exc:  # the database is taken, the port is in use, …
-        print(f"offload: cannot start: {exc}", file=sys.stderr)
+        return loop.run_until_complete(_serve(config))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        return 130
+    finally:
+        _close_loop(loop)
+
+
+async def _serve(config: Config) -> int:
+    """Start, serve until a signal's drain is over, stop. "serving on" is printed only once
+    the port listens; a start-up that fails (the database is read-only, the port is taken)
+    prints one line, closes what was opened and returns 1."""
+    try:
+        app = create_app(config)
+    except ImportError as exc:  # a module named in [workers] modules (or one it imports)
+        print(f"offload: cannot start: [workers] modules: {exc}", file=sys.stderr, flush=True)
         return 1
-    return 0
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace + 5,
+                           access_log_class=RedactingAccessLogger)
+    shutdown = _Shutdown(app, config.server.shutdown_grace)
+    shutdown.install(asyncio.get_running_loop())
+    try:
+        try:
+            await runner.setup()  # the cleanup contexts: store, worker pool, scheduler
+            await web.TCPSite(runner, config.server.host, config.server.port).start()
+        except (OffloadError, RuntimeError, OSError) as exc:
+            message = exc.message if isinstance(exc, OffloadError) else str(exc)
+            print(f"offload: cannot start: {message}", file=sys.stderr, flush=True)
+            return 1
+        print(f"offload: serving on http://{config.server.host}:{config.server.port}  "
+              f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
+        shutdown.started.set()
+        await shutdown.done.wait()
+        return 0
+    finally:
+        await runner.cleanup()  # also the cleanup contexts that started before a failing one
 
 
-def _stop_gracefully_on_signals(app: web.Application, loop: asyncio.AbstractEventLoop) -> None:
+class _Shutdown:
     """SIGTERM and Ctrl-C: drain the scheduler first, then let aiohttp shut down.
 
     aiohttp's own signal handling stops listening at once, so a client would see refused
@@ -64,36 +94,58 @@ def _stop_gracefully_on_signals(app: web.Application, loop: asyncio.AbstractEven
     the scheduler while the server goes on answering: new jobs are refused, running jobs
     get `shutdown_grace` seconds and are then handed back as pending, and their events
     still reach the WebSockets. Only then does aiohttp stop listening, close the
-    WebSockets (1001) and the store. A signal during start-up takes effect once start-up
-    is done (stopping half-way would leave it half-built); a second signal changes nothing."""
-    grace = app[CONFIG].server.shutdown_grace
-    started = asyncio.Event()
-    stopping: list[asyncio.Task[None]] = []
+    WebSockets (1001) and the store. A second signal cuts the grace short: the running
+    jobs are stopped at once and handed back as pending all the same. A signal during
+    start-up takes effect once start-up is done (stopping half-way would leave it
+    half-built)."""
 
-    async def on_startup(app: web.Application) -> None:
-        started.set()
+    def __init__(self, app: web.Application, grace: float) -> None:
+        self.app = app
+        self.grace = grace
+        #: Set once the service listens: a drain waits for it.
+        self.started = asyncio.Event()
+        #: Set once the drain is over: the service stops.
+        self.done = asyncio.Event()
+        self._drain: asyncio.Task[None] | None = None
+        self._hurried = False
 
-    def graceful_exit() -> None:
-        raise web.GracefulExit()
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_signal, sig)
 
-    async def drain() -> None:
-        await started.wait()
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self._drain is None:
+            log.info("%s: stopping; running jobs get %g s to finish (signal again to stop them now)",
+                     sig.name, self.grace)
+            self._drain = asyncio.get_running_loop().create_task(self.drain(), name="offload-drain")
+        elif not self._hurried and not self.done.is_set():
+            log.warning("%s again: stopping now; running jobs go back to pending", sig.name)
+            self._hurried = True
+            if SCHEDULER in self.app:
+                self.app[SCHEDULER].hurry()
+        else:
+            log.info("%s: already stopping", sig.name)
+
+    async def drain(self) -> None:
+        await self.started.wait()
+        scheduler = self.app[SCHEDULER]
         try:
-            await app[SCHEDULER].stop(grace)
+            if self._hurried:  # the second signal came during start-up
+                scheduler.hurry()
+            print(f"offload: drain done: {await scheduler.stop(self.grace)}", flush=True)
         finally:
-            loop.call_soon(graceful_exit)
+            self.done.set()
 
-    def on_signal(sig: signal.Signals) -> None:
-        if stopping:
-            log.info("%s: already stopping; running jobs are stopped %g s after the first signal", sig.name, grace)
-            return
-        log.info("%s: stopping; running jobs get %g s to finish", sig.name, grace)
-        stopping.append(loop.create_task(drain(), name="offload-drain"))
 
-    app.on_startup.append(on_startup)  # after the cleanup contexts: the scheduler runs by then
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what still runs (a drain waiting for a start-up that failed), then close."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 if __name__ == "__main__":

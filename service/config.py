@@ -1,14 +1,29 @@
 """Configuration: `config.toml`, then `OFFLOAD_<SECTION>_<KEY>` environment variables, then
-command-line flags, each stronger than the one before. An unknown key or a value of the
-wrong type stops start-up with a message naming it."""
+command-line flags, each stronger than the one before. An unknown key in the file, or a
+value of the wrong type anywhere, stops start-up with a message naming it.
+
+The environment is shared with other software: Kubernetes injects `OFFLOAD_PORT=tcp://…`,
+`OFFLOAD_SERVICE_HOST` and more into every pod of a namespace with a Service named
+`offload`. So an `OFFLOAD_*` variable that names no setting is a warning, not an error;
+`OFFLOAD_URL` and `OFFLOAD_TOKEN` are the clients' and pass silently. Per-type settings
+are `OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>` (`OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY=USD`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_type_hints
+
+
+log = logging.getLogger("offload.config")
+
+#: Read by offload's clients (where to connect, with which token), not by the server.
+CLIENT_VARIABLES = frozenset({"OFFLOAD_URL", "OFFLOAD_TOKEN"})
+_SETTINGS_PREFIX = "OFFLOAD_JOBS_SETTINGS_"
 
 
 class ConfigError(Exception):
@@ -22,8 +37,9 @@ class ServerConfig:
     #: Seconds that running jobs get to finish on SIGTERM/Ctrl-C before they are stopped
     #: and put back to pending.
     shutdown_grace: float = 10.0
-    #: Browser origins (besides the service's own) whose pages may open the WebSocket,
-    #: e.g. ("https://app.example.com",). Needed behind a proxy that changes scheme or port.
+    #: Browser origins (besides the service's own) whose pages may open the WebSocket and
+    #: send POST/DELETE, e.g. ("https://app.example.com",). Needed behind a proxy that
+    #: changes scheme or port.
     allowed_origins: tuple[str, ...] = ()
 
 
@@ -81,6 +97,10 @@ class AuthConfig:
     tokens: Mapping[str, str] = field(default_factory=dict)
     #: A TOML file of `"<sha256 hex of a token>" = "user"` lines: secrets stored hashed.
     tokens_file: str = ""
+    #: Users who operate the service: they see global job counts and node internals (node
+    #: id, worker pids) in /api/stats and /api/health. Everyone else sees their own counts.
+    #: In single-user mode the one user is the operator.
+    admins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,9 +215,12 @@ def _str_mapping(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+_CLASSES: dict[str, type] = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig,
+                              "jobs": JobsConfig, "auth": AuthConfig, "limits": LimitsConfig}
+
+
 def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
-    cls = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig, "jobs": JobsConfig,
-           "auth": AuthConfig, "limits": LimitsConfig}[name]
+    cls = _CLASSES[name]
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     out = {}
@@ -206,6 +229,69 @@ def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
             raise ConfigError(f"{origin}: unknown key [{name}] {key!r} (known: {', '.join(sorted(known))})")
         out[key] = _coerce(f"{origin}: [{name}] {key}", value, hints[key])
     return out
+
+
+def _from_environment(environ: Mapping[str, str], layers: dict[str, dict[str, Any]]) -> None:
+    """Apply the `OFFLOAD_*` variables to `layers`. One that names no setting is logged as
+    a warning and ignored (see the module's docstring); a setting with a bad value stops
+    start-up."""
+    for var, value in sorted(environ.items()):
+        if not var.startswith("OFFLOAD_") or var in CLIENT_VARIABLES:
+            continue
+        if var.startswith(_SETTINGS_PREFIX):
+            _job_setting(var, value, layers["jobs"])
+            continue
+        name, _, key = var[len("OFFLOAD_"):].lower().partition("_")
+        if name not in _SECTIONS:
+            log.warning("ignoring environment variable %s: it names no offload setting "
+                        "(settings are OFFLOAD_<SECTION>_<KEY>, e.g. OFFLOAD_SERVER_PORT; sections: %s)",
+                        var, ", ".join(_SECTIONS))
+            continue
+        known = {f.name for f in fields(_CLASSES[name])}
+        if key not in known:
+            log.warning("ignoring environment variable %s: [%s] has no key %r (known: %s)",
+                        var, name, key, ", ".join(sorted(known)))
+            continue
+        layers[name].update(_section(name, {key: value}, f"environment {var}"))
+
+
+def _job_setting(var: str, value: str, jobs: dict[str, Any]) -> None:
+    """`OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>`: one key of `[jobs.settings.<type>]`. The type is
+    the longest one already configured whose name (`.` and `-` written as `_`) fits, else the
+    first word; the value takes the type of the value it replaces."""
+    settings = {t: dict(v) for t, v in jobs.get("settings", JobsConfig().settings).items()}
+    rest = var[len(_SETTINGS_PREFIX):].lower()
+    fits = [t for t in settings if rest.startswith(re.sub(r"[.-]", "_", t.lower()) + "_")]
+    job_type = max(fits, key=len) if fits else rest.partition("_")[0]
+    key = rest[len(job_type) + 1:]
+    if not job_type or not key:
+        raise ConfigError(f"environment {var}: expected OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>, "
+                          "e.g. OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY")
+    table = settings.setdefault(job_type, {})
+    table[key] = _setting_value(f"environment {var}: [jobs.settings.{job_type}] {key}", value, table.get(key))
+    jobs["settings"] = settings
+
+
+_BOOLEANS = {"true": True, "false": False}
+_NUMBER = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
+
+
+def _setting_value(where: str, value: str, current: Any) -> Any:
+    """The variable's text as the type of the value it replaces; for a new key, a number
+    when it reads as one, true/false as a boolean, otherwise the text itself."""
+    text = value.strip()
+    if current is None:
+        if _NUMBER.fullmatch(text):
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
+        return _BOOLEANS.get(text.lower(), value)
+    try:
+        if isinstance(current, bool):
+            return _BOOLEANS[text.lower()]
+        if isinstance(current, (int, float)):
+            return type(current)(text)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}") from None
+    return value
 
 
 def load_config(
@@ -233,13 +319,7 @@ def load_config(
             if name not in _SECTIONS or not isinstance(values, dict):
                 raise ConfigError(f"{file}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
             layers[name].update(_section(name, values, str(file)))
-    for var, value in environ.items():
-        if not var.startswith("OFFLOAD_"):
-            continue
-        name, _, key = var[len("OFFLOAD_") :].lower().partition("_")
-        if name not in _SECTIONS or not key:
-            raise ConfigError(f"environment: unknown variable {var} (use OFFLOAD_<SECTION>_<KEY>, e.g. OFFLOAD_SERVER_PORT)")
-        layers[name].update(_section(name, {key: value}, f"environment {var}"))
+    _from_environment(environ, layers)
     for name, values in (overrides or {}).items():
         layers[name].update(_section(name, values, "command line"))
     try:
@@ -289,7 +369,11 @@ def validate(cfg: Config) -> None:
     _validate_pdf_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
-    Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
+    auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
+    unknown = sorted(set(cfg.auth.admins) - auth.users)
+    if unknown and not auth.single_user:
+        raise ConfigError(f"[auth] admins: no token is configured for {', '.join(map(repr, unknown))} "
+                          f"(users with tokens: {', '.join(sorted(auth.users))})")
 
 
 def _validate_pdf_settings(cfg: Config) -> None:

@@ -6,11 +6,18 @@ from __future__ import annotations
 class OffloadError(Exception):
     status = 500
     code = "internal_error"
+    #: Seconds a client should wait before trying again; every 429 and 503 sends it as an
+    #: integer `Retry-After` (RFC 9110), which is how client libraries know to back off.
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+        wait = self.retry_after if retry_after is None else retry_after
+        if wait is not None:
+            self.headers["Retry-After"] = str(max(1, int(wait)))
 
     def to_wire(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -63,21 +70,31 @@ class Invalid(OffloadError):
 
 class TooManyRequests(OffloadError):
     status, code = 429, "too_many_requests"
+    retry_after = 1
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class Unavailable(OffloadError):
+    """Temporarily unable to serve: the answer says when to come back (`Retry-After`)."""
+
     status, code = 503, "unavailable"
+    retry_after = 5
 
 
 class ShuttingDown(Unavailable):
+    """Draining: a restarted service (or another node) takes the request in a few seconds."""
+
     code = "shutting_down"
+    retry_after = 5
 
 
 class StoreUnavailable(Unavailable):
+    """A locked, read-only or full database: such faults usually clear within seconds."""
+
     code = "store_unavailable"
+    retry_after = 2
 
 
 def job_not_found(job_id: str) -> NotFound:

@@ -46,6 +46,8 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 UNAUTHORIZED = _error("no token, or not a valid one (when [auth] tokens are configured)")
 FORBIDDEN = _error("single-user mode answers only to a loopback Host name")
+FORBIDDEN_WRITE = _error("a foreign Origin (a page elsewhere; see [server] allowed_origins), or a non-loopback "
+                         "Host in single-user mode")
 NOT_FOUND = _error("no such job (also: a job of another user)")
 JOB_ID = {"name": "jobId", "in": "path", "required": True,
           "schema": {"type": "string", "example": "job_abcdefghijklmnopqrstuvwx"}}
@@ -114,6 +116,24 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"jobId": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"}, "status": {"type": "string"},
                        "createdAt": _ref("schemas", "Time")},
     },
+    "Stats": {
+        "type": "object", "required": ["scope", "jobs"],
+        "properties": {
+            "scope": {"type": "string", "enum": ["own", "all"],
+                      "description": "own: the caller's jobs only; all: the whole service (operators)"},
+            "jobs": {"type": "object", "description": "jobs per status",
+                     "required": ["pending", "running", "completed", "failed", "cancelled"],
+                     "additionalProperties": {"type": "integer", "minimum": 0}},
+            "scheduler": {"type": "object", "description": "operators only: node id, running jobs, worker pool"},
+            "websocket": {"type": "object", "description": "operators only: subscribers, events published"},
+        },
+    },
+    "Ticket": {
+        "type": "object", "required": ["ticket", "expiresAt"],
+        "properties": {"ticket": {"type": "string", "minLength": 32,
+                                  "description": "pass it as /api/ws?ticket=; good for one upgrade"},
+                       "expiresAt": _ref("schemas", "Time")},
+    },
     "Page": {
         "type": "object", "required": ["jobs", "nextCursor"],
         "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")},
@@ -148,11 +168,11 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "201": _ok("the job is stored", _ref("schemas", "Accepted")),
                     "200": _ok("the job this idempotency key made before", _ref("schemas", "Accepted")),
-                    "400": _error("not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN,
-                    "413": _error("the body is too large"), "415": _error("not a JSON content type"),
+                    "400": _error("not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN_WRITE,
+                    "413": _error("the body is too large"), "415": _error("not sent as Content-Type: application/json"),
                     "422": _error("valid JSON that fails validation; the message names the field"),
                     "429": _error("too many submissions, or too many pending jobs", retry_after=True),
-                    "503": _error("shutting down, or the store is unavailable"),
+                    "503": _error("shutting down, or the store is unavailable", retry_after=True),
                 },
             },
             "get": {
@@ -170,18 +190,18 @@ SPEC: dict[str, Any] = {
                 ],
                 "responses": {"200": _ok("a page of jobs", _ref("schemas", "Page")), "401": UNAUTHORIZED,
                               "403": FORBIDDEN, "422": _error("a bad filter, limit or cursor"),
-                              "503": _error("the store is unavailable")},
+                              "503": _error("the store is unavailable", retry_after=True)},
             },
         },
         "/api/jobs/{jobId}": {
             "parameters": [JOB_ID],
             "get": {"summary": "One job", "responses": {
                 "200": _ok("the job", _ref("schemas", "Job")), "401": UNAUTHORIZED, "403": FORBIDDEN,
-                "404": NOT_FOUND, "503": _error("the store is unavailable")}},
+                "404": NOT_FOUND, "503": _error("the store is unavailable", retry_after=True)}},
             "delete": {"summary": "Cancel a pending or running job", "responses": {
                 "200": _ok("the job, now cancelled", _ref("schemas", "Job")), "401": UNAUTHORIZED,
-                "403": FORBIDDEN, "404": NOT_FOUND, "409": _error("the job already finished"),
-                "503": _error("shutting down, or the store is unavailable")}},
+                "403": FORBIDDEN_WRITE, "404": NOT_FOUND, "409": _error("the job already finished"),
+                "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },
         "/api/jobs/{jobId}/download": {
             "parameters": [JOB_ID],
@@ -189,25 +209,58 @@ SPEC: dict[str, Any] = {
                 "200": _ok("the file, with Content-Type and Content-Disposition",
                            {"type": "string", "format": "binary"}, "*/*"),
                 "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND,
-                "409": _error("the job is not completed"), "503": _error("the store is unavailable")}},
+                "409": _error("the job is not completed"), "503": _error("the store is unavailable", retry_after=True)}},
         },
-        "/api/stats": {"get": {"summary": "Queue and worker figures", "responses": {
-            "200": _ok("statistics", {"type": "object", "required": ["jobs", "scheduler", "websocket"]}),
-            "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable")}}},
-        "/api/health": {"get": {"summary": "Liveness: the store answers and workers run", "responses": {
-            "200": _ok("healthy", {"type": "object", "required": ["status"],
-                                   "properties": {"status": {"type": "string", "enum": ["ok"]}}}),
-            "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable")}}},
+        "/api/ws-ticket": {"post": {
+            "summary": "A single-use WebSocket credential for browsers",
+            "description": "Answers a ticket for one `/api/ws?ticket=` upgrade within about 30 seconds, as the "
+                           "caller's user, so that a page need not put its long-lived token in a URL. Used once "
+                           "(successful or not), it is gone. Tickets are kept by the node that issued them.",
+            "responses": {"201": _ok("the ticket", _ref("schemas", "Ticket")), "401": UNAUTHORIZED,
+                          "403": FORBIDDEN_WRITE,
+                          "429": _error("too many unused tickets of this user", retry_after=True)}}},
+        "/api/stats": {"get": {
+            "summary": "Job counts: your own; for operators the whole service with queue and worker figures",
+            "description": "Operators are the users in `[auth] admins` (in single-user mode, the one user). "
+                           "Everyone else gets `scope: own` and their own job counts only.",
+            "responses": {
+                "200": _ok("statistics", _ref("schemas", "Stats")),
+                "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable", retry_after=True)}}},
+        "/api/health": {"get": {
+            "summary": "Health: the store takes writes and the workers run (with a token)",
+            "responses": {
+                "200": _ok("healthy", {"type": "object", "required": ["status", "accepting"], "properties": {
+                    "status": {"type": "string", "enum": ["ok"]}, "accepting": {"type": "boolean"},
+                    "workers": {"type": "object", "description": "operators only: the worker pool"}}}),
+                "401": UNAUTHORIZED, "403": FORBIDDEN,
+                "503": _error("the store refuses writes (the message says why), or the workers are stopping",
+                              retry_after=True)}}},
+        "/api/health/live": {"get": {
+            "summary": "Liveness probe, no token: the process answers", "security": [],
+            "responses": {"200": _ok("alive", {"type": "object", "required": ["status"], "properties": {
+                "status": {"type": "string", "enum": ["alive"]}}})}}},
+        "/api/health/ready": {"get": {
+            "summary": "Readiness probe, no token: the store takes writes, the workers run, jobs are accepted",
+            "security": [],
+            "responses": {
+                "200": _ok("ready", {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string", "enum": ["ready"]}}}),
+                "503": _error("not ready: shutting_down, store_unavailable (the message says why) or unavailable",
+                              retry_after=True)}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": _ok("OpenAPI 3.0", {"type": "object"}), "401": UNAUTHORIZED, "403": FORBIDDEN}}},
         "/api/ws": {"get": {
             "summary": "The WebSocket: live job events",
-            "description": "Upgrade to a WebSocket (`?token=` may replace the Authorization header). Client ops: "
+            "description": "Upgrade to a WebSocket (`?ticket=` from POST /api/ws-ticket, or `?token=`, may "
+                           "replace the Authorization header). Client ops: "
                            '{"op": "subscribe", "jobId"} | {"op": "subscribe", "all": true} | '
                            '{"op": "unsubscribe", "jobId"} | {"op": "ping"}. Server events: snapshot, progress, '
                            "status, pong, error. A browser Origin must be the service's own or listed in "
                            "[server] allowed_origins. Messages above the size limit close the socket with 1009.",
-            "parameters": [{"name": "token", "in": "query", "schema": {"type": "string"}}],
+            "parameters": [{"name": "ticket", "in": "query", "schema": {"type": "string"},
+                            "description": "a single-use ticket from POST /api/ws-ticket"},
+                           {"name": "token", "in": "query", "schema": {"type": "string"},
+                            "description": "the bearer token (kept for compatibility; prefer a ticket)"}],
             "responses": {"101": {"description": "switching to the WebSocket protocol"},
                           "400": _error("not a WebSocket upgrade request"), "401": UNAUTHORIZED,
                           "403": _error("a foreign Origin, or a non-loopback Host in single-user mode"),

@@ -58,6 +58,7 @@ class Scheduler:
         self.running: dict[str, Running] = {}
         self.accepting = True
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._async_running = 0
         self._pending = 0
@@ -83,9 +84,10 @@ class Scheduler:
             self.hub.status(job)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="offload-scheduler")
 
-    async def stop(self, grace: float) -> None:
-        """Stop taking jobs, give the running ones `grace` seconds, then stop them and hand
-        them back as pending without counting the attempt."""
+    async def stop(self, grace: float) -> str:
+        """Stop taking jobs, give the running ones `grace` seconds (less if `hurry()` is
+        called), then stop them and hand them back as pending without counting the attempt.
+        Returns what the drain did, as a sentence for the operator."""
         self.accepting = False
         self._wake.set()
         if self._task is not None:
@@ -96,14 +98,26 @@ class Scheduler:
             await self._drop_reservations()
         except OffloadError:
             log.warning("could not give back reserved jobs; they return to the queue when the lease runs out")
-        waiting = [r.done.wait() for r in self.running.values()]
-        if waiting:
-            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting], timeout=grace)
-            self.pool.draining = True
-            for entry in list(self.running.values()):
-                self._stop_entry(entry, "shutdown")
-            if pending:
-                await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
+        entries = list(self.running.values())
+        if not entries:
+            return "no running jobs"
+        waiting = [asyncio.ensure_future(entry.done.wait()) for entry in entries]
+        all_done: asyncio.Future[Any] = asyncio.gather(*waiting)
+        hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait([all_done, hurry], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        self.pool.draining = True
+        for entry in list(self.running.values()):
+            self._stop_entry(entry, "shutdown")
+        pending = [w for w in waiting if not w.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
+        return _drained(entries)
+
+    def hurry(self) -> None:
+        """Cut a drain short (a second Ctrl-C): running jobs are stopped at once and go back
+        to pending, as when the grace period runs out."""
+        self._hurry.set()
 
     async def admit(self) -> None:
         """Refuse a submission (429) while the pending queue is at `max_pending`. The count
@@ -423,3 +437,24 @@ class Scheduler:
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "running": len(self.running), "accepting": self.accepting,
                 "workers": self.pool.describe()}
+
+
+def _drained(entries: list[Running]) -> str:
+    """What a drain did to the jobs that were running when it began."""
+    def jobs(n: int) -> str:
+        return f"{n} running job{'s' if n != 1 else ''}"
+
+    returned = sum(1 for e in entries if e.stop_reason == "shutdown" and e.final is not None
+                   and e.final.status is JobStatus.PENDING)
+    finished = sum(1 for e in entries if e.final is not None) - returned  # an attempt that ended by itself
+    unsettled = len(entries) - returned - finished
+    if finished == len(entries):
+        return f"all running jobs finished ({finished})"
+    parts = []
+    if finished:
+        parts.append(f"{jobs(finished)} finished")
+    if returned:
+        parts.append(f"{jobs(returned)} returned to pending")
+    if unsettled:
+        parts.append(f"{jobs(unsettled)} not recorded (they run again once their lease runs out)")
+    return ", ".join(parts)

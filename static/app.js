@@ -13,8 +13,9 @@ const fetching = new Set(); // ids with a GET /api/jobs/{id} in flight
 // ---------------------------------------------------------------- token
 
 // With [auth] tokens configured, every /api call needs one: the user pastes it once and the
-// page keeps it in localStorage (this browser only) and sends it as a Bearer header, or as
-// ?token= on the WebSocket, which cannot carry headers.
+// page keeps it in localStorage (this browser only) and sends it as a Bearer header. The
+// WebSocket cannot carry headers, and a URL ends up in logs: it gets a single-use ticket
+// (POST /api/ws-ticket, valid for one connection within seconds) instead of the token.
 const TOKEN_KEY = "offload.token";
 const token = () => localStorage.getItem(TOKEN_KEY) || "";
 const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
@@ -128,12 +129,35 @@ let socket = null;
 let attempt = 0;
 let connectedBefore = false;
 
-function connect() {
+/** The socket's address; with a token, carrying a fresh ticket rather than the token. */
+async function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = token() ? `?token=${encodeURIComponent(token())}` : "";
-  const ws = new WebSocket(`${scheme}//${location.host}/api/ws${query}`);
-  socket = ws;
+  let query = "";
+  if (token()) {
+    const { ticket } = await api("POST", "/api/ws-ticket");
+    query = `?ticket=${encodeURIComponent(ticket)}`;
+  }
+  return `${scheme}//${location.host}/api/ws${query}`;
+}
+
+function reconnectLater() {
+  // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 15 s.
+  const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.5 + Math.random() / 2);
+  setConnection("offline", `offline · retrying in ${Math.ceil(delay / 1000)} s`);
+  setTimeout(connect, delay);
+}
+
+async function connect() {
   setConnection("connecting", "connecting…");
+  let url;
+  try {
+    url = await socketUrl();
+  } catch {
+    reconnectLater(); // no ticket (unreachable, or a wrong token): try again later
+    return;
+  }
+  const ws = new WebSocket(url);
+  socket = ws;
   ws.addEventListener("open", () => {
     attempt = 0;
     setConnection("live", "live");
@@ -153,10 +177,7 @@ function connect() {
   ws.addEventListener("close", () => {
     if (socket !== ws) return;
     socket = null;
-    // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 15 s.
-    const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.5 + Math.random() / 2);
-    setConnection("offline", `offline · retrying in ${Math.ceil(delay / 1000)} s`);
-    setTimeout(connect, delay);
+    reconnectLater();
   });
 }
 

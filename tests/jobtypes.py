@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from offload.workers.errors import JobError, PermanentError
-from offload.workers.registry import job_type
+from offload.workers.registry import FileOutput, job_type
 
 
 @job_type("test.echo")
@@ -25,17 +25,22 @@ def clock(data, ctx):
 
 @job_type("test.steps")
 def steps(data, ctx):
-    """Reports `n` progress steps; waits for `gate` (a file path) to exist before finishing."""
+    """Reports `n` progress steps; waits for `hold` (a file path) to exist before the first
+    and for `gate` to exist before finishing."""
     n = int(data.get("n", 5))
+    _wait_for(data.get("hold"), ctx)
     for i in range(1, n + 1):
         ctx.progress(i * 100 // n, f"step {i} of {n}")
-    gate = data.get("gate")
+    _wait_for(data.get("gate"), ctx)
+    return {"steps": n, "pid": os.getpid()}
+
+
+def _wait_for(gate: str | None, ctx) -> None:
     if gate:
         deadline = time.monotonic() + 30
         while not Path(gate).exists() and time.monotonic() < deadline:
             ctx.check_cancelled()
             time.sleep(0.005)
-    return {"steps": n, "pid": os.getpid()}
 
 
 @job_type("test.fail")
@@ -90,3 +95,9 @@ async def async_steps(data, ctx):
         await asyncio.sleep(0)
         ctx.progress(i * 100 // n, f"async step {i}")
     return {"steps": n}
+
+
+@job_type("test.file")
+def file_output(data, ctx):
+    """A file result with whatever filename and content type the test asks for."""
+    return FileOutput(data["filename"], data.get("contentType", "text/plain"), data.get("text", "hello").encode())

@@ -121,9 +121,11 @@ def integrity_check(db: Path) -> str:
 class ServerProcess:
     def __init__(self, folder: Path, *, processes: int = 2, lease_ms: int = 2000, shutdown_grace: float = 5.0,
                  modules: tuple[str, ...] = ("tests.jobtypes",), log_level: str = "INFO",
-                 sections: dict[str, dict[str, Any]] | None = None, **jobs: Any) -> None:
+                 sections: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
+                 **jobs: Any) -> None:
         """`jobs` are further `[jobs]` keys (`retry_delay_ms=10`, `timeout_ms=...`); `sections`
-        adds whole sections (`{"limits": {"submit_rate": 1e6}}`)."""
+        adds whole sections (`{"limits": {"submit_rate": 1e6}}`); `env` adds environment
+        variables (the test's own `OFFLOAD_*` ones are never passed on)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -131,6 +133,7 @@ class ServerProcess:
         self.db = self.folder / "offload.db"
         self.log = self.folder / "server.log"
         self.log_level = log_level
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         job_keys = {"lease_ms": lease_ms, "results_dir": "results", **jobs}
@@ -151,6 +154,7 @@ class ServerProcess:
         assert self.process is None or self.process.poll() is not None, "the server is already running"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.update(self.env)
         with open(self.log, "ab") as log:
             log.write(f"\n===== start {self.starts + 1} =====\n".encode())
             log.flush()

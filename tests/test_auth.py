@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient
 
+from offload.service.access_log import redact
 from offload.service.app import create_app
-from offload.service.auth import Authenticator
+from offload.service.auth import MAX_TICKETS_PER_USER, Authenticator
 from offload.service.config import ConfigError, load_config
-from offload.service.keys import STORE
-from tests.conftest import submit
-from tests.users import ALICE, BOB, TOKENS, A
+from offload.service.keys import AUTH, STORE
+from tests.conftest import eventually, submit
+from tests.server_process import ServerProcess
+from tests.users import ALICE, BOB, TOKENS, A, B, submit_as
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -57,6 +62,7 @@ def test_tokens_file_holds_only_hashes(tmp_path):
     ({"tokens": {"short": "alice"}}, "shorter than 16"),
     ({"tokens": {ALICE: "bad user!"}}, "user name"),
     ({"tokens_file": "missing.toml"}, "cannot be read"),
+    ({"tokens": {ALICE: "alice"}, "admins": ["alcie"]}, r"\[auth\] admins: no token is configured for 'alcie'"),
 ])
 def test_bad_auth_settings_stop_start_up_naming_the_problem(tmp_path, auth, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -98,6 +104,16 @@ async def test_demo_page_stays_public(start_server):
     assert (await client.get("/static/app.js")).status == 200
 
 
+async def test_health_probes_need_no_token_and_show_nothing_sensitive(start_server):
+    client = await start_server(**TOKENS)
+    live = await client.get("/api/health/live")
+    assert live.status == 200 and await live.json() == {"status": "alive"}
+    ready = await client.get("/api/health/ready")
+    assert ready.status == 200 and await ready.json() == {"status": "ready"}
+    assert (await client.get("/api/health")).status == 401  # the full answer stays behind a token
+    assert (await client.get("/api/health", headers=A)).status == 200
+
+
 async def test_websocket_needs_a_token_in_header_or_query(start_server):
     client = await start_server(**TOKENS)
     for kwargs in ({}, {"params": {"token": "nope-nope-nope-nope"}}, {"headers": {"Authorization": "Bearer nope"}}):
@@ -127,7 +143,138 @@ async def test_single_user_mode_owner_is_local_and_tokens_are_ignored(start_serv
     assert (await client.server.app[STORE].get(job_id)).owner == "local"
 
 
-def test_page_script_sends_a_saved_token():
+def test_page_script_sends_a_saved_token_and_opens_the_websocket_with_a_ticket():
     script = (Path(__file__).resolve().parent.parent / "static" / "app.js").read_text()
     assert "localStorage" in script and "Authorization: `Bearer ${token()}`" in script
-    assert "?token=${encodeURIComponent(token())}" in script
+    assert '"/api/ws-ticket"' in script and "?ticket=${encodeURIComponent(ticket)}" in script
+    assert "?token=" not in script  # the long-lived token never goes into a URL
+
+
+# ---- WebSocket tickets ----------------------------------------------------------------------------
+async def _ticket(client: TestClient, headers: dict[str, str]) -> str:
+    response = await client.post("/api/ws-ticket", headers=headers)
+    body = await response.json()
+    assert response.status == 201, body
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["expiresAt"])
+    return body["ticket"]
+
+
+async def _pong(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.send_json({"op": "ping"})
+    assert (await ws.receive_json())["event"] == "pong"
+
+
+async def _refused(client: TestClient, **kwargs: Any) -> int:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect("/api/ws", **kwargs)
+    return caught.value.status
+
+
+async def test_a_ticket_opens_one_websocket_once(start_server):
+    client = await start_server(**TOKENS)
+    ticket = await _ticket(client, A)
+    assert ALICE not in ticket
+    async with client.ws_connect("/api/ws", params={"ticket": ticket}) as ws:
+        await _pong(ws)
+    assert await _refused(client, params={"ticket": ticket}) == 401  # used once: gone
+    assert await _refused(client, params={"ticket": "made-up-ticket-0123456789abcdef"}) == 401
+    # a ticket is no REST credential, and getting one needs the token itself
+    ticket = await _ticket(client, A)
+    assert (await client.get("/api/jobs", params={"ticket": ticket})).status == 401
+    assert (await client.post("/api/ws-ticket", params={"ticket": ticket})).status == 401
+    assert (await client.post("/api/ws-ticket")).status == 401
+    async with client.ws_connect("/api/ws", params={"ticket": ticket}) as ws:  # still unused
+        await _pong(ws)
+
+
+async def test_a_ticket_expires(start_server):
+    client = await start_server(**TOKENS)
+    tickets = client.server.app[AUTH].tickets
+    now = [1000.0]
+    tickets.clock = lambda: now[0]  # the service's clock, moved by the test instead of waited for
+    late, in_time = await _ticket(client, A), await _ticket(client, A)
+    now[0] += tickets.ttl - 0.5
+    async with client.ws_connect("/api/ws", params={"ticket": in_time}) as ws:
+        await _pong(ws)
+    now[0] += 0.5
+    assert await _refused(client, params={"ticket": late}) == 401
+
+
+async def test_a_ticket_is_its_users_alone(start_server):
+    client = await start_server(**TOKENS)
+    mine = await submit_as(client, A, "test.echo", {}, delay=3_600_000)
+    theirs = await submit_as(client, B, "test.echo", {}, delay=3_600_000)
+    async with client.ws_connect("/api/ws", params={"ticket": await _ticket(client, A)}) as ws:
+        await ws.send_json({"op": "subscribe", "all": True})
+        await ws.send_json({"op": "subscribe", "jobId": theirs})
+        await ws.send_json({"op": "ping"})
+        events = []
+        while (event := await ws.receive_json())["event"] != "pong":
+            events.append(event)
+    assert [(e["event"], e["job"]["id"]) for e in events if e["event"] == "snapshot"] == [("snapshot", mine)]
+    assert [e["code"] for e in events if e["event"] == "error"] == ["not_found"]
+
+
+async def test_unused_tickets_per_user_are_capped_until_they_expire(start_server):
+    client = await start_server(**TOKENS)
+    tickets = client.server.app[AUTH].tickets
+    now = [1000.0]
+    tickets.clock = lambda: now[0]
+    for _ in range(MAX_TICKETS_PER_USER):
+        await _ticket(client, A)
+    refused = await client.post("/api/ws-ticket", headers=A)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    await _ticket(client, B)  # another user is not affected
+    now[0] += tickets.ttl
+    await _ticket(client, A)  # expired tickets no longer count
+
+
+# ---- the log ------------------------------------------------------------------------------------
+async def test_the_access_log_never_shows_a_token_or_ticket(tmp_path):
+    (tmp_path / "tokens.toml").write_text(f'"{hashlib.sha256(ALICE.encode()).hexdigest()}" = "alice"\n')
+    with ServerProcess(tmp_path, processes=1, sections={"auth": {"tokens_file": "tokens.toml"}}) as server:
+        server.spawn()
+        await eventually(lambda: _answers(server), 30, "the server to answer")
+        async with server.session() as http:
+            async with http.post("/api/ws-ticket", headers=A) as response:
+                ticket = (await response.json())["ticket"]
+            for params in ({"token": ALICE}, {"ticket": ticket}):
+                async with http.ws_connect("/api/ws", params=params) as ws:
+                    await ws.send_json({"op": "ping"})
+                    assert (await ws.receive_json())["event"] == "pong"
+            # a token in another request's query, and in a Referer: redacted as well
+            referer = {"Referer": f"http://127.0.0.1:{server.port}/?x=1&token={ALICE}"}
+            async with http.get("/api/jobs", params={"token": ALICE}, headers=referer) as response:
+                assert response.status == 401
+
+        def logged() -> str:
+            return server.log.read_text(errors="replace")
+
+        async def written() -> list[str]:  # the three access-log lines with a query
+            lines = [line for line in logged().splitlines() if "aiohttp.access" in line and "?" in line]
+            return lines if len(lines) == 3 else []
+
+        lines = await eventually(written, 20, "the access log lines")
+        assert ALICE not in logged() and ticket not in logged()
+        assert '"GET /api/ws?token=*** HTTP/1.1" 101' in lines[0]
+        assert '"GET /api/ws?ticket=*** HTTP/1.1" 101' in lines[1]
+        assert '"GET /api/jobs?token=*** HTTP/1.1" 401' in lines[2] and "/?x=1&token=***" in lines[2]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("GET /api/ws?a=1&token=s3cret&b=2 HTTP/1.1", "GET /api/ws?a=1&token=***&b=2 HTTP/1.1"),
+    ("GET /api/ws?%74oken=s3cret;ticket=t1ck3t", "GET /api/ws?%74oken=***;ticket=***"),
+    ("https://app.example/page?token=s3cret#top", "https://app.example/page?token=***#top"),
+    ("GET /api/jobs?tokens=2&status=pending HTTP/1.1", "GET /api/jobs?tokens=2&status=pending HTTP/1.1"),
+])
+def test_redact_hides_credential_parameters_only(line, expected):
+    assert redact(line) == expected
+
+
+async def _answers(server: ServerProcess) -> bool:
+    """Any answer will do (`ServerProcess.start` waits for a 200 that needs a token here)."""
+    try:
+        async with server.session() as http, http.get("/api/jobs"):
+            return True
+    except aiohttp.ClientError:
+        return False

@@ -38,8 +38,11 @@ def test_environment_beats_file_and_flags_beat_both(tmp_path):
     ("[server]\nport = 'eighty'\n", {}, "[server] port: expected int"),
     ("[server]\nport = 0\n", {}, "port must be between 1 and 65535"),
     ("[workers]\nstop_grace = -1\n", {}, "stop_grace must be >= 0"),
-    ("", {"OFFLOAD_SERVER_PROT": "1"}, "unknown key [server] 'prot'"),
-    ("", {"OFFLOAD_NOPE": "1"}, "OFFLOAD_NOPE"),
+    ("", {"OFFLOAD_SERVER_PORT": "tcp://10.0.0.1:8080"}, "OFFLOAD_SERVER_PORT: [server] port: expected int"),
+    ("", {"OFFLOAD_WORKERS_PROCESSES": "-1"}, "processes must be >= 0"),
+    ("[jobs.settings.pdf]\nmax_items = 10\n", {"OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "many"},
+     "OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS: [jobs.settings.pdf] max_items: expected int, got 'many'"),
+    ("", {"OFFLOAD_JOBS_SETTINGS_PDF": "x"}, "OFFLOAD_JOBS_SETTINGS_PDF: expected OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>"),
     ("[server\n", {}, "not valid TOML"),
 ])
 def test_bad_configuration_names_the_problem(tmp_path, text, environ, message):
@@ -56,3 +59,50 @@ def test_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "'prot'" in result.stderr
+
+
+def test_environment_variables_that_name_no_setting_are_warnings(tmp_path, caplog):
+    # What Kubernetes injects for a Service named `offload`, a typo, and the clients' own.
+    environ = {"OFFLOAD_PORT": "tcp://10.0.0.1:8080", "OFFLOAD_SERVICE_HOST": "10.0.0.1",
+               "OFFLOAD_PORT_8080_TCP_PROTO": "tcp", "OFFLOAD_SERVER_PROT": "1",
+               "OFFLOAD_URL": "http://offload:8080", "OFFLOAD_TOKEN": "secret", "OFFLOAD_SERVER_PORT": "9005"}
+    empty = tmp_path / "config.toml"
+    empty.write_text("")
+    with caplog.at_level("WARNING", logger="offload.config"):
+        config = load_config(empty, environ=environ)
+    assert config.server.port == 9005
+    warned = sorted(record.getMessage().split(":")[0] for record in caplog.records)
+    assert warned == [f"ignoring environment variable {name}" for name in
+                      ("OFFLOAD_PORT", "OFFLOAD_PORT_8080_TCP_PROTO", "OFFLOAD_SERVER_PROT", "OFFLOAD_SERVICE_HOST")]
+    assert "[server] has no key 'prot'" in caplog.text
+    assert "secret" not in caplog.text
+
+
+def test_job_type_settings_come_from_the_environment(tmp_path):
+    config = tmp_path / "config.toml"
+    # (an application's type here: [jobs.settings.pdf] takes only the keys the invoice knows)
+    config.write_text('[jobs.settings.pdf]\ncurrency = "EUR"\nmax_items = 10\n'
+                      '[jobs.settings."my_app.report"]\ntitle = "Q"\nstrict = false\n')
+    loaded = load_config(config, environ={
+        "OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "USD", "OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "500",
+        "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_STRICT": "true", "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_LOGO_WIDTH": "1.5",
+        "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_TITLE": "Quarterly", "OFFLOAD_JOBS_SETTINGS_EXPORT_SHEET_NAME": "Rows"})
+    assert loaded.jobs.settings["pdf"] == {"currency": "USD", "max_items": 500}
+    assert loaded.jobs.settings["my_app.report"] == {"title": "Quarterly", "strict": True, "logo_width": 1.5}
+    assert loaded.jobs.settings["export"] == {"sheet_name": "Rows"}
+    # The default table takes the environment too: a config file without settings.
+    config.write_text("")
+    assert load_config(config, environ={"OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "GBP"}).jobs.settings["pdf"] == {
+        "currency": "GBP"}
+
+
+def test_the_readmes_tokens_file_recipe_makes_a_file_the_service_reads(tmp_path):
+    recipe = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                  if line.startswith("printf") and ">> tokens.toml" in line)
+    token = "a-long-enough-token-for-alice"
+    subprocess.run(["sh", "-c", recipe], cwd=tmp_path, env={"TOKEN": token, "PATH": "/usr/bin:/bin"}, check=True)
+    (tmp_path / "config.toml").write_text('[auth]\ntokens_file = "tokens.toml"\n')
+    from offload.service.auth import Authenticator
+
+    auth = Authenticator.from_config(load_config(tmp_path / "config.toml", environ={}))
+    assert auth.user_for(token) == "alice"

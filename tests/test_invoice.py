@@ -253,6 +253,8 @@ def test_totals_move_to_a_new_page_when_they_do_not_fit() -> None:
         content = render_invoice(parse_invoice(data), progress=lambda *report: reports.append(report))
         if len(reports) == 4:
             break
+    else:
+        pytest.fail("no item count between 40 and 200 spilled the totals onto a third page")
 
     pages = read_pages(content)
     assert len(pages) == 3
@@ -468,3 +470,11 @@ def test_pdf_job_is_registered_with_its_validator() -> None:
 )
 def test_invoice_filename_is_safe(number: str, filename: str) -> None:
     assert invoice_filename(number) == filename
+
+
+def test_pdf_settings_from_the_environment_are_checked_too() -> None:
+    loaded = load_config(None, environ={"OFFLOAD_JOBS_SETTINGS_PDF_MAX_TEXT_LENGTH": "2000"})
+    assert InvoiceSettings.from_settings(loaded.jobs.settings["pdf"]).max_text_length == 2000
+    with pytest.raises(ConfigError) as stopped:
+        load_config(None, environ={"OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "0"})
+    assert str(stopped.value) == "[jobs.settings.pdf] max_items: must be a whole number of 1 or more, got 0"

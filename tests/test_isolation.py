@@ -63,6 +63,41 @@ async def test_each_user_lists_only_their_own_jobs(start_server):
         assert {j["id"] for j in listed["jobs"]} == set(own)  # every own job is pending; nobody else's
 
 
+async def test_stats_show_a_user_their_own_counts_and_an_admin_the_whole_service(start_server):
+    client = await start_server(auth={**TOKENS["auth"], "admins": ["alice"]})
+    for i in range(2):
+        await submit_as(client, A, "test.echo", {"i": i}, delay=3_600_000)
+    done = await submit_as(client, B, "test.echo", {"b": 1})
+    await submit_as(client, B, "test.echo", {"b": 2}, delay=3_600_000)
+    await wait_status(client, done, "completed", headers=B)
+
+    response = await client.get("/api/stats", headers=B)
+    assert response.status == 200
+    mine = await response.json()
+    assert mine == {"scope": "own", "jobs": {"pending": 1, "running": 0, "completed": 1, "failed": 0,
+                                             "cancelled": 0}}
+    health = await (await client.get("/api/health", headers=B)).json()
+    assert set(health) == {"status", "accepting"}  # no worker pids for a user
+
+    everything = await (await client.get("/api/stats", headers=A)).json()
+    assert everything["scope"] == "all"
+    assert everything["jobs"]["pending"] == 3 and everything["jobs"]["completed"] == 1
+    assert everything["scheduler"]["node"].startswith("node_")
+    pids = everything["scheduler"]["workers"]["pids"]
+    assert pids and all(isinstance(pid, int) for pid in pids)
+    assert (await (await client.get("/api/health", headers=A)).json())["workers"]["pids"] == pids
+    text = await (await client.get("/api/stats", headers=B)).text()
+    assert everything["scheduler"]["node"] not in text and not any(str(pid) in text for pid in pids)
+
+
+async def test_without_admins_every_user_sees_their_own_stats_only(start_server):
+    client = await start_server(**TOKENS)
+    await submit_as(client, A, "test.echo", {"a": 1}, delay=3_600_000)
+    for headers, pending in ((A, 1), (B, 0)):
+        stats = await (await client.get("/api/stats", headers=headers)).json()
+        assert stats["scope"] == "own" and stats["jobs"]["pending"] == pending and "scheduler" not in stats
+
+
 async def test_idempotency_keys_are_per_user(start_server):
     client = await start_server(**TOKENS)
     options = {"idempotencyKey": "order-42", "delay": 3_600_000}
@@ -72,6 +107,26 @@ async def test_idempotency_keys_are_per_user(start_server):
     again = await client.post("/api/jobs", headers=A, json={"type": "test.echo", "data": {"n": 1}, "options": options})
     assert again.status == 200 and (await again.json())["jobId"] == a1
     assert (await job_as(client, B, b1))[0] == 200 and (await job_as(client, B, a1))[0] == 404
+
+
+async def test_a_retry_with_a_key_another_user_also_used_answers_the_retriers_own_job(start_server):
+    """Both users made a job with one key; each one's retry finds that user's own job,
+    whoever used the key first (a lookup by key alone would hand Bob Alice's job)."""
+    client = await start_server(**TOKENS)
+    options = {"idempotencyKey": "order-7", "delay": 3_600_000}
+    body = {"type": "test.echo", "data": {"n": 7}, "options": options}
+    a1 = await submit_as(client, A, "test.echo", {"n": 7}, **options)
+    b1 = await submit_as(client, B, "test.echo", {"n": 7}, **options)
+    for headers, own, other in ((B, b1, a1), (A, a1, b1)):
+        again = await client.post("/api/jobs", headers=headers, json=body)
+        assert again.status == 200, await again.text()
+        assert (await again.json())["jobId"] == own
+        changed = await client.post("/api/jobs", headers=headers, json={**body, "data": {"n": 8}})
+        error = (await changed.json())["error"]
+        assert changed.status == 422 and own in error["message"] and other not in error["message"], error
+    assert (await job_as(client, B, b1))[0] == 200 and (await job_as(client, B, a1))[0] == 404
+    listed = await (await client.get("/api/jobs", headers=B)).json()
+    assert [j["id"] for j in listed["jobs"]] == [b1]
 
 
 async def test_websocket_subscribe_to_another_users_job_gets_not_found_and_no_data(start_server, tmp_path):

@@ -49,11 +49,15 @@ async def test_signal_refuses_new_jobs_drains_running_ones_and_exits_0(tmp_path:
                     if response.status == 201:
                         accepted.append(body["jobId"])
                         return None
-                    return response.status, body
+                    return response.status, body, response.headers.get("Retry-After", "")
 
-            status, body = await eventually(refused, 5, "a submission to be refused")
+            status, body, retry_after = await eventually(refused, 5, "a submission to be refused")
             assert status == 503 and body["error"]["code"] == "shutting_down", body
             assert "shutting down" in body["error"]["message"]
+            assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
+            async with http.get("/api/health/ready") as response:
+                assert response.status == 503 and (await response.json())["error"]["code"] == "shutting_down"
+                assert response.headers["Retry-After"].isdigit()
             async with http.get("/api/health") as response:
                 assert response.status == 200 and (await response.json())["accepting"] is False
 
@@ -81,6 +85,8 @@ async def test_signal_refuses_new_jobs_drains_running_ones_and_exits_0(tmp_path:
         wal = server.db.with_name(server.db.name + "-wal")
         assert not wal.exists() or wal.stat().st_size == 0, "the database was not closed cleanly"
         assert "Traceback" not in server.log.read_text(), server.tail()
+        drained = "offload: drain done: 1 running job finished, 1 running job returned to pending"
+        assert server.log.read_text().count(drained) == 1, server.tail()
 
         # After a restart the job handed back runs again, as its first attempt.
         await server.start()
@@ -106,3 +112,33 @@ async def test_signal_when_idle_exits_at_once(tmp_path: Path):
         signalled = time.monotonic()
         assert server.stop(signal.SIGTERM) == 0, server.tail()
         assert time.monotonic() - signalled < GRACE, "an idle server waited for the grace period"
+        assert "offload: drain done: no running jobs" in server.tail(5)
+
+
+async def test_a_second_signal_during_the_drain_stops_at_once_and_hands_the_job_back(tmp_path: Path):
+    with ServerProcess(tmp_path / "server", processes=1, shutdown_grace=600) as server:
+        await server.start()
+        async with server.session() as http:
+            stuck = await post(http, "test.spin", {})  # would hold the drain for the whole grace
+            await until(http, stuck, lambda j: j["status"] == "running", "to run")
+
+        async def draining() -> bool:
+            return "SIGINT: stopping" in server.log.read_text()
+
+        server.send(signal.SIGINT, group=True)  # Ctrl-C
+        await eventually(draining, 10, "the drain to begin")
+        server.send(signal.SIGINT, group=True)  # Ctrl-C again
+        assert server.wait(30) == 0, server.tail()  # long before the grace of 600 s is over
+        log = server.log.read_text()
+        assert "SIGINT again: stopping now" in log and "Traceback" not in log, server.tail()
+        assert log.count("offload: drain done: 1 running job returned to pending") == 1, server.tail()
+        assert stored(server.db, stuck) == ("pending", 0)  # handed back, the attempt not counted
+        assert server.integrity() == "ok"
+
+        await server.start()
+        async with server.session() as http:
+            job = await until(http, stuck, lambda j: j["status"] == "running", "to run again")
+            assert job["attempts"] == 1
+            async with http.delete(f"/api/jobs/{stuck}") as response:
+                assert response.status == 200 and (await response.json())["status"] == "cancelled"
+        assert server.stop(signal.SIGTERM) == 0, server.tail()

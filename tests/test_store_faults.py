@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,51 @@ async def post(client, data):
     return response.status, await response.json()
 
 
+def retry_after(response) -> int:
+    """The answer's Retry-After, which must be a whole number of seconds."""
+    value = response.headers["Retry-After"]
+    assert value.isdigit() and int(value) >= 1, value
+    return int(value)
+
+
+async def unavailable(client, path: str, headers=None) -> str:
+    """`path` answers 503 store_unavailable with an integer Retry-After; returns the reason."""
+    response = await client.get(path, headers=headers)
+    body = await response.json()
+    assert response.status == 503, body
+    assert body["error"]["code"] == "store_unavailable"
+    retry_after(response)
+    return body["error"]["message"]
+
+
+async def ready(client) -> bool:
+    return (await client.get("/api/health/ready")).status == 200
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Another process holds the database's write lock until the block ends; reads still work."""
+    with subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, str(path)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == b"locked\n"
+            yield
+        finally:
+            holder.stdin.close()
+        assert holder.wait(10) == 0
+
+
 def stored_ids(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY pos")]
@@ -35,10 +83,12 @@ async def test_locked_database_answers_503_then_recovers(start_server):
     other = sqlite3.connect(db_path(client), isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:
-        status, body = await post(client, {"while": "locked"})
-        assert status == 503
+        response = await client.post("/api/jobs", json={"type": "test.echo", "data": {"while": "locked"}})
+        body = await response.json()
+        assert response.status == 503
         assert body["error"]["code"] == "store_unavailable"
         assert "locked" in body["error"]["message"]
+        retry_after(response)
     finally:
         other.execute("ROLLBACK")
         other.close()
@@ -71,9 +121,12 @@ async def test_unwritable_database_answers_503_and_finishes_running_job_after(st
         assert status == 503 and body["error"]["code"] == "store_unavailable"
         assert "cannot be written" in body["error"]["message"]
         gate.write_text("go")  # the running job ends while its outcome cannot be stored
-        assert (await (await client.get("/api/health")).json())["status"] == "ok"
+        for probe in ("/api/health/ready", "/api/health"):  # reads still work: the probe writes
+            assert "cannot be written" in await unavailable(client, probe)
     finally:
         chattr("-i", *files)
+    await eventually(lambda: ready(client), what="ready once the database is writable again")
+    assert (await (await client.get("/api/health")).json())["status"] == "ok"
 
     # once writable again, the held outcome is recorded and new work is taken
     done = await wait_status(client, running, "completed")
@@ -85,12 +138,25 @@ async def test_unwritable_database_answers_503_and_finishes_running_job_after(st
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+async def test_ready_is_503_while_another_process_holds_the_write_lock_and_200_after(start_server):
+    client = await start_server(store={"busy_timeout_ms": 200})
+    assert await ready(client)
+    with write_locked(db_path(client)):
+        assert (await client.get("/api/jobs")).status == 200  # reads go on meanwhile
+        for probe in ("/api/health/ready", "/api/health"):
+            reason = await unavailable(client, probe)
+            assert "locked by another process" in reason, reason
+    await eventually(lambda: ready(client), what="ready once the lock is released")
+    assert (await (await client.get("/api/health")).json())["status"] == "ok"
+    await wait_status(client, await submit(client, "test.echo", {"after": "lock"}), "completed")
+
+
 async def test_full_queue_answers_429_with_retry_after(start_server):
     client = await start_server(jobs={"max_pending": 3})
     ids = [await submit(client, "test.echo", {"i": i}, delay=3_600_000) for i in range(3)]
     response = await client.post("/api/jobs", json={"type": "test.echo", "data": {}})
     assert response.status == 429
-    assert int(response.headers["Retry-After"]) >= 1
+    retry_after(response)
     assert (await response.json())["error"]["code"] == "too_many_requests"
 
     await client.delete(f"/api/jobs/{ids[0]}")

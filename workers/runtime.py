@@ -125,11 +125,25 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
         return {"outcome": "failed", "error": {"type": exc.__class__.__name__, "message": str(exc) or repr(exc)},
                 "permanent": False}
     if isinstance(value, FileOutput):
+        if not is_media_type(value.content_type):
+            return {"outcome": "failed", "permanent": True, "error": {
+                "type": "BadContentType", "message": f"the handler returned a FileOutput with content type "
+                f"{value.content_type!r}, which is not a media type (type/subtype[; parameters], printable ASCII, "
+                f"at most {MAX_MEDIA_TYPE} characters)"}}
         return {"outcome": "completed", "result": _write_file(job_id, attempt, value, Path(results_dir))}
     return {"outcome": "completed", "result": {"value": value}}
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: A media type as RFC 9110 writes it: token/token, then parameters in printable ASCII.
+#: Anything else (a CR/LF above all) could not be sent as the download's Content-Type.
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t!-~]*)?")
+MAX_MEDIA_TYPE = 255
+
+
+def is_media_type(value: object) -> bool:
+    """Whether `value` can be a file result's Content-Type header as it is."""
+    return isinstance(value, str) and len(value) <= MAX_MEDIA_TYPE and _MEDIA_TYPE.fullmatch(value) is not None
 
 
 def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> dict[str, Any]:

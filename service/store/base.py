@@ -59,6 +59,15 @@ class Store(ABC):
     async def ping(self) -> None:
         """Raise if the database does not answer."""
 
+    @abstractmethod
+    async def writable(self) -> None:
+        """Raise `StoreUnavailable` naming the reason unless the database takes a write now.
+
+        A read proves nothing here: a database locked by another process, read-only or on a
+        full disk still answers `SELECT 1`. A backend commits a write that changes no job,
+        in order with the other writes, so readiness probes tell the truth. Cheap enough
+        for a probe every second; concurrent calls may share one probe."""
+
     # ---- reads -------------------------------------------------------------------------
     @abstractmethod
     async def get(self, job_id: str, owner: str | None = None) -> Job | None:
@@ -72,7 +81,8 @@ class Store(ABC):
         """Newest first; `cursor` is the `next_cursor` of the page before."""
 
     @abstractmethod
-    async def count_by_status(self) -> dict[str, int]: ...
+    async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
+        """Jobs per status (every status present, zero included): `owner`'s, or everyone's."""
 
     @abstractmethod
     async def count_pending(self) -> int: ...

@@ -94,6 +94,8 @@ class SQLiteStore(Store):
         self._task: asyncio.Task[None] | None = None
         #: Who had a job started when: fair claims between owners (used in the writer thread only).
         self._served = Served()
+        #: The write probe in flight, shared by every `writable()` caller meanwhile.
+        self._probe: asyncio.Future[Any] | None = None
 
     # ---- life cycle ---------------------------------------------------------------------
     #: One service owns a SQLite file: jobs left running in it belong to a previous run of
@@ -101,6 +103,18 @@ class SQLiteStore(Store):
     exclusive = True
 
     async def open(self) -> None:
+        """Open (or create) the database. A file or folder that cannot be written stops here
+        with `StoreUnavailable` naming the file and the problem, and whatever was opened
+        before the failure (the lock file, the connections and their threads) is closed."""
+        try:
+            await self._open()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreUnavailable(f"cannot open the job store {self.path}: {_open_failure(exc)}") from None
+            raise
+
+    async def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_file(Path(self.path + ".lock"))
@@ -116,9 +130,13 @@ class SQLiteStore(Store):
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-        await db.execute(f"PRAGMA synchronous={self.synchronous}")
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            await db.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            await db.close()
+            raise
         return db
 
     async def close(self) -> None:
@@ -136,6 +154,14 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
+
+    async def writable(self) -> None:
+        """Commit a write through the writer queue, as a job's write would: BEGIN IMMEDIATE
+        meets another process's lock, and the commit writes a WAL frame (rewriting the
+        schema version), which a read-only file or a full disk refuses."""
+        if self._probe is None or self._probe.done():
+            self._probe = self._enqueue(_probe_write)
+        await asyncio.shield(self._probe)
 
     # ---- group commit ----------------------------------------------------------------------
     async def _write(self, op: WriteOp) -> Any:
@@ -223,8 +249,12 @@ class SQLiteStore(Store):
         rows = rows[:limit]
         return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
 
-    async def count_by_status(self) -> dict[str, int]:
-        rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+    async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
+        if owner is None:
+            rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        else:
+            rows = await self._read("SELECT status, COUNT(*) AS n FROM jobs INDEXED BY jobs_owner WHERE owner = ? "
+                                    "GROUP BY status", (owner,))
         counts = {s.value: 0 for s in JobStatus}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
@@ -421,6 +451,11 @@ def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]],
     return seqs, outcomes
 
 
+def _probe_write(db: sqlite3.Connection) -> None:
+    """A write that changes no job but always dirties a page, so its commit really writes."""
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
 def _lock_file(path: Path) -> Any:
     """Hold an exclusive lock on `path` for as long as the store is open; a second service
     on the same database file stops at start instead of taking the first one's jobs."""
@@ -434,6 +469,23 @@ def _lock_file(path: Path) -> Any:
         raise RuntimeError(f"another offload service is using {path.with_suffix('')}; "
                            "stop it first, or give this one its own [store] url") from None
     return handle
+
+
+def _open_failure(exc: sqlite3.Error | OSError) -> str:
+    """Why a database could not be opened, in words for the person starting the service."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return "the database file is read-only"
+    if "unable to open" in text:
+        return "the database file cannot be opened or created (is it, and its folder, writable?)"
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another process"
+    if "not a database" in text or "malformed" in text:
+        return f"the file is not a usable SQLite database ({exc})"
+    return str(exc)
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
