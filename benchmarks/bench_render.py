@@ -1,8 +1,12 @@
 """Invoice render time, warm, in one process: offload's canvas renderer against platypus.
 
-    python benchmarks/bench_render.py [--sizes 10,100,500,5000] [--runs 7] [--no-baseline]
+    .venv/bin/python benchmarks/bench_render.py [--sizes 10,100,500,5000] [--runs 7] [--no-baseline]
+                                                [--words 10000,100000,1000000]
 
-Each size is rendered once to warm up, then `--runs` times; the table shows medians. The
+Each size is rendered once to warm up, then `--runs` times; the table shows medians. After
+the table, the 500-item invoice again with one item name that is a single word of each
+`--words` length (past the default `max_text_length`, so parsed with a raised limit): the
+wrap is linear, so the extra time grows with the word's length, not its square. The
 baselines build the same document the obvious platypus way: a `Table` with `repeatRows=1`
 for the header on every page, and "Page N of M" from a canvasmaker that holds every page
 until `save()` (the usual two-pass recipe). "plain" passes the item names as strings
@@ -34,7 +38,7 @@ from reportlab.pdfgen.canvas import Canvas  # noqa: E402
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # noqa: E402
 
 from benchmarks.sample import make_invoice  # noqa: E402
-from offload.workers.invoice import Invoice, parse_invoice, render_invoice  # noqa: E402
+from offload.workers.invoice import Invoice, InvoiceSettings, parse_invoice, render_invoice  # noqa: E402
 
 _PAGE = re.compile(rb"/Type /Page\b(?!s)")
 
@@ -120,6 +124,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,500,5000")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-baseline", action="store_true", help="time offload's renderer only")
+    parser.add_argument("--words", default="10000,100000,1000000",
+                        help="lengths of a single-word item name rendered among 500 items")
     args = parser.parse_args()
 
     accel = "on" if rl_accel._c_funcs else "OFF (pip install rl-accel)"
@@ -140,6 +146,20 @@ def main() -> None:
             para, _ = measure(functools.partial(render_platypus, invoice, paragraphs=True), runs)
             line += f" {plain * 1e3:>13.1f}ms {plain / ours:>5.1f}x {para * 1e3:>12.1f}ms {para / ours:>5.1f}x"
         print(line, flush=True)
+    long_words(args.words, args.runs)
+
+
+def long_words(lengths: str, runs: int) -> None:
+    """The 500-item invoice with item 250 named by one long word, beside the plain one."""
+    print(f"\n{'500 items, one item name a single word of':>44} {'offload':>9} {'extra':>9}")
+    plain, _ = measure(functools.partial(render_invoice, parse_invoice(make_invoice(500))), runs)
+    print(f"{'(no long word)':>44} {plain * 1e3:>7.1f}ms", flush=True)
+    for length in (int(n) for n in lengths.split(",") if n):
+        data = make_invoice(500)
+        data["items"][250]["name"] = "W" * length
+        invoice = parse_invoice(data, InvoiceSettings(max_text_length=max(length, 1000)))
+        ours, _ = measure(functools.partial(render_invoice, invoice), runs)
+        print(f"{f'{length:,} characters':>44} {ours * 1e3:>7.1f}ms {(ours - plain) * 1e3:>7.1f}ms", flush=True)
 
 
 if __name__ == "__main__":

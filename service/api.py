@@ -116,10 +116,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise Invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)}") from None
     limit = 50
     if query.get("limit"):
-        try:
-            limit = int(query["limit"])
-        except ValueError:
-            limit = 0
+        digits = query["limit"]  # ASCII digits only: int() would also take " 5", "+5", "1_0"
+        limit = int(digits) if digits.isascii() and digits.isdigit() else 0
         if not 1 <= limit <= MAX_PAGE:
             raise Invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     try:

@@ -375,6 +375,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_pdf_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
@@ -382,3 +383,14 @@ def validate(cfg: Config) -> None:
     if unknown and not auth.single_user:
         raise ConfigError(f"[auth] admins: no token is configured for {', '.join(map(repr, unknown))} "
                           f"(users with tokens: {', '.join(sorted(auth.users))})")
+
+
+def _validate_pdf_settings(cfg: Config) -> None:
+    """`[jobs.settings.pdf]` belongs to the built-in invoice type, which reads it again at every
+    submission and in every job: a bad value stops start-up here instead of failing them all."""
+    from offload.workers.invoice import InvoiceSettings  # the worker side owns its settings' rules
+
+    try:
+        InvoiceSettings.from_settings(cfg.jobs.settings.get("pdf", {}))
+    except ValueError as exc:
+        raise ConfigError(f"[jobs.settings.pdf] {exc}") from None

@@ -1,13 +1,23 @@
 """`GET /api/openapi.json`: the REST API described as OpenAPI 3.0, written by hand next to the
 contract (DESIGN.md, docs/api.md) so that tools and the schemathesis test can check the
-service against it. The WebSocket protocol is described in prose (`/api/ws`'s description)."""
+service against it, requests and answers alike. The WebSocket protocol is described in
+prose (`/api/ws`'s description).
+
+`SPEC` is the fixed part; `build_spec(config)` completes it with what depends on the running
+service: the registered job types and each one's `data` schema under its settings (the
+invoice's limits come from `[jobs.settings.pdf]`), so the document states exactly the
+bounds this server enforces."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from aiohttp import web
 
-from offload.service.validation import MAX_DELAY_MS
+from offload.service.config import Config
+from offload.service.keys import CONFIG
+from offload.service.validation import INT_OPTIONS, MAX_IDEMPOTENCY_KEY
+from offload.workers import registry
 
 JSON = "application/json"
 _REF = "#/components"
@@ -75,23 +85,31 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Submission": {
-        "type": "object", "required": ["type", "data"],
-        "properties": {
-            "type": {"type": "string", "minLength": 1, "description": "a registered job type, e.g. pdf"},
-            "data": {"description": "the job type's input; each type validates its own (422 naming the field)"},
-            "options": {"type": "object", "additionalProperties": False, "properties": {
-                "priority": {"type": "string", "enum": ["high", "medium", "low"]},
-                "maxRetries": {"type": "integer", "minimum": 0, "maximum": 10},
-                "retryDelay": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "description": "ms"},
-                "timeout": {"type": "integer", "minimum": 1, "maximum": 86_400_000, "description": "ms"},
-                "delay": {"type": "integer", "minimum": 0, "maximum": MAX_DELAY_MS, "description": "ms"},
-                "runAt": {"type": "string", "format": "date-time"},
-                "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": 255},
-            }},
-        },
+        "description": "`type` and `data` are required and never null; other fields are ignored. One "
+                       "branch per registered job type (see `build_spec`).",
+        "oneOf": [],
         "example": {"type": "pdf", "data": {
             "type": "invoice", "order": {"number": "INV-1001", "customer": {"name": "Ada Lovelace"}},
             "items": [{"name": "Widget", "quantity": 2, "unitPrice": 9.5}]}, "options": {"priority": "high"}},
+    },
+    "Options": {
+        "type": "object", "nullable": True, "additionalProperties": False,
+        "description": "null, as absent, means no options; so does null in each option (the default applies)",
+        "properties": {
+            "priority": {"type": "string", "enum": ["high", "medium", "low"], "nullable": True,
+                         "description": "default: medium"},
+            **{key: {"type": "integer", "minimum": low, "maximum": high, "nullable": True,
+                     **({"description": "ms"} if key != "maxRetries" else {})}
+               for key, (low, high) in INT_OPTIONS.items()},
+            "runAt": {"type": "string", "format": "date-time", "nullable": True,
+                      "description": "RFC 3339 with an offset; not together with delay"},
+            "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
+                               "nullable": True,
+                               "description": "must equal the Idempotency-Key header when both are given"},
+        },
+        # delay and runAt exclude each other (a null one is not given)
+        "not": {"required": ["delay", "runAt"],
+                "properties": {"delay": {"type": "integer"}, "runAt": {"type": "string"}}},
     },
     "Accepted": {
         "type": "object", "required": ["jobId", "status", "createdAt"],
@@ -144,7 +162,8 @@ SPEC: dict[str, Any] = {
             "post": {
                 "summary": "Submit a job; durable when answered",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                                "description": "as options.idempotencyKey; both given must be equal",
+                                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}}],
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("schemas", "Submission")}}},
                 "responses": {
                     "201": _ok("the job is stored", _ref("schemas", "Accepted")),
@@ -159,11 +178,15 @@ SPEC: dict[str, Any] = {
             "get": {
                 "summary": "Your jobs, newest first",
                 "parameters": [
+                    # An empty value means "not given", as in an HTML form: any status, any type,
+                    # the default limit (50), the first page.
                     {"name": "status", "in": "query", "schema": {
-                        "type": "string", "enum": ["pending", "running", "completed", "failed", "cancelled"]}},
+                        "type": "string", "enum": ["", "pending", "running", "completed", "failed", "cancelled"]}},
                     {"name": "type", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"anyOf": [
+                        {"type": "integer", "minimum": 1, "maximum": 200}, {"type": "string", "enum": [""]}]}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "the nextCursor of the page before (anything else is a 422)"},
                 ],
                 "responses": {"200": _ok("a page of jobs", _ref("schemas", "Page")), "401": UNAUTHORIZED,
                               "403": FORBIDDEN, "422": _error("a bad filter, limit or cursor"),
@@ -246,5 +269,37 @@ SPEC: dict[str, Any] = {
 }
 
 
+#: The `data` of a job type that gives no schema: any JSON value but null (its own validator,
+#: if it has one, may still refuse it with a 422).
+ANY_DATA = {"anyOf": [{"type": t} for t in ("object", "array", "string", "number", "boolean")]}
+
+
+def submission_branches(config: Config) -> list[dict[str, Any]]:
+    """One `Submission` branch per job type with a `data` schema, and one for all the others."""
+    branches, plain = [], []
+    for name in registry.names():
+        job_type = registry.get(name)
+        assert job_type is not None
+        if job_type.schema is None:
+            plain.append(name)
+            continue
+        data = job_type.schema(config.jobs.settings.get(name, {}))
+        branches.append(_branch([name], data))
+    if plain:
+        branches.append(_branch(plain, ANY_DATA))
+    return branches
+
+
+def _branch(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["type", "data"], "properties": {
+        "type": {"type": "string", "enum": names}, "data": data, "options": _ref("schemas", "Options")}}
+
+
+def build_spec(config: Config) -> dict[str, Any]:
+    spec = copy.deepcopy(SPEC)
+    spec["components"]["schemas"]["Submission"]["oneOf"] = submission_branches(config)
+    return spec
+
+
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(SPEC)
+    return web.json_response(build_spec(request.app[CONFIG]))

@@ -30,6 +30,9 @@ from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
 
 log = logging.getLogger("offload.scheduler")
+#: The jitter's own generator: the process-wide `random` belongs to the application embedding
+#: the service (and to test tools that check nobody else moves it).
+_JITTER = random.Random()
 
 LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stopped before it finished"}
 
@@ -379,7 +382,7 @@ class Scheduler:
     def _backoff(self, job: Job) -> int:
         """Exponential backoff from the job's retry delay, with up to 25 % jitter."""
         base = job.retry_delay_ms * (2 ** (job.attempts - 1))
-        return int(min(base, 3_600_000) * (1 + random.random() * 0.25))
+        return int(min(base, 3_600_000) * (1 + _JITTER.random() * 0.25))
 
     def _discard_file(self, outcome: Outcome) -> None:
         if outcome.result and isinstance(outcome.result, dict) and "file" in outcome.result:

@@ -6,8 +6,9 @@ the body (`status`, `owner`, `attempts`, …) is ignored, never stored.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -21,6 +22,13 @@ from offload.workers.errors import ValidationError
 
 OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey"}
 MAX_DELAY_MS = 365 * 24 * 3600 * 1000
+#: The bounds of the whole-number options, in one place for the check and the OpenAPI document.
+INT_OPTIONS = {"maxRetries": (0, 10), "retryDelay": (0, 3_600_000), "timeout": (1, 24 * 3600 * 1000),
+               "delay": (0, MAX_DELAY_MS)}
+MAX_IDEMPOTENCY_KEY = 255
+#: RFC 3339 `date-time` (what OpenAPI's `format: date-time` means): the offset is required.
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt](\d\d:\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
+_RUN_AT_PROBLEM = "must be an RFC 3339 date-time string with an offset, such as 2026-11-28T09:30:00Z"
 
 
 @dataclass(frozen=True)
@@ -29,41 +37,56 @@ class Submission:
     request_hash: str | None
 
 
-def _int(options: dict[str, Any], key: str, low: int, high: int) -> int | None:
+def _int(options: dict[str, Any], key: str) -> int | None:
+    """A whole number within `INT_OPTIONS[key]`, or None when not given (absent or null).
+    `3.0` is a whole number, as JSON Schema's `integer` says; `"3"` and `true` are not."""
     value = options.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    low, high = INT_OPTIONS[key]
+    if type(value) is float and value.is_integer() and low <= value <= high:
+        value = int(value)
+    if type(value) is not int or not low <= value <= high:
         raise Invalid(f"options.{key}", f"must be a whole number from {low} to {high}")
     return value
 
 
 def _run_at(value: Any) -> int:
-    if not isinstance(value, str):
-        raise Invalid("options.runAt", "must be an ISO-8601 date-time string such as 2026-11-28T09:30:00Z")
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise Invalid("options.runAt", _RUN_AT_PROBLEM)
+    day, minutes, seconds, fraction, offset = match.groups()
+    seconds = min(seconds, "59")  # a leap second (:60) is the last second of its minute
+    offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(f"{day}T{minutes}:{seconds}{(fraction or '')[:7]}{offset}")
     except ValueError:
-        raise Invalid("options.runAt", "must be an ISO-8601 date-time string such as 2026-11-28T09:30:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        raise Invalid("options.runAt", _RUN_AT_PROBLEM) from None
     return int(moment.timestamp() * 1000)
 
 
 def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None) -> Submission:
+    """`type` and `data` are required and never null; `options` and each option may be
+    null, which means "not given" (the default applies), as absent does."""
     if not isinstance(body, dict):
         raise Invalid("body", "must be a JSON object with `type`, `data` and optional `options`")
     type_name = body.get("type")
-    if not isinstance(type_name, str) or not type_name:
-        raise Invalid("type", "is required and must be a string naming a job type")
+    if type_name is None:
+        raise Invalid("type", "is required: the name of a job type")
+    if not isinstance(type_name, str):
+        raise Invalid("type", "must be a string naming a job type")
     job_type = registry.get(type_name)
     if job_type is None:
         raise Invalid("type", f"unknown job type {type_name!r} (known: {', '.join(registry.names())})")
     if "data" not in body:
         raise Invalid("data", "is required")
     data = body["data"]
+    if data is None:
+        raise Invalid("data", "must not be null (send {} for a job without input)")
     check_depth(data, config.limits.max_json_depth)
-    options = body.get("options") or {}
+    options = body.get("options")
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
         raise Invalid("options", "must be an object")
     unknown = sorted(set(options) - OPTION_KEYS)
@@ -71,22 +94,26 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         raise Invalid(f"options.{unknown[0]}", f"is not an option (known: {', '.join(sorted(OPTION_KEYS))})")
 
     priority = Priority.MEDIUM
-    if options.get("priority") is not None:
-        label = options["priority"]
+    label = options.get("priority")
+    if label is not None:
         if label not in ("high", "medium", "low"):
             raise Invalid("options.priority", "must be one of high, medium, low")
         priority = Priority.parse(label)
-    max_retries = _int(options, "maxRetries", 0, 10)
-    retry_delay = _int(options, "retryDelay", 0, 3_600_000)
-    timeout = _int(options, "timeout", 1, 24 * 3600 * 1000)
-    delay = _int(options, "delay", 0, MAX_DELAY_MS)
-    if delay is not None and options.get("runAt") is not None:
+    max_retries = _int(options, "maxRetries")
+    retry_delay = _int(options, "retryDelay")
+    timeout = _int(options, "timeout")
+    delay = _int(options, "delay")
+    run_at = None if options.get("runAt") is None else _run_at(options["runAt"])
+    if delay is not None and run_at is not None:
         raise Invalid("options.delay", "give either delay or runAt, not both")
-    key = options.get("idempotencyKey", idempotency_header)
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
-        raise Invalid("options.idempotencyKey", "must be a string of 1 to 255 characters")
-    if idempotency_header is not None and key != idempotency_header:
+    if idempotency_header is not None and not 1 <= len(idempotency_header) <= MAX_IDEMPOTENCY_KEY:
+        raise Invalid("Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    key = options.get("idempotencyKey")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise Invalid("options.idempotencyKey", f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if idempotency_header is not None and key is not None and key != idempotency_header:
         raise Invalid("options.idempotencyKey", "differs from the Idempotency-Key header")
+    key = idempotency_header if key is None else key
 
     if job_type.validate is not None:
         try:
@@ -98,8 +125,8 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
     due = created
     if delay is not None:
         due = created + delay
-    elif options.get("runAt") is not None:
-        due = max(created, _run_at(options["runAt"]))
+    elif run_at is not None:
+        due = max(created, run_at)
     job = Job(
         id=new_job_id(), type=type_name, owner=owner, data=data, priority=priority,
         max_retries=config.jobs.max_retries if max_retries is None else max_retries,
@@ -109,6 +136,6 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
     fingerprint = None
     if key is not None:  # only a keyed submission is ever compared with an earlier one
         fingerprint = hashlib.sha256(orjson.dumps([type_name, data, {k: v for k, v in options.items()
-                                                                      if k != "idempotencyKey"}],
+                                                                      if k != "idempotencyKey" and v is not None}],
                                                   option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Submission(job, fingerprint)

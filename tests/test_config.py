@@ -80,14 +80,15 @@ def test_environment_variables_that_name_no_setting_are_warnings(tmp_path, caplo
 
 def test_job_type_settings_come_from_the_environment(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text('[jobs.settings.pdf]\ncurrency = "EUR"\nmax_items = 10\nstrict = false\n'
-                      '[jobs.settings."my_app.report"]\ntitle = "Q"\n')
+    # (an application's type here: [jobs.settings.pdf] takes only the keys the invoice knows)
+    config.write_text('[jobs.settings.pdf]\ncurrency = "EUR"\nmax_items = 10\n'
+                      '[jobs.settings."my_app.report"]\ntitle = "Q"\nstrict = false\n')
     loaded = load_config(config, environ={
         "OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "USD", "OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "500",
-        "OFFLOAD_JOBS_SETTINGS_PDF_STRICT": "true", "OFFLOAD_JOBS_SETTINGS_PDF_LOGO_WIDTH": "1.5",
+        "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_STRICT": "true", "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_LOGO_WIDTH": "1.5",
         "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_TITLE": "Quarterly", "OFFLOAD_JOBS_SETTINGS_EXPORT_SHEET_NAME": "Rows"})
-    assert loaded.jobs.settings["pdf"] == {"currency": "USD", "max_items": 500, "strict": True, "logo_width": 1.5}
-    assert loaded.jobs.settings["my_app.report"] == {"title": "Quarterly"}
+    assert loaded.jobs.settings["pdf"] == {"currency": "USD", "max_items": 500}
+    assert loaded.jobs.settings["my_app.report"] == {"title": "Quarterly", "strict": True, "logo_width": 1.5}
     assert loaded.jobs.settings["export"] == {"sheet_name": "Rows"}
     # The default table takes the environment too: a config file without settings.
     config.write_text("")

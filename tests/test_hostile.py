@@ -128,3 +128,84 @@ async def test_download_serves_only_files_named_after_the_job(start_server, tmp_
         await store.complete(running, {"file": name, "filename": "x.txt", "contentType": "text/plain"}, 1)
         response = await client.get(f"/api/jobs/{job.id}/download")
         assert response.status == 404 and "do not serve" not in await response.text()
+
+
+async def _no_jobs_stored(client) -> bool:  # type: ignore[no-untyped-def]
+    return (await (await client.get("/api/jobs")).json())["jobs"] == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"type": "test.echo", "data": None}, "data: must not be null"),
+    ({"type": "pdf", "data": None}, "data: must not be null"),
+    ({"type": "test.echo"}, "data: is required"),
+    ({"type": 7, "data": {}}, "type: must be a string"),
+    ({"type": None, "data": {}}, "type: is required"),
+    ({"type": "", "data": {}}, "type: unknown job type ''"),
+    ({"type": "test.echo", "data": {}, "options": []}, "options: must be an object"),
+    ({"type": "test.echo", "data": {}, "options": "high"}, "options: must be an object"),
+    ({"type": "test.echo", "data": {}, "options": 0}, "options: must be an object"),
+    ({"type": "test.echo", "data": {}, "options": {"priority": 5}}, "options.priority: must be one of"),
+    ({"type": "test.echo", "data": {}, "options": {"priority": ["high"]}}, "options.priority: must be one of"),
+    ({"type": "test.echo", "data": {}, "options": {"maxRetries": "3"}}, "options.maxRetries: must be a whole number"),
+    ({"type": "test.echo", "data": {}, "options": {"maxRetries": 2.5}}, "options.maxRetries: must be a whole number"),
+    ({"type": "test.echo", "data": {}, "options": {"timeout": [1]}}, "options.timeout: must be a whole number"),
+    ({"type": "test.echo", "data": {}, "options": {"delay": {}}}, "options.delay: must be a whole number"),
+    ({"type": "test.echo", "data": {}, "options": {"runAt": 1_800_000_000}}, "options.runAt: must be an RFC 3339"),
+    ({"type": "test.echo", "data": {}, "options": {"runAt": "2026-11-28T09:30:00"}}, "options.runAt: must be"),
+    ({"type": "test.echo", "data": {}, "options": {"runAt": "2026-11-28"}}, "options.runAt: must be"),
+    ({"type": "test.echo", "data": {}, "options": {"idempotencyKey": 5}}, "options.idempotencyKey: must be a string"),
+    ({"type": "test.echo", "data": {}, "options": {"delay": 5, "runAt": "2026-11-28T09:30:00Z"}},
+     "options.delay: give either"),
+])
+async def test_a_field_of_the_wrong_type_or_null_is_a_422_naming_it_and_stores_nothing(start_server, body, field):
+    client = await start_server()
+    response = await client.post("/api/jobs", json=body)
+    answer = await response.json()
+    assert response.status == 422, answer
+    assert answer["error"]["code"] == "validation_error" and answer["error"]["message"].startswith(field), answer
+    assert await _no_jobs_stored(client)
+
+
+async def test_null_options_mean_not_given(start_server):
+    client = await start_server()
+    every_option_null = {key: None for key in ("priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt",
+                                               "idempotencyKey")}
+    for options in (None, every_option_null, {"delay": None, "runAt": "2000-01-01T00:00:00Z"},
+                    {"maxRetries": 2.0}):
+        response = await client.post("/api/jobs", json={"type": "test.echo", "data": {}, "options": options})
+        assert response.status == 201, (options, await response.json())
+        job = await (await client.get(f"/api/jobs/{(await response.json())['jobId']}")).json()
+        assert (job["priority"], job["maxRetries"]) == ("medium", 2 if options == {"maxRetries": 2.0} else 3)
+    # a null options.idempotencyKey leaves the header's key in force
+    keyed = [await client.post("/api/jobs", json={"type": "test.echo", "data": {}, "options": {"idempotencyKey": None}},
+                               headers={"Idempotency-Key": "same"}) for _ in range(2)]
+    assert [r.status for r in keyed] == [201, 200]
+    assert len({(await r.json())["jobId"] for r in keyed}) == 1
+    empty_header = await client.post("/api/jobs", json={"type": "test.echo", "data": {}},
+                                     headers={"Idempotency-Key": ""})
+    assert empty_header.status == 422
+    assert (await empty_header.json())["error"]["message"].startswith("Idempotency-Key: must be 1 to 255")
+
+
+async def test_a_one_megabyte_single_word_item_name_is_refused_naming_the_field_and_the_limit(start_server):
+    client = await start_server()
+    data = invoice(3)
+    data["items"][1]["name"] = "x" * 1_000_000
+    response = await client.post("/api/jobs", json={"type": "pdf", "data": data})
+    answer = await response.json()
+    assert response.status == 422, answer
+    assert answer["error"]["message"] == ("data.items[1].name: must be at most 1,000 characters long "
+                                          "(max_text_length), got 1,000,000")
+    assert await _no_jobs_stored(client)
+
+
+async def test_the_invoice_limits_come_from_the_pdf_settings(start_server):
+    client = await start_server(jobs={"settings": {"pdf": {"max_items": 3, "max_text_length": 30_000}}})
+    too_many = await client.post("/api/jobs", json={"type": "pdf", "data": invoice(4)})
+    assert too_many.status == 422
+    assert (await too_many.json())["error"]["message"] == "data.items: must have at most 3 entries (max_items), got 4"
+    assert await _no_jobs_stored(client)
+    data = invoice(3)
+    data["items"][0]["name"] = "y" * 20_000  # over the default limit, within this one
+    job_id = await submit(client, "pdf", data)
+    await wait_status(client, job_id, "completed")

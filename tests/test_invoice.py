@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +14,19 @@ from pypdf import PdfReader
 from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from benchmarks.sample import make_invoice
+from offload.service.config import ConfigError, load_config
 from offload.workers import registry
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, ValidationError
-from offload.workers.invoice import MAX_ITEMS, Invoice, check_invoice, parse_invoice, render_invoice
+from offload.workers import invoice as invoice_module
+from offload.workers.invoice import (
+    DEFAULT_SETTINGS,
+    Invoice,
+    InvoiceSettings,
+    check_invoice,
+    parse_invoice,
+    render_invoice,
+)
 from offload.workers.pdf import invoice_filename, pdf, validate_pdf
 
 
@@ -75,7 +86,7 @@ def test_parse_fills_defaults() -> None:
         del data["order"][key]
     data["order"]["number"] = 1001
 
-    invoice = parse_invoice(data, default_currency="chf")
+    invoice = parse_invoice(data, InvoiceSettings.from_settings({"currency": "chf"}))
 
     assert invoice.number == "1001"
     assert invoice.date == datetime.now(UTC).date()
@@ -126,8 +137,29 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("order.taxRate", "20%"), "order.taxRate", "must be a number between 0 and 1"),
         (_set("order.currency", "EURO"), "order.currency", "must be a 3-letter currency code"),
         (_set("order.customer.email", 42), "order.customer.email", "must be a string"),
-        (_set("items", [{"name": "x", "quantity": 1, "unitPrice": 1}] * (MAX_ITEMS + 1)), "items",
-         "must have at most 10,000 entries, got 10,001"),
+        (_set("items", [{"name": "x", "quantity": 1, "unitPrice": 1}] * (DEFAULT_SETTINGS.max_items + 1)), "items",
+         "must have at most 10,000 entries (max_items), got 10,001"),
+        (_set("order.number", "N" * 1001), "order.number", "must be at most 1,000 characters long (max_text_length), "
+                                                           "got 1,001"),
+        (_set("order.customer.name", "n" * 1001), "order.customer.name",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("order.customer.email", "e" * 1001), "order.customer.email",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("order.customer.address", "a" * 1001), "order.customer.address",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("order.customer.address", ["ok", "a" * 1001]), "order.customer.address[1]",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("order.customer.address", ["line"] * 21), "order.customer.address", "must have at most 20 lines, got 21"),
+        (_set("order.customer.address", ["line", 7]), "order.customer.address[1]", "must be a string"),
+        (_set("order.notes", "w" * 10_001), "order.notes",
+         "must be at most 10,000 characters long (max_notes_length), got 10,001"),
+        (_set("items.2.name", "w" * 1001), "items[2].name",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("items.0.sku", "s" * 1001), "items[0].sku",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("items.2.sku", "s" * 1001), "items[2].sku",
+         "must be at most 1,000 characters long (max_text_length), got 1,001"),
+        (_set("order.date", "\u0662\u0660\u0662\u0666-11-28"), "order.date", "must be a date as YYYY-MM-DD"),
     ],
 )
 @pytest.mark.parametrize("check", [parse_invoice, check_invoice], ids=["parse", "check"])
@@ -145,9 +177,12 @@ def test_parse_names_the_bad_field(check: Callable[..., Any], change: Callable[[
 def test_check_accepts_what_parse_accepts() -> None:
     data = reference_payload()
     data["items"] += [{"name": "odd", "quantity": 0.5, "unitPrice": 0, "sku": 7},
+                      {"name": "even", "quantity": 1, "unitPrice": 0, "sku": 8.0},
                       {"name": "  spaced  ", "quantity": 2, "unitPrice": 1.25, "sku": None}]
-    parse_invoice(data)
+    data["order"]["number"] = 1001.0  # a whole number, as JSON Schema's integer
+    invoice = parse_invoice(data)
     check_invoice(data)
+    assert (invoice.number, invoice.items[3].sku, invoice.items[4].sku) == ("1001", "7", "8")
 
 
 def test_parse_refuses_data_that_is_not_an_object() -> None:
@@ -291,7 +326,7 @@ def test_long_item_name_wraps_inside_its_column() -> None:
 
 def test_overlong_item_name_is_cut_after_three_lines() -> None:
     data = reference_payload()
-    data["items"][1]["name"] = "lengthy " * 200
+    data["items"][1]["name"] = "lengthy " * 120
 
     fragments, qty_x = _name_fragments(render_invoice(parse_invoice(data)))
 
@@ -299,6 +334,104 @@ def test_overlong_item_name_is_cut_after_three_lines() -> None:
     assert len(name_lines) == 3
     assert name_lines[-1][1].endswith("\u2026")
     assert all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, text in name_lines)
+
+
+class _MeasuredText:
+    """Counts the characters the renderer asks reportlab to measure: the work of wrapping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.characters = 0
+        regular, measure = invoice_module._REGULAR, invoice_module.stringWidth
+
+        def counting(text: str, *args: Any) -> float:
+            self.characters += len(text)
+            return measure(text, *args)
+
+        def counting_regular(text: str, *args: Any) -> float:
+            self.characters += len(text)
+            return regular.stringWidth(text, *args)
+
+        monkeypatch.setattr(invoice_module, "stringWidth", counting)
+        monkeypatch.setattr(invoice_module, "_REGULAR", type("Font", (), {"stringWidth": staticmethod(counting_regular)}))
+
+
+@pytest.mark.parametrize("field", ["items.1.name", "order.notes"])
+def test_a_long_single_word_is_laid_out_in_work_linear_in_its_length(monkeypatch: pytest.MonkeyPatch,
+                                                                      field: str) -> None:
+    settings = InvoiceSettings(max_text_length=50_000, max_notes_length=50_000)
+    # letters found nowhere else on the page, in no repeating pattern (no word-width cache helps)
+    word = "".join("JKWXZ"[(i * i + i // 7) % 5] for i in range(20_000))
+    data = reference_payload()
+    _set(field, word)(data)
+    invoice = parse_invoice(data, settings)
+    measured = _MeasuredText(monkeypatch)
+
+    content = render_invoice(invoice)
+
+    # Each character is measured a bounded number of times (the whole word once or twice, each
+    # line once); re-measuring the rest of the word for every line made this about 500 x 20,000.
+    assert measured.characters <= 4 * len(word), measured.characters
+    pieces = re.findall("(?<![A-Za-z])[JKWXZ]+\u2026?(?![A-Za-z])", "\n".join(read_pages(content)))  # not SKU
+    if field == "order.notes":  # all of it, over as many lines and pages as it takes
+        assert "".join(pieces) == word
+        assert len(pieces) > 100 and len(read_pages(content)) > 1
+    else:  # three lines of it, the last one cut with an ellipsis, inside the name column
+        assert len(pieces) == 3 and pieces[-1].endswith("\u2026"), pieces
+        shown = "".join(pieces)[:-1]
+        assert shown == word[:len(shown)]
+        fragments, qty_x = _name_fragments(content)
+        lines = [(x, text) for x, _, text in fragments if text in pieces]
+        assert len(lines) == 3 and all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, text in lines)
+
+
+@pytest.mark.parametrize("check", [parse_invoice, check_invoice], ids=["parse", "check"])
+def test_the_limits_are_the_settings(check: Callable[..., Any]) -> None:
+    settings = InvoiceSettings.from_settings({"max_items": "3", "max_text_length": 30, "max_notes_length": 8})
+    data = reference_payload()
+    data["order"]["notes"] = "12345678"
+    data["items"][2]["name"] = "n" * 30
+    check(data, settings)  # every limit reached, none passed
+    for field, change, problem in (
+        ("items", _set("items.3", {"name": "x", "quantity": 1, "unitPrice": 1}),
+         "must have at most 3 entries (max_items), got 4"),
+        ("items[2].name", _set("items.2.name", "n" * 31),
+         "must be at most 30 characters long (max_text_length), got 31"),
+        ("order.notes", _set("order.notes", "123456789"),
+         "must be at most 8 characters long (max_notes_length), got 9"),
+    ):
+        bad = copy.deepcopy(data)
+        if field == "items":
+            bad["items"].append({})
+        change(bad)
+        with pytest.raises(ValidationError) as caught:
+            check(bad, settings)
+        assert (caught.value.field, caught.value.problem) == (field, problem)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"max_items": 0}, "max_items: must be a whole number of 1 or more, got 0"),
+    ({"max_text_length": "many"}, "max_text_length: must be a whole number of 1 or more, got 'many'"),
+    ({"max_notes_length": True}, "max_notes_length: must be a whole number of 1 or more, got True"),
+    ({"currency": "EURO"}, "currency: must be a 3-letter currency code, got 'EURO'"),
+    ({"max_item": 5}, "max_item: unknown key (known: currency, max_items, max_notes_length, max_text_length)"),
+])
+def test_bad_pdf_settings_stop_start_up_naming_the_key(tmp_path: Path, settings: dict[str, Any],
+                                                       message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        InvoiceSettings.from_settings(settings)
+    assert str(caught.value) == message
+    file = tmp_path / "config.toml"
+    lines = [f"{key} = {value!r}".replace("True", "true").replace("'", '"') for key, value in settings.items()]
+    file.write_text("[jobs.settings.pdf]\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as stopped:
+        load_config(file, environ={})
+    assert str(stopped.value) == f"[jobs.settings.pdf] {message}"
+
+
+def test_the_shipped_config_states_the_invoice_limits() -> None:
+    shipped = load_config(Path(__file__).resolve().parent.parent / "config.toml", environ={})
+    assert InvoiceSettings.from_settings(shipped.jobs.settings["pdf"]) == DEFAULT_SETTINGS
+    assert set(shipped.jobs.settings["pdf"]) == {"currency", "max_items", "max_text_length", "max_notes_length"}
 
 
 def test_pdf_job_returns_named_file_and_reports_progress() -> None:
@@ -337,3 +470,11 @@ def test_pdf_job_is_registered_with_its_validator() -> None:
 )
 def test_invoice_filename_is_safe(number: str, filename: str) -> None:
     assert invoice_filename(number) == filename
+
+
+def test_pdf_settings_from_the_environment_are_checked_too() -> None:
+    loaded = load_config(None, environ={"OFFLOAD_JOBS_SETTINGS_PDF_MAX_TEXT_LENGTH": "2000"})
+    assert InvoiceSettings.from_settings(loaded.jobs.settings["pdf"]).max_text_length == 2000
+    with pytest.raises(ConfigError) as stopped:
+        load_config(None, environ={"OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "0"})
+    assert str(stopped.value) == "[jobs.settings.pdf] max_items: must be a whole number of 1 or more, got 0"

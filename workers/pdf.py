@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from offload.workers.context import Context
-from offload.workers.invoice import check_invoice, parse_invoice, render_invoice
+from offload.workers.invoice import InvoiceSettings, check_invoice, invoice_schema, parse_invoice, render_invoice
 from offload.workers.registry import FileOutput, job_type
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -20,13 +20,17 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def validate_pdf(data: Any, settings: Mapping[str, Any]) -> None:
     """Runs in the service at submit time: a bad payload is refused with a 422 naming the
     field instead of failing later in a worker."""
-    check_invoice(data, settings.get("currency", "EUR"))
+    check_invoice(data, InvoiceSettings.from_settings(settings))
 
 
-@job_type("pdf", validate=validate_pdf)
+def pdf_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return invoice_schema(InvoiceSettings.from_settings(settings))
+
+
+@job_type("pdf", validate=validate_pdf, schema=pdf_schema)
 def pdf(data: Any, ctx: Context) -> FileOutput:
     ctx.progress(0, "laying out invoice")
-    invoice = parse_invoice(data, ctx.settings.get("currency", "EUR"))
+    invoice = parse_invoice(data, InvoiceSettings.from_settings(ctx.settings))
     content = render_invoice(invoice, progress=ctx.progress)
     return FileOutput(invoice_filename(invoice.number), "application/pdf", content)
 

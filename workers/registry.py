@@ -6,7 +6,8 @@ job's JSON `data` and a `Context`, and returns a JSON-able value, a `FileOutput`
 
 An optional `validate(data, settings)` runs in the service when a job is submitted, before
 it is stored, and raises `ValidationError` naming the field; a job that passes is stored
-as sent. Keep it fast: it runs on the event loop.
+as sent. Keep it fast: it runs on the event loop. An optional `schema(settings)` gives the
+same rules as an OpenAPI 3.0 schema of `data`, for `/api/openapi.json`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 Validator = Callable[[Any, Mapping[str, Any]], None]
+DataSchema = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class JobType:
     name: str
     handler: Callable[..., Any]
     validate: Validator | None = None
+    #: The OpenAPI schema of `data` under the type's settings; None: any JSON value but null.
+    schema: DataSchema | None = None
     #: An `async def` handler runs on the service's event loop instead of in a process.
     is_async: bool = field(init=False)
 
@@ -46,7 +50,8 @@ _registry: dict[str, JobType] = {}
 BUILTIN_MODULES = ("offload.workers.pdf",)
 
 
-def job_type(name: str, *, validate: Validator | None = None) -> Callable[[Callable], Callable]:
+def job_type(name: str, *, validate: Validator | None = None,
+             schema: DataSchema | None = None) -> Callable[[Callable], Callable]:
     """Register the decorated function as the handler of job type `name`."""
 
     def register(handler: Callable) -> Callable:
@@ -57,7 +62,7 @@ def job_type(name: str, *, validate: Validator | None = None) -> Callable[[Calla
                 handler.__qualname__,
             ):
                 raise ValueError(f"job type {name!r} is already registered by {existing.handler.__module__}")
-        _registry[name] = JobType(name, handler, validate)
+        _registry[name] = JobType(name, handler, validate, schema)
         return handler
 
     return register
