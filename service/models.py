@@ -112,7 +112,8 @@ class Job:
             "createdAt": iso(self.created_at),
             "startedAt": iso(self.started_at),
             "completedAt": iso(self.completed_at),
-            "runAt": iso(self.due_at) if self.due_at > self.created_at else None,
+            # Only a waiting job has a time to wait for: once claimed, a delay or a retry is over.
+            "runAt": iso(self.due_at) if self.status is JobStatus.PENDING and self.due_at > self.created_at else None,
             "error": self.error,
             "result": result,
         }

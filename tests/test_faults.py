@@ -179,6 +179,31 @@ async def test_permanent_error_fails_at_once_without_retries(start_server):
     assert final["error"] == {"type": "PermanentError", "message": "this input can never work"}
 
 
+async def test_run_at_is_shown_while_waiting_and_cleared_once_the_job_runs(start_server, tmp_path):
+    """`runAt` says when a waiting job becomes due; a job that is running or finished is
+    not waiting for anything, after a delay or a retry alike."""
+    client = await start_server()
+    counter = tmp_path / "count"
+    async with watch(client) as events:
+        delayed = await submit(client, "test.echo", {"delayed": True}, delay=200)
+        retried = await submit(client, "test.fail", {"succeed_after": 1, "counter": str(counter)},
+                               maxRetries=1, retryDelay=50)
+        for job_id in (delayed, retried):
+            await events.until(job_id, "completed")
+        delayed_seen, retried_seen = events.statuses(delayed), events.statuses(retried)
+    assert [j["status"] for j in delayed_seen] == ["pending", "running", "completed"]
+    assert delayed_seen[0]["runAt"] is not None
+    assert [j["status"] for j in retried_seen] == ["pending", "running", "pending", "running", "completed"]
+    assert retried_seen[2]["runAt"] is not None  # waiting for its retry
+    for seen in (delayed_seen, retried_seen):
+        ran = [j for j in seen if j["status"] != "pending"]
+        assert ran and [j["runAt"] for j in ran] == [None] * len(ran), ran
+    for job_id in (delayed, retried):
+        assert (await job(client, job_id))["runAt"] is None
+    listed = (await (await client.get("/api/jobs")).json())["jobs"]
+    assert [j["runAt"] for j in listed if j["id"] in (delayed, retried)] == [None, None]
+
+
 async def test_event_seq_is_gap_free_and_increasing_across_retries(start_server, tmp_path):
     client = await start_server()
     counter = tmp_path / "count"
