@@ -63,6 +63,7 @@ class Scheduler:
         self.reserved: list[Job] = []
         self._reservations_stale = False
         pool.on_progress = self._on_progress
+        store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop.
         self._async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]

@@ -49,6 +49,16 @@ class Store(ABC):
     #: only expired leases are taken back.
     exclusive = False
 
+    #: Called with each job the store changed by itself rather than on request: a stored row
+    #: that could not be read is failed as `CorruptJob` wherever it is met (a read, a claim,
+    #: a transition), so it hurts only itself. The service publishes these like its own.
+    on_change: Callable[[Job], None] | None = None
+
+    def _announce(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            if self.on_change is not None:
+                self.on_change(job)
+
     @abstractmethod
     async def open(self) -> None: ...
 
