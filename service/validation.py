@@ -50,7 +50,9 @@ def _run_at(value: Any) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None) -> Submission:
+def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None,
+                     now: int | None = None) -> Submission:
+    """`now` is the service's clock (`models.Clock`), so due times compare with its claims."""
     if not isinstance(body, dict):
         raise Invalid("body", "must be a JSON object with `type`, `data` and optional `options`")
     type_name = body.get("type")
@@ -94,7 +96,7 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         except ValidationError as exc:
             raise Invalid(f"data.{exc.field}" if exc.field else "data", exc.problem) from None
 
-    created = now_ms()
+    created = now_ms() if now is None else now
     due = created
     if delay is not None:
         due = created + delay

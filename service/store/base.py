@@ -96,6 +96,11 @@ class Store(ABC):
         """When the earliest pending job that is not yet due becomes due, if any."""
 
     @abstractmethod
+    async def latest_time(self) -> int | None:
+        """The latest time recorded (the newest job's creation), if any: the service's clock
+        starts no earlier, whatever the wall clock says."""
+
+    @abstractmethod
     async def unfinished(self, owner: str | None) -> list[Job]:
         """Pending and running jobs of `owner` (every owner's when None), oldest first."""
 

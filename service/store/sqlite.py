@@ -405,6 +405,11 @@ class SQLiteStore(Store):
         rows = await self._read(f"SELECT MIN(due) AS due FROM ({per_priority})", (now,) * len(Priority))
         return rows[0]["due"]
 
+    async def latest_time(self) -> int | None:
+        rows = await self._read("SELECT created_at FROM jobs ORDER BY pos DESC LIMIT 1")  # a seek on the key
+        value = rows[0]["created_at"] if rows else None
+        return value if type(value) is int else None
+
     async def unfinished(self, owner: str | None) -> list[Job]:
         sql = f"SELECT {_COLS} FROM jobs WHERE status IN ('pending', 'running')"
         params: list[Any] = []
