@@ -111,10 +111,6 @@ class Store(ABC):
         starts no earlier, whatever the wall clock says."""
 
     @abstractmethod
-    async def unfinished(self, owner: str | None) -> list[Job]:
-        """Pending and running jobs of `owner` (every owner's when None), oldest first."""
-
-    @abstractmethod
     async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
         """Up to `limit` pending and running jobs of `owner` (every owner's when None), in
         submission order, after the page `cursor` ended; `next_cursor` is None on the last

@@ -440,14 +440,6 @@ class SQLiteStore(Store):
         value = rows[0]["created_at"] if rows else None
         return value if type(value) is int else None
 
-    async def unfinished(self, owner: str | None) -> list[Job]:
-        sql = f"SELECT {_COLS} FROM jobs WHERE status IN ('pending', 'running')"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            params.append(owner)
-        return (await self._read_jobs(sql + " ORDER BY pos", params))[1]
-
     async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
         # One ordered walk of the (status, pos) index per status, each stopping after
         # `limit` rows, so a page costs the same however many jobs come after it.
@@ -455,11 +447,11 @@ class SQLiteStore(Store):
         mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
         walks = [f"SELECT * FROM (SELECT pos, {_COLS} FROM jobs INDEXED BY jobs_status WHERE status = '{status}' "
                  f"AND pos > ?{mine} ORDER BY pos LIMIT ?)" for status in ("pending", "running")]
-        rows = await self._read(" UNION ALL ".join(walks) + " ORDER BY pos LIMIT ?",
-                                [*((after, *params, limit + 1) * 2), limit + 1])
+        rows, jobs = await self._read_jobs(" UNION ALL ".join(walks) + " ORDER BY pos LIMIT ?",
+                                           [*((after, *params, limit + 1) * 2), limit + 1])
         more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
+        kept = {r["id"] for r in rows[:limit]}
+        return Page([j for j in jobs if j.id in kept], encode_cursor(rows[limit - 1]["pos"]) if more else None)
 
     # ---- write hooks ----------------------------------------------------------------------------
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
