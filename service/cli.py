@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,6 +15,7 @@ from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
 from offload.service.errors import OffloadError
 from offload.service.keys import SCHEDULER
+from offload.workers.registry import ModuleLoadError
 
 log = logging.getLogger("offload.cli")
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"offload: configuration error: {exc}", file=sys.stderr)
         return 2
+    on_import_path(config.base_dir)
     loop = _loop()
     asyncio.set_event_loop(loop)
     try:
@@ -56,14 +59,28 @@ def main(argv: list[str] | None = None) -> int:
         _close_loop(loop)
 
 
+def on_import_path(folder: Path) -> None:
+    """Put the config file's folder first on the import path (as Celery and RQ do with the
+    working directory), so `[workers] modules = ["myapp.jobs"]` finds `myapp/` beside
+    `config.toml` with no PYTHONPATH. Worker processes see the same path: forked ones
+    inherit it, and spawned ones, like the fork server that forks the others, are given
+    the parent's `sys.path` when they start, which is after this."""
+    entry = str(folder)
+    if entry in sys.path:
+        sys.path.remove(entry)
+    sys.path.insert(0, entry)
+
+
 async def _serve(config: Config) -> int:
     """Start, serve until a signal's drain is over, stop. "serving on" is printed only once
     the port listens; a start-up that fails (the database is read-only, the port is taken)
     prints one line, closes what was opened and returns 1."""
     try:
         app = create_app(config)
-    except ImportError as exc:  # a module named in [workers] modules (or one it imports)
-        print(f"offload: cannot start: [workers] modules: {exc}", file=sys.stderr, flush=True)
+    except ModuleLoadError as exc:  # a module named in [workers] modules: nothing has started yet
+        looked = f"; looked in {config.base_dir} (the config file's folder) and the Python path" \
+            if exc.not_found else ""
+        print(f"offload: cannot start: [workers] modules: {exc}{looked}", file=sys.stderr, flush=True)
         return 1
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace + 5,
                            access_log_class=RedactingAccessLogger)
