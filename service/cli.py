@@ -1,4 +1,5 @@
-"""`offload serve`: run the service."""
+"""The `offload` command: `serve` runs the service (here); the client commands (submit,
+jobs, get, cancel, download, watch) live in `offload.commands`."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from offload import __version__, commands
 from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
@@ -31,15 +33,20 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offload", description="offload: background jobs with live progress")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service")
+    parser = argparse.ArgumentParser(prog="offload", description="offload: background jobs with live progress",
+                                     epilog=commands.EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"offload {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    serve = subparsers.add_parser("serve", help="run the service")
     serve.add_argument("--config", help="path to config.toml (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
+    commands.add_commands(subparsers)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return commands.run(args)
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}}
