@@ -210,8 +210,9 @@ async def follow(client: AsyncClient, job: Job, args: argparse.Namespace, out: O
     interrupted = asyncio.Event()
     try:
         loop.add_signal_handler(signal.SIGINT, interrupted.set)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - no signal handlers on this loop
-        pass
+        handled = True
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows: Ctrl-C is KeyboardInterrupt
+        handled = False
     display = ProgressDisplay(out, job)
     following = asyncio.ensure_future(_to_the_end(client, job.id, display))
     stop = asyncio.ensure_future(interrupted.wait())
@@ -219,7 +220,8 @@ async def follow(client: AsyncClient, job: Job, args: argparse.Namespace, out: O
         with display:
             await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C is KeyboardInterrupt again
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C is KeyboardInterrupt again
         stop.cancel()
         if not following.done():
             following.cancel()
@@ -420,7 +422,7 @@ async def _watch(client: AsyncClient, args: argparse.Namespace, out: Output) -> 
     if args.id:
         await client.get(args.id)
     else:
-        pages = client.jobs()
+        pages = client.jobs(page_size=1)
         try:
             await pages.__anext__()
         except StopAsyncIteration:

@@ -451,6 +451,26 @@ async def test_on_a_terminal_a_progress_bar_renders_and_ctrl_c_asks_whether_to_c
         await terminal.close()
 
 
+async def test_on_a_terminal_detach_leaves_the_job_running_without_asking(server: TestClient, tmp_path: Path):
+    gate = tmp_path / "gate"
+    terminal = Terminal()
+    try:
+        await terminal.start("submit", "test.steps", "--data", orjson.dumps({"n": 2, "gate": str(gate)}).decode(),
+                             "--wait", "--detach", "--url", url_of(server))
+        await terminal.shows("step 2 of 2")
+        job_id = ID.search(terminal.screen)
+        assert job_id is not None and terminal.process is not None
+        terminal.process.send_signal(signal.SIGINT)
+        assert await terminal.exit_code() == 130, terminal.screen
+        assert f"job {job_id[0]} left running" in terminal.screen and "Cancel job" not in terminal.screen
+        job = await job_of(server, job_id[0])
+        assert job["status"] == "running" and not job.get("cancelRequested"), job
+        gate.touch()
+        await wait_status(server, job_id[0], "completed")
+    finally:
+        await terminal.close()
+
+
 async def test_on_a_terminal_a_completed_job_shows_the_bar_at_100_and_prints_the_result(server: TestClient):
     terminal = Terminal()
     try:
