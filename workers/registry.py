@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -68,11 +69,46 @@ def job_type(name: str, *, validate: Validator | None = None,
     return register
 
 
+class ModuleLoadError(ImportError):
+    """A job-type module that cannot be imported, for whatever reason (not found, a syntax
+    error, an exception while it runs). Its message is one line naming the module, the file
+    and line where the import broke (when known) and the error, because start-up prints it
+    instead of a traceback."""
+
+    def __init__(self, module: str, error: Exception) -> None:
+        self.module = module
+        self.error = error
+        #: True when the module itself (or a package above it) is not on the import path,
+        #: rather than found and broken.
+        self.not_found = isinstance(error, ModuleNotFoundError) and error.name is not None and \
+            (module == error.name or module.startswith(error.name + "."))
+        self.where = _where(error)
+        place = f" ({self.where})" if self.where else ""
+        detail = error.msg if isinstance(error, SyntaxError) else str(error)
+        super().__init__(f"cannot import {module!r}{place}: {type(error).__name__}: {detail}", name=module)
+
+
+def _where(error: Exception) -> str | None:
+    """`file, line N` of where an import broke: a syntax error's own place, else the deepest
+    frame of the traceback outside the import machinery; None when the module was not found."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}, line {error.lineno}" if error.lineno else error.filename
+    machinery = (__file__, importlib.__file__)
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith("<frozen") and frame.filename not in machinery]
+    if not frames:
+        return None
+    return f"{frames[-1].filename}, line {frames[-1].lineno}"
+
+
 def load(modules: tuple[str, ...] | list[str] = ()) -> None:
     """Import the built-in job types and the application's modules (config `workers.modules`).
-    Called once in the service and once in each worker process."""
+    Called once in the service and once in each worker process. Raises `ModuleLoadError`."""
     for module in (*BUILTIN_MODULES, *modules):
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # whatever the module's own code raises while it is imported
+            raise ModuleLoadError(module, exc) from exc
 
 
 def get(name: str) -> JobType | None:
