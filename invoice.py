@@ -89,10 +89,11 @@ def render_locally(order: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
     """The same parse and render a `pdf` worker runs. reportlab is imported here, on first
     use, so that `import offload` stays cheap."""
     from offload.workers.errors import ValidationError
-    from offload.workers.invoice import parse_invoice, render_invoice
+    from offload.workers.invoice_data import InvoiceSettings, parse_invoice
+    from offload.workers.invoice_render import render_invoice
 
     try:
-        invoice = parse_invoice(invoice_data(order, items), DEFAULT_CURRENCY)
+        invoice = parse_invoice(invoice_data(order, items), InvoiceSettings(currency=DEFAULT_CURRENCY))
     except ValidationError as exc:
         raise InvalidRequest(f"data.{exc.field}: {exc.problem}" if exc.field else f"data: {exc.problem}") from None
     return render_invoice(invoice)
