@@ -7,7 +7,7 @@ PSS divides each shared page between the processes that map it, so the figures a
 what the service costs the machine; RSS counts shared pages again in every process. Then
 one invoice per worker, and the same figures again.
 
-    .venv/bin/python benchmarks/bench_memory.py [--processes 2] [--items 500]
+    .venv/bin/python benchmarks/bench_memory.py [--processes 2] [--items 500] [--start-method forkserver]
 
 Linux only (`/proc`).
 """
@@ -60,11 +60,21 @@ def table(server: int, workers: list[int]) -> None:
     print(f"  {'total':<18} {'':>8} {total / 1024:>7.1f}MB")
 
 
+def warm(pid: int) -> bool:
+    """Whether the `pdf` warm-up has loaded reportlab (its `_rl_accel` library) into `pid`:
+    a spawned worker is listed before it has finished starting."""
+    try:
+        return "_rl_accel" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 async def worker_pids(http: aiohttp.ClientSession, count: int) -> list[int]:
+    """The workers' pids, once there are `count` of them and each has started (is warm)."""
     async def check() -> list[int] | None:
         async with http.get("/api/health") as response:
             pids = (await response.json())["workers"]["pids"]
-        return pids if len(pids) == count and all(pids) else None
+        return pids if len(pids) == count and all(pids) and all(map(warm, pids)) else None
 
     return await eventually(check, 30, f"{count} worker processes")
 
@@ -73,13 +83,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--items", type=int, default=500, help="items of the invoice each worker renders")
+    parser.add_argument("--start-method", default="forkserver", choices=("forkserver", "spawn", "fork"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, ServerProcess(
-            Path(folder), processes=args.processes, modules=(), log_level="WARNING") as server:
+            Path(folder), processes=args.processes, modules=(), log_level="WARNING",
+            env={"OFFLOAD_WORKERS_START_METHOD": args.start_method}) as server:
         await server.start()
         async with server.session() as http:
             workers = await worker_pids(http, args.processes)
-            print(f"idle, after start-up ({args.processes} workers):")
+            print(f"idle, after start-up ({args.processes} workers, {args.start_method}):")
             table(server.pid, workers)
             jobs = [await post(http, "pdf", make_invoice(args.items)) for _ in workers]
             for job_id in jobs:
