@@ -32,8 +32,6 @@ from offload.client import AsyncClient, Client, InvalidRequest, OffloadClientErr
 
 log = logging.getLogger("offload.invoice")
 
-#: The service's default (`[jobs.settings.pdf] currency`), used for an order without one.
-DEFAULT_CURRENCY = "EUR"
 #: Seconds of 429/503 retries before giving up (and falling back), unless `max_retry_wait=` says otherwise.
 RETRY_WAIT = 5.0
 #: Failures that mean "no service to render it": anything else is raised as it is.
@@ -89,11 +87,11 @@ def render_locally(order: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
     """The same parse and render a `pdf` worker runs. reportlab is imported here, on first
     use, so that `import offload` stays cheap."""
     from offload.workers.errors import ValidationError
-    from offload.workers.invoice_data import InvoiceSettings, parse_invoice
+    from offload.workers.invoice_data import parse_invoice
     from offload.workers.invoice_render import render_invoice
 
     try:
-        invoice = parse_invoice(invoice_data(order, items), InvoiceSettings(currency=DEFAULT_CURRENCY))
+        invoice = parse_invoice(invoice_data(order, items))  # the shipped [jobs.settings.pdf] defaults
     except ValidationError as exc:
         raise InvalidRequest(f"data.{exc.field}: {exc.problem}" if exc.field else f"data: {exc.problem}") from None
     return render_invoice(invoice)

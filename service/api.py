@@ -92,7 +92,7 @@ async def submit(request: web.Request) -> web.Response:
     await request.app[LIMITS].admit_submission(owner_of(request), request.app[STORE])
     body = await read_json(request)
     submission = parse_submission(body, owner_of(request), request.app[CONFIG],
-                                  request.headers.get("Idempotency-Key"))
+                                  request.headers.get("Idempotency-Key"), now=scheduler.clock.now())
     await scheduler.admit()
     try:
         job, created = await request.app[STORE].create(submission.job, submission.request_hash)

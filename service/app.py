@@ -19,8 +19,9 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
+from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
 from offload.service.limits import Limits
+from offload.service.models import Clock
 from offload.service.openapi import openapi_json
 from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
@@ -94,7 +95,8 @@ async def page_headers(request: web.Request, handler):  # type: ignore[no-untype
     return response
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """`clock` is the service's time (default: the machine's); tests inject one to step it."""
     registry.load(config.workers.modules)
     app = web.Application(middlewares=[page_headers, errors, refuse_foreign_origins, authenticate],
                           client_max_size=config.limits.max_body_bytes)
@@ -103,6 +105,7 @@ def create_app(config: Config) -> web.Application:
     app[LIMITS] = Limits(config.limits)
     app[HUB] = EventHub()
     app[SOCKETS] = WeakSet()
+    app[CLOCK] = clock or Clock()
     app.add_routes(api.routes)
     app.router.add_get("/api/ws", ws.websocket)
     app.router.add_get("/api/openapi.json", openapi_json)
@@ -147,7 +150,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
                       stop_grace=config.workers.stop_grace)
     try:
         await pool.start()
-        scheduler = Scheduler(config, app[STORE], app[HUB], pool)
+        scheduler = Scheduler(config, app[STORE], app[HUB], pool, app[CLOCK])
         await scheduler.start()
     except BaseException:  # no teardown runs for a setup that failed: stop the processes here
         await pool.close()

@@ -97,6 +97,9 @@ class Subscriber:
         self._held: dict[str, list[Event]] = {}
         self._held_count = 0
         self._reading: set[str] = set()
+        #: Answers to the client's messages sent while snapshots stream: they follow the
+        #: stream, so a `ping` after a `subscribe all` is answered after its snapshots.
+        self._replies: list[bytes] = []
         self._ready = asyncio.Event()
 
     # ---- fed by the hub -------------------------------------------------------------------
@@ -147,7 +150,7 @@ class Subscriber:
         self._push(item)
 
     def _full(self) -> bool:
-        if len(self._queue) + self._held_count >= self.limit:
+        if len(self._queue) + self._held_count + len(self._replies) >= self.limit:
             self.overflowed = True
             self._ready.set()
         return self.overflowed
@@ -216,6 +219,10 @@ class Subscriber:
         self.stream = None
         for job_id in list(self._held):
             self._release_held(job_id)
+        replies, self._replies = self._replies, []
+        for payload in replies:
+            self.queued_bytes -= len(payload)
+            self._push([None, payload])
 
     def stop_all(self) -> None:
         """`unsubscribe all`: forget the jobs watched through it alone."""
@@ -229,9 +236,18 @@ class Subscriber:
         self._release_held(job_id)
 
     def send_error(self, code: str, message: str) -> None:
-        self._push([None, orjson.dumps({"event": "error", "code": code, "message": message})])
+        self.send_raw(orjson.dumps({"event": "error", "code": code, "message": message}))
 
     def send_raw(self, payload: bytes) -> None:
+        """Answer the client, in the order of its messages: after the snapshots of a
+        `subscribe all` it sent before."""
+        if self.stream is not None:
+            if self._full():
+                return
+            self._replies.append(payload)
+            self.queued_bytes += len(payload)
+            self._grew()
+            return
         self._push([None, payload])
 
     def discard(self) -> None:
@@ -240,6 +256,7 @@ class Subscriber:
         self._progress_items.clear()
         self._held.clear()
         self._held_count = 0
+        self._replies.clear()
         self.queued_bytes = 0
         self.stream = None
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from offload.service.config import Config
     from offload.service.events import EventHub
     from offload.service.limits import Limits
+    from offload.service.models import Clock
     from offload.service.scheduler import Scheduler
     from offload.service.store import Store
 
@@ -23,5 +24,7 @@ SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 SOCKETS: web.AppKey[WeakSet[web.WebSocketResponse[bool]]] = web.AppKey("sockets")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 LIMITS: web.AppKey[Limits] = web.AppKey("limits")
+#: The service's time (`models.Clock`): due times, claims and submissions use it alone.
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)

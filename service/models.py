@@ -9,6 +9,7 @@ import base64
 import secrets
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -45,7 +46,42 @@ class Priority(int, Enum):
 
 
 def now_ms() -> int:
+    """The wall clock, in milliseconds since the epoch. Due times are compared with a
+    `Clock`, not with this: the wall clock can step back."""
     return time.time_ns() // 1_000_000
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class Clock:
+    """The service's time, in milliseconds since the epoch: the wall clock, except that it
+    never goes back.
+
+    Due times are stored and compared in this time, so a wall clock stepped back (an NTP
+    step, a VM resumed from a snapshot) leaves a job due "now" due: the clock goes on from
+    where it was at the pace of the monotonic clock, instead of making the queue wait for
+    the wall clock to catch up. A step forward is followed at once (`runAt` from clients is
+    wall time). The cost: after a step back, the times the service records run ahead of the
+    wall clock by that step, until a restart after a downtime at least as long.
+
+    `wall` is the one thing to inject (a test steps it back); the monotonic clock is the
+    machine's own."""
+
+    def __init__(self, wall: Callable[[], int] = now_ms) -> None:
+        self._wall = wall
+        self._offset = wall() - _monotonic_ms()
+
+    def now(self) -> int:
+        monotonic = _monotonic_ms()
+        self._offset = max(self._offset, self._wall() - monotonic)
+        return monotonic + self._offset
+
+    def not_before(self, moment: int) -> None:
+        """Never answer earlier than `moment` from now on: at start, the latest time the
+        store recorded, so jobs due before a restart are still due after it."""
+        self._offset = max(self._offset, moment - _monotonic_ms())
 
 
 def iso(ms: int | None) -> str | None:
@@ -112,7 +148,8 @@ class Job:
             "createdAt": iso(self.created_at),
             "startedAt": iso(self.started_at),
             "completedAt": iso(self.completed_at),
-            "runAt": iso(self.due_at) if self.due_at > self.created_at else None,
+            # Only a waiting job has a time to wait for: once claimed, a delay or a retry is over.
+            "runAt": iso(self.due_at) if self.status is JobStatus.PENDING and self.due_at > self.created_at else None,
             "error": self.error,
             "result": result,
         }

@@ -22,7 +22,7 @@ from typing import Any
 from offload.service.config import Config
 from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
 from offload.service.events import EventHub
-from offload.service.models import Job, JobStatus, now_ms
+from offload.service.models import Clock, Job, JobStatus
 from offload.service.pool import Outcome, Slot, WorkerPool
 from offload.service.store import Store
 from offload.workers import registry
@@ -49,8 +49,11 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool) -> None:
+    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None) -> None:
         self.config = config
+        #: Every time this scheduler records or compares (due times, claims, leases); it never
+        #: goes back, so a wall clock stepped back does not stall the queue.
+        self.clock = clock or Clock()
         self.store = store
         self.hub = hub
         self.pool = pool
@@ -67,6 +70,7 @@ class Scheduler:
         self.reserved: list[Job] = []
         self._reservations_stale = False
         pool.on_progress = self._on_progress
+        store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop.
         self._async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
@@ -76,7 +80,10 @@ class Scheduler:
     async def start(self) -> None:
         # With a database of its own, a job still marked running was left by a previous run of
         # this service: take it back now instead of waiting for its lease to run out.
-        now = now_ms()
+        latest = await self.store.latest_time()
+        if latest is not None:  # the wall clock went back while the service was down
+            self.clock.not_before(latest)
+        now = self.clock.now()
         horizon = now + (self.config.jobs.lease_ms + 1 if self.store.exclusive else 0)
         rescued = await self.store.rescue_expired(now, LEASE_LOST, expired_before=horizon)
         for job in rescued:
@@ -152,7 +159,7 @@ class Scheduler:
             self._wake.clear()
             timeout = max(0.0, next_renew - loop.time())
             try:
-                looked_at = now_ms()
+                looked_at = self.clock.now()
                 idle = await self._fill()
                 if loop.time() >= next_renew:
                     await self._renew()
@@ -164,7 +171,7 @@ class Scheduler:
                     # comes back at once instead of sleeping until the next lease renewal.
                     due = await self.store.next_due(looked_at)
                     if due is not None:
-                        timeout = min(timeout, max(0.0, (due - now_ms()) / 1000))
+                        timeout = min(timeout, max(0.0, (due - self.clock.now()) / 1000))
             except Exception:  # the store went away for a moment: try again soon
                 log.exception("scheduler pass failed")
                 timeout = 1.0
@@ -190,13 +197,13 @@ class Scheduler:
             jobs: list[Job] = []
             try:
                 if slots:
-                    jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, process_types,
+                    jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, process_types,
                                                   limit=len(slots), per_owner=self.config.limits.max_running_per_user)
                 for job, slot in zip(jobs, slots, strict=False):
                     self._start(job, slot)
             finally:
                 self.pool.unreserve(slots[len(jobs):])
-            async_jobs = await self.store.claim(self.node, now_ms(), self.config.jobs.lease_ms, async_types,
+            async_jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, async_types,
                                                 limit=room, per_owner=self.config.limits.max_running_per_user) if room > 0 else []
             for job in async_jobs:
                 self._start(job, None)
@@ -220,7 +227,7 @@ class Scheduler:
         want = self.pool.size - len(self.reserved)
         if want <= 0 or not self._reserving or self._reservations_stale:
             return
-        jobs = await self.store.reserve(self.node, now_ms(), self.config.jobs.lease_ms, process_types, want)
+        jobs = await self.store.reserve(self.node, self.clock.now(), self.config.jobs.lease_ms, process_types, want)
         self.reserved.extend(jobs)
 
     async def _drop_reservations(self) -> None:
@@ -232,7 +239,7 @@ class Scheduler:
         return any(job.priority < held.priority or job.owner != held.owner for held in self.reserved)
 
     def _start_reserved(self, job: Job, slot: Slot) -> None:
-        now = now_ms()
+        now = self.clock.now()
         started = self.store.start_reserved(job, now, self.config.jobs.lease_ms)
         running = dataclasses.replace(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, started_at=now,
                                       progress=0, message=None, lease_until=now + self.config.jobs.lease_ms)
@@ -266,8 +273,8 @@ class Scheduler:
 
     async def _renew(self) -> None:
         if self.running or self.reserved:
-            await self.store.renew_leases(self.node, now_ms() + self.config.jobs.lease_ms)
-        expired = await self.store.rescue_expired(now_ms(), LEASE_LOST)
+            await self.store.renew_leases(self.node, self.clock.now() + self.config.jobs.lease_ms)
+        expired = await self.store.rescue_expired(self.clock.now(), LEASE_LOST)
         for job in expired:
             self.hub.status(job)
 
@@ -352,7 +359,7 @@ class Scheduler:
                 delay = min(delay * 2, 2.0)
 
     async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
-        job, now = entry.job, now_ms()
+        job, now = entry.job, self.clock.now()
         if entry.lost:  # the store never saw this attempt start; whatever it did is dropped
             self._discard_file(outcome)
             return None
@@ -409,7 +416,7 @@ class Scheduler:
             if job.status.terminal:
                 raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
             if job.status is JobStatus.PENDING:
-                cancelled = await self.store.cancel_pending(job_id, owner, now_ms())
+                cancelled = await self.store.cancel_pending(job_id, owner, self.clock.now())
                 if cancelled is not None:
                     self.reserved = [held for held in self.reserved if held.id != job_id]
                     self.hub.status(cancelled)

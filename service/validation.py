@@ -65,9 +65,11 @@ def _run_at(value: Any) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None) -> Submission:
+def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None,
+                     now: int | None = None) -> Submission:
     """`type` and `data` are required and never null; `options` and each option may be
-    null, which means "not given" (the default applies), as absent does."""
+    null, which means "not given" (the default applies), as absent does. `now` is the
+    service's clock (`models.Clock`), so due times compare with its claims."""
     if not isinstance(body, dict):
         raise Invalid("body", "must be a JSON object with `type`, `data` and optional `options`")
     type_name = body.get("type")
@@ -121,7 +123,7 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         except ValidationError as exc:
             raise Invalid(f"data.{exc.field}" if exc.field else "data", exc.problem) from None
 
-    created = now_ms()
+    created = now_ms() if now is None else now
     due = created
     if delay is not None:
         due = created + delay

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import errno
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -186,6 +188,31 @@ async def test_permanent_error_fails_at_once_without_retries(start_server):
     assert seen == ["pending", "running", "failed"]
     assert final["attempts"] == 1
     assert final["error"] == {"type": "PermanentError", "message": "this input can never work"}
+
+
+async def test_run_at_is_shown_while_waiting_and_cleared_once_the_job_runs(start_server, tmp_path):
+    """`runAt` says when a waiting job becomes due; a job that is running or finished is
+    not waiting for anything, after a delay or a retry alike."""
+    client = await start_server()
+    counter = tmp_path / "count"
+    async with watch(client) as events:
+        delayed = await submit(client, "test.echo", {"delayed": True}, delay=200)
+        retried = await submit(client, "test.fail", {"succeed_after": 1, "counter": str(counter)},
+                               maxRetries=1, retryDelay=50)
+        for job_id in (delayed, retried):
+            await events.until(job_id, "completed")
+        delayed_seen, retried_seen = events.statuses(delayed), events.statuses(retried)
+    assert [j["status"] for j in delayed_seen] == ["pending", "running", "completed"]
+    assert delayed_seen[0]["runAt"] is not None
+    assert [j["status"] for j in retried_seen] == ["pending", "running", "pending", "running", "completed"]
+    assert retried_seen[2]["runAt"] is not None  # waiting for its retry
+    for seen in (delayed_seen, retried_seen):
+        ran = [j for j in seen if j["status"] != "pending"]
+        assert ran and [j["runAt"] for j in ran] == [None] * len(ran), ran
+    for job_id in (delayed, retried):
+        assert (await job(client, job_id))["runAt"] is None
+    listed = (await (await client.get("/api/jobs")).json())["jobs"]
+    assert [j["runAt"] for j in listed if j["id"] in (delayed, retried)] == [None, None]
 
 
 async def test_event_seq_is_gap_free_and_increasing_across_retries(start_server, tmp_path):
@@ -445,6 +472,56 @@ async def post(client: TestClient, body: dict[str, Any], key: str | None = None)
     headers = {"Idempotency-Key": key} if key is not None else {}
     response = await client.post("/api/jobs", json=body, headers=headers)
     return response.status, await response.json()
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path) -> Iterator[Path]:
+    """A real filesystem with no room left: a 1 MiB tmpfs mounted at `folder` and filled to
+    the last page by one file (removed again to make room). Skips when mounting is not
+    permitted (not root, no CAP_SYS_ADMIN)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        filler = folder / "filler"
+        with open(filler, "wb", buffering=0) as fh:
+            with pytest.raises(OSError) as full:
+                while True:  # a raw write takes what fits and raises only once nothing does
+                    fh.write(b"x" * 4096)
+        assert full.value.errno == errno.ENOSPC
+        yield filler
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+async def test_full_disk_fails_the_result_write_as_a_job_failure_without_partial_files(start_server, tmp_path):
+    results = tmp_path / "results-on-tmpfs"
+    with full_disk(results) as filler:
+        client = await start_server(workers={"processes": 1}, jobs={"results_dir": str(results), "retry_delay_ms": 10})
+        (pid,) = (await workers(client))["pids"]
+        async with watch(client) as events:
+            job_id = await submit(client, "pdf", invoice(40, "INV-FULL"), maxRetries=1)
+            final = await events.until(job_id, "failed", "completed")
+            seen = events.statuses(job_id)
+        assert final["status"] == "failed", final
+        assert final["error"]["type"] == "ResultWriteFailed", final["error"]
+        assert "No space left" in final["error"]["message"]
+        # an ordinary failure: retried, then failed, on the same worker process
+        assert [j["status"] for j in seen] == ["pending", "running", "pending", "running", "failed"]
+        assert [j["error"]["type"] for j in seen[2::2]] == ["ResultWriteFailed", "ResultWriteFailed"]
+        stats = await workers(client)
+        assert stats["pids"] == [pid] and stats["replaced"] == 0, stats
+        assert sorted(p.name for p in results.iterdir()) == ["filler"]  # no .part left behind
+
+        filler.unlink()  # room again: the next job writes its file and completes
+        after = await submit(client, "pdf", invoice(40, "INV-ROOM"))
+        done = await wait_status(client, after, "completed", "failed")
+        assert done["status"] == "completed", done
+        async with client.get(done["result"]["url"]) as response:
+            assert response.status == 200 and (await response.read()).startswith(b"%PDF")
+        assert (await workers(client))["pids"] == [pid]
+        await client.close()  # before the unmount
 
 
 async def test_idempotency_key_header_answers_the_first_job(start_server):

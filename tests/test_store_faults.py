@@ -1,7 +1,9 @@
 """Store faults and backpressure: a locked or read-only database answers 503
-store_unavailable without half-written jobs, and the service heals when the fault clears."""
+store_unavailable without half-written jobs, and the service heals when the fault clears;
+a corrupt row fails its own job and no other."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import eventually, submit, wait_status
+from tests.test_faults import watch
 
 
 def db_path(client) -> Path:
@@ -173,3 +176,119 @@ async def test_second_service_on_the_same_database_refuses_to_start(start_server
     await start_server(config)
     with pytest.raises(RuntimeError, match="another offload service is using"):
         await start_server(config)
+
+
+# ---- a corrupt row hurts only itself ------------------------------------------------------------
+def tamper(path: Path, *edits: tuple[str, str]) -> None:
+    """Edit the live database by hand beside the running service, as an operator (or a bad
+    disk) would: a real second connection, waiting out the service's writer like any other.
+    Each edit is `(statement, job id)`; all of them commit together."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn, conn:
+        for statement, job_id in edits:
+            assert conn.execute(statement, (job_id,)).rowcount == 1
+
+
+async def pong(ws) -> list[dict]:
+    """Send a ping and collect what arrives before its pong: the socket is alive."""
+    await ws.send_json({"op": "ping"})
+    before = []
+    while (event := await ws.receive_json(timeout=10))["event"] != "pong":
+        before.append(event)
+    return before
+
+
+async def test_corrupt_rows_fail_as_corrupt_job_and_every_other_job_goes_on(start_server, caplog):
+    client = await start_server(workers={"processes": 2})
+    path = db_path(client)
+    async with watch(client) as events:
+        done = await submit(client, "test.echo", {"done": 1})
+        await wait_status(client, done, "completed")
+        # pending for an hour each, until the test makes them due
+        bad_data, clean, bad_priority, bad_status = [
+            await submit(client, "test.echo", {"i": i}, delay=3_600_000) for i in range(4)]
+
+        tamper(path, ("UPDATE jobs SET result = '{\"value\": ' WHERE id = ?", done),
+               ("UPDATE jobs SET priority = 9 WHERE id = ?", bad_priority),
+               ("UPDATE jobs SET status = 'bogus' WHERE id = ?", bad_status))
+        # Due at once, side by side with a clean job (one commit): whichever claim comes
+        # next, with two free slots, takes both in one batch.
+        tamper(path, ("UPDATE jobs SET data = 'not json', due_at = 0 WHERE id = ?", bad_data),
+               ("UPDATE jobs SET due_at = 0 WHERE id = ?", clean))
+
+        # A new `subscribe all` meets the pending job with a bad priority: it stays open and
+        # reports that job failed, after the snapshots of the readable ones.
+        async with client.ws_connect("/api/ws") as ws:
+            await ws.send_json({"op": "subscribe", "all": True})
+            seen = await pong(ws)
+            assert {e["job"]["id"] for e in seen if e["event"] == "snapshot"} <= {bad_data, clean}
+            (failed,) = [e for e in seen if e["event"] == "status" and e["jobId"] == bad_priority]
+            assert failed["status"] == "failed"
+            assert failed["job"]["error"]["type"] == "CorruptJob"
+            assert "priority 9 is not a priority" in failed["job"]["error"]["message"]
+            assert not ws.closed
+
+            response = await client.get("/api/jobs")
+            assert response.status == 200, await response.text()
+            listed = {j["id"]: j for j in (await response.json())["jobs"]}
+            assert set(listed) == {done, bad_data, clean, bad_priority, bad_status}
+            for job_id, problem in ((done, "result is not valid JSON"), (bad_status, "status 'bogus'"),
+                                    (bad_priority, "priority 9")):
+                assert listed[job_id]["status"] == "failed", listed[job_id]
+                assert listed[job_id]["error"]["type"] == "CorruptJob" and problem in listed[job_id]["error"]["message"]
+                assert listed[job_id]["result"] is None
+            assert listed[clean]["status"] in ("pending", "running", "completed")
+
+            wake = await submit(client, "test.echo", {"wake": 1})  # the scheduler looks again
+            for job_id in (clean, wake):
+                assert (await wait_status(client, job_id, "completed", "failed"))["status"] == "completed"
+            corrupt = await wait_status(client, bad_data, "failed")
+            assert corrupt["error"]["type"] == "CorruptJob" and "data is not valid JSON" in corrupt["error"]["message"]
+            assert corrupt["attempts"] == 0  # it never ran
+
+            # Each corrupt job's failure is one transition, announced with the next seq.
+            for job_id in (done, bad_priority, bad_status, bad_data):
+                final = await events.until(job_id, "failed")
+                assert final["error"]["type"] == "CorruptJob"
+                assert final["seq"] == (await (await client.get(f"/api/jobs/{job_id}")).json())["seq"]
+            assert [e["seq"] for e in events.of(bad_data)] == [0, 1]
+            assert [e["seq"] for e in events.of(done)][-2:] == [2, 3]  # completed at 2, failed as corrupt at 3
+            await events.until(clean, "completed")
+            reported = seen + await pong(ws)  # still open, and it reported the others as they went
+            finals = {e["jobId"]: e["status"] for e in reported if e["event"] == "status" and e["job"]["completedAt"]}
+            # (the clean job and the one with bad data may have ended before this socket subscribed)
+            after = {done: "failed", bad_status: "failed", bad_priority: "failed", wake: "completed"}
+            assert after.items() <= finals.items(), finals
+        assert not events.ws.closed and not events._task.done()
+    logged = [r.getMessage() for r in caplog.records if r.name == "offload.store"]
+    for job_id in (done, bad_priority, bad_status, bad_data):
+        assert any(job_id in line and "corrupt" in line for line in logged), logged
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_a_transition_on_a_corrupt_row_fails_that_job_in_one_seq_step(tmp_path):
+    """The store's own contract, beside the service: an outcome written to a row that went
+    bad while its job ran fails that job as CorruptJob instead (one transition, announced)."""
+    from offload.service.models import Job, new_job_id, now_ms
+    from offload.service.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'corrupt.db'}")
+    announced: list[Job] = []
+    store.on_change = announced.append
+    await store.open()
+    try:
+        created = [(await store.create(Job(new_job_id(), "t", "local", {"i": i})))[0] for i in range(2)]
+        bad, good = await store.claim("n", now_ms(), 30_000, limit=2)
+        assert {bad.id, good.id} == {job.id for job in created}
+        tamper(tmp_path / "corrupt.db", ("UPDATE jobs SET max_retries = 'lots' WHERE id = ?", bad.id))
+        assert await store.complete(bad, {"value": 1}, now_ms()) is None  # no longer this attempt's to finish
+        done = await store.complete(good, {"value": 2}, now_ms())
+        assert done is not None and done.status.value == "completed"
+        (failed,) = announced
+        assert failed.id == bad.id and failed.status.value == "failed" and failed.seq == bad.seq + 1
+        assert failed.error is not None and failed.error["type"] == "CorruptJob"
+        assert "max_retries 'lots' is not a whole number" in failed.error["message"]
+        assert failed.result is None and failed.max_retries == 0
+        assert await store.get(bad.id) == failed
+    finally:
+        await store.close()

@@ -160,7 +160,11 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
                 "type": "BadContentType", "message": f"the handler returned a FileOutput with content type "
                 f"{value.content_type!r}, which is not a media type (type/subtype[; parameters], printable ASCII, "
                 f"at most {MAX_MEDIA_TYPE} characters)"}}
-        return {"outcome": "completed", "result": _write_file(job_id, attempt, value, Path(results_dir))}
+        try:
+            return {"outcome": "completed", "result": _write_file(job_id, attempt, value, Path(results_dir))}
+        except OSError as exc:  # a full disk, a read-only or vanished folder: the job failed, not the process
+            return {"outcome": "failed", "error": {"type": "ResultWriteFailed", "message": "the result file "
+                    f"could not be written: {exc.strerror or exc}"}, "permanent": False}
     return {"outcome": "completed", "result": {"value": value}}
 
 
@@ -183,7 +187,11 @@ def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> 
     name = f"{job_id}-{attempt}{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.part"
-    with open(partial, "wb") as fh:
-        fh.write(output.content)
-    os.replace(partial, folder / name)
+    try:
+        with open(partial, "wb") as fh:
+            fh.write(output.content)
+        os.replace(partial, folder / name)
+    except BaseException:  # never leave a partial file behind, whatever stopped the write
+        partial.unlink(missing_ok=True)
+        raise
     return {"filename": output.filename, "contentType": output.content_type, "size": len(output.content), "file": name}

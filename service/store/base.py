@@ -49,6 +49,16 @@ class Store(ABC):
     #: only expired leases are taken back.
     exclusive = False
 
+    #: Called with each job the store changed by itself rather than on request: a stored row
+    #: that could not be read is failed as `CorruptJob` wherever it is met (a read, a claim,
+    #: a transition), so it hurts only itself. The service publishes these like its own.
+    on_change: Callable[[Job], None] | None = None
+
+    def _announce(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            if self.on_change is not None:
+                self.on_change(job)
+
     @abstractmethod
     async def open(self) -> None: ...
 
@@ -96,8 +106,9 @@ class Store(ABC):
         """When the earliest pending job that is not yet due becomes due, if any."""
 
     @abstractmethod
-    async def unfinished(self, owner: str | None) -> list[Job]:
-        """Pending and running jobs of `owner` (every owner's when None), oldest first."""
+    async def latest_time(self) -> int | None:
+        """The latest time recorded (the newest job's creation), if any: the service's clock
+        starts no earlier, whatever the wall clock says."""
 
     @abstractmethod
     async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:

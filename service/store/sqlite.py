@@ -21,7 +21,7 @@ import aiosqlite
 import orjson
 
 from offload.service.errors import StoreUnavailable
-from offload.service.models import Job, JobStatus, Priority
+from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
 from offload.service.store.fairness import Served, round_robin
 
@@ -51,16 +51,131 @@ def _encode(column: str, value: Any) -> Any:
     return value
 
 
+class CorruptRow(ValueError):
+    """A stored row that cannot be turned into a `Job` (a damaged or hand-edited file).
+
+    `repairs` are the values that make the row readable again once it is failed as
+    `CorruptJob`; `data` is never repaired: it is read only to run a pending job."""
+
+    def __init__(self, job_id: str, problems: list[str], repairs: Change) -> None:
+        super().__init__(f"job {job_id}: " + "; ".join(problems))
+        self.job_id = job_id
+        self.problems = problems
+        self.repairs = repairs
+
+
+#: What an unreadable number becomes in a row failed as corrupt (`_NOW`: the time of the repair).
+_NOW = object()
+_INT_REPAIRS: dict[str, Any] = {
+    "progress": 0, "attempts": 0, "max_retries": 0, "retry_delay_ms": 1000, "timeout_ms": None,
+    "seq": 0, "created_at": _NOW, "started_at": None, "completed_at": None, "due_at": _NOW, "lease_until": None,
+}
+
+
 def _job(row: sqlite3.Row) -> Job:
-    keys = row.keys()
-    values = {k: row[k] for k in keys if k in _JOB_COLUMNS or k == "data"}
-    values["status"] = JobStatus(values["status"])
-    values["priority"] = Priority(values["priority"])
+    """Decode a row; raises `CorruptRow` naming every field that cannot be read."""
+    values = {k: row[k] for k in row.keys() if k in _JOB_COLUMNS or k == "data"}
+    problems: list[str] = []
+    repairs: Change = {}
+    try:
+        values["status"] = JobStatus(values["status"])
+    except ValueError:
+        problems.append(f"status {values['status']!r} is not a job status")
+    try:
+        values["priority"] = Priority(values["priority"])
+    except (ValueError, TypeError):
+        problems.append(f"priority {values['priority']!r} is not a priority")
+        repairs["priority"] = Priority.MEDIUM
     for column in ("error", "result", "data"):
-        if values.get(column) is not None:
-            values[column] = orjson.loads(values[column])
+        raw = values.get(column)
+        if raw is None:
+            continue
+        problem = None
+        try:
+            values[column] = orjson.loads(raw)
+        except (orjson.JSONDecodeError, TypeError):
+            problem = f"{column} is not valid JSON"
+        else:
+            if column != "data" and not isinstance(values[column], dict):
+                problem = f"{column} is not a JSON object"
+        if problem is not None:
+            problems.append(problem)
+            if column == "result":
+                repairs["result"] = None
+    for column, repair in _INT_REPAIRS.items():
+        value = values.get(column)
+        if not (type(value) is int or (value is None and repair is None)):
+            problems.append(f"{column} {value!r} is not a whole number")
+            repairs[column] = repair
+    if problems:
+        raise CorruptRow(str(values["id"]), problems, repairs)
     values.setdefault("data", None)
     return Job(**values)
+
+
+def _mark_corrupt(db: sqlite3.Connection, corrupt: CorruptRow, marked: list[Job]) -> Job:
+    """Fail a corrupt job in place, as a transition (`seq` bumped), so it hurts only itself:
+    its error says what could not be read, and the row reads cleanly from now on."""
+    now = now_ms()
+    error = {"type": "CorruptJob", "message": f"the stored job could not be read ({'; '.join(corrupt.problems)}); "
+             "it was failed so that the other jobs go on"}
+    change: Change = {k: now if v is _NOW else v for k, v in corrupt.repairs.items() if k != "seq"}
+    change.update(status=JobStatus.FAILED, error=error, completed_at=now, lease_owner=None, lease_until=None)
+    sets, params = _assignments(change)
+    row = db.execute(f"UPDATE jobs SET {sets}, seq = CASE WHEN typeof(seq) = 'integer' THEN seq + 1 ELSE 1 END "
+                     f"WHERE id = ? RETURNING {_COLS}", (*params, corrupt.job_id)).fetchone()
+    log.error("job %s: stored row is corrupt (%s); failed it as CorruptJob", corrupt.job_id,
+              "; ".join(corrupt.problems))
+    job = _job(row)  # every field `_job` checks was repaired above
+    marked.append(job)
+    return job
+
+
+def _guarded(db: sqlite3.Connection, statement: Callable[[], list[sqlite3.Row]], marked: list[Job]) -> list[Job] | None:
+    """Run `statement` (a write that returns rows) and decode what it returns. When a row is
+    corrupt, the statement is undone, each corrupt job is failed instead (into `marked`),
+    and None is returned: the caller runs it again, which no longer finds them. So one bad
+    row never takes the clean ones of its batch down with it."""
+    db.execute("SAVEPOINT decode")
+    try:
+        decoded: list[Job | CorruptRow] = []
+        for row in statement():
+            try:
+                decoded.append(_job(row))
+            except CorruptRow as exc:
+                decoded.append(exc)
+    except BaseException:
+        db.execute("ROLLBACK TO decode")
+        db.execute("RELEASE decode")
+        raise
+    corrupt = [d for d in decoded if isinstance(d, CorruptRow)]
+    if corrupt:
+        db.execute("ROLLBACK TO decode")
+    db.execute("RELEASE decode")
+    if not corrupt:
+        return [d for d in decoded if isinstance(d, Job)]
+    for bad in corrupt:
+        _mark_corrupt(db, bad, marked)
+    return None
+
+
+def _decode_all(rows: Iterable[sqlite3.Row]) -> tuple[list[Job], list[CorruptRow]]:
+    jobs: list[Job] = []
+    corrupt: list[CorruptRow] = []
+    for row in rows:
+        try:
+            jobs.append(_job(row))
+        except CorruptRow as exc:
+            corrupt.append(exc)
+    return jobs, corrupt
+
+
+def _decode_or_mark(db: sqlite3.Connection, row: sqlite3.Row, marked: list[Job]) -> Job:
+    """The job in `row`; a corrupt one is failed first and returned as it is now."""
+    try:
+        return _job(row)
+    except CorruptRow as exc:
+        return _mark_corrupt(db, exc, marked)
 
 
 def _translate(exc: sqlite3.Error) -> StoreUnavailable:
@@ -92,6 +207,9 @@ class SQLiteStore(Store):
         self._closing = False
         self._lock: Any = None
         self._task: asyncio.Task[None] | None = None
+        #: Corrupt jobs the writer failed during the current batch (`_mark_corrupt`), announced
+        #: through `on_change` once the batch committed.
+        self._marked: list[Job] = []
         #: Who had a job started when: fair claims between owners (used in the writer thread only).
         self._served = Served()
         #: The write probe in flight, shared by every `writable()` caller meanwhile.
@@ -191,12 +309,18 @@ class SQLiteStore(Store):
                     return
                 continue
             rows = [p[:4] for p in progress.values()]
+            self._marked = []
             try:
                 # One hop to the connection's thread for the whole batch: a statement per
                 # hop would cost ~120 us each and cap the store near a thousand jobs/s.
                 seqs, outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops])
-            except sqlite3.Error as exc:
-                error = _translate(exc)
+            except Exception as exc:  # the batch rolled back: each of its writes fails, the writer goes on
+                self._marked = []  # nothing was failed after all
+                if isinstance(exc, sqlite3.Error):
+                    error: Exception = _translate(exc)
+                else:
+                    log.exception("store write batch failed")
+                    error = exc
                 for _, future in ops:
                     if not future.done():
                         future.set_exception(error)
@@ -211,6 +335,8 @@ class SQLiteStore(Store):
             for (*_, on_commit), seq in zip(progress.values(), seqs, strict=True):
                 if on_commit is not None and seq is not None:
                     on_commit(seq)
+            marked, self._marked = self._marked, []
+            self._announce(marked)
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is not open"
@@ -220,14 +346,47 @@ class SQLiteStore(Store):
             raise _translate(exc) from exc
 
     # ---- reads --------------------------------------------------------------------------------
+    async def _read_jobs(self, sql: str, params: Iterable[Any] = ()) -> tuple[list[sqlite3.Row], list[Job]]:
+        """Read rows and decode them. A corrupt row is failed as `CorruptJob` (a write) and
+        the read made again, so it shows as failed among the others; one that still cannot
+        be read (the store takes no writes just now) is left out, with a log line."""
+        params = tuple(params)
+        rows = await self._read(sql, params)
+        jobs, corrupt = _decode_all(rows)
+        if not corrupt:
+            return rows, jobs
+        try:
+            await self._repair([exc.job_id for exc in corrupt])
+            rows = await self._read(sql, params)
+            jobs, corrupt = _decode_all(rows)
+        except (StoreUnavailable, CorruptRow):  # no writes just now, or a row beyond repair
+            pass
+        for exc in corrupt:
+            log.error("job %s: left out of a read, its stored row cannot be read (%s)", exc.job_id,
+                      "; ".join(exc.problems))
+        return rows, jobs
+
+    async def _repair(self, job_ids: list[str]) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            for job_id in job_ids:
+                row = db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                try:
+                    _job(row)
+                except CorruptRow as exc:  # still corrupt: nobody repaired it meanwhile
+                    _mark_corrupt(db, exc, self._marked)
+
+        await self._write(op)
+
     async def get(self, job_id: str, owner: str | None = None) -> Job | None:
         sql = f"SELECT {_COLS} FROM jobs WHERE id = ?"
         params: list[Any] = [job_id]
         if owner is not None:
             sql += " AND owner = ?"
             params.append(owner)
-        rows = await self._read(sql, params)
-        return _job(rows[0]) if rows else None
+        _, jobs = await self._read_jobs(sql, params)
+        return jobs[0] if jobs else None
 
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
@@ -244,10 +403,10 @@ class SQLiteStore(Store):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY pos DESC LIMIT ?"
-        rows = await self._read(sql, [*params, limit + 1])
+        rows, jobs = await self._read_jobs(sql, [*params, limit + 1])
         more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
+        kept = {r["id"] for r in rows[:limit]}
+        return Page([j for j in jobs if j.id in kept], encode_cursor(rows[limit - 1]["pos"]) if more else None)
 
     async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
         if owner is None:
@@ -276,13 +435,10 @@ class SQLiteStore(Store):
         rows = await self._read(f"SELECT MIN(due) AS due FROM ({per_priority})", (now,) * len(Priority))
         return rows[0]["due"]
 
-    async def unfinished(self, owner: str | None) -> list[Job]:
-        sql = f"SELECT {_COLS} FROM jobs WHERE status IN ('pending', 'running')"
-        params: list[Any] = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            params.append(owner)
-        return [_job(r) for r in await self._read(sql + " ORDER BY pos", params)]
+    async def latest_time(self) -> int | None:
+        rows = await self._read("SELECT created_at FROM jobs ORDER BY pos DESC LIMIT 1")  # a seek on the key
+        value = rows[0]["created_at"] if rows else None
+        return value if type(value) is int else None
 
     async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
         # One ordered walk of the (status, pos) index per status, each stopping after
@@ -291,11 +447,11 @@ class SQLiteStore(Store):
         mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
         walks = [f"SELECT * FROM (SELECT pos, {_COLS} FROM jobs INDEXED BY jobs_status WHERE status = '{status}' "
                  f"AND pos > ?{mine} ORDER BY pos LIMIT ?)" for status in ("pending", "running")]
-        rows = await self._read(" UNION ALL ".join(walks) + " ORDER BY pos LIMIT ?",
-                                [*((after, *params, limit + 1) * 2), limit + 1])
+        rows, jobs = await self._read_jobs(" UNION ALL ".join(walks) + " ORDER BY pos LIMIT ?",
+                                           [*((after, *params, limit + 1) * 2), limit + 1])
         more = len(rows) > limit
-        rows = rows[:limit]
-        return Page([_job(r) for r in rows], encode_cursor(rows[-1]["pos"]) if more else None)
+        kept = {r["id"] for r in rows[:limit]}
+        return Page([j for j in jobs if j.id in kept], encode_cursor(rows[limit - 1]["pos"]) if more else None)
 
     # ---- write hooks ----------------------------------------------------------------------------
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
@@ -314,7 +470,7 @@ class SQLiteStore(Store):
             existing = db.execute(
                 f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
                 (job.owner, job.idempotency_key)).fetchall()
-            found = _job(existing[0])
+            found = _decode_or_mark(db, existing[0], self._marked)
             if existing[0]["request_hash"] != request_hash:
                 raise IdempotencyMismatch(found)
             return found, False
@@ -331,14 +487,21 @@ class SQLiteStore(Store):
         counters = ", attempts = attempts + 1, seq = seq + 1" if starts else ""
 
         def op(db: sqlite3.Connection) -> list[Job]:
-            chosen = _fair_pick(db, now, types, limit, self._served, per_owner)
-            if not chosen:
-                return []
-            rows = db.execute(f"UPDATE jobs SET {sets}{counters} "
-                              f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
-                              (*params, *chosen)).fetchall()
-            order = {pos: i for i, pos in enumerate(chosen)}
-            return [_job(r) for r in sorted(rows, key=lambda r: order[r["pos"]])]
+            while True:  # until a pick holds no corrupt job: each pass fails the ones it found
+                chosen = _fair_pick(db, now, types, limit, self._served, per_owner)
+                if not chosen:
+                    return []
+                order = {pos: i for i, pos in enumerate(chosen)}
+
+                def update(chosen: list[int] = chosen, order: dict[int, int] = order) -> list[sqlite3.Row]:
+                    rows = db.execute(f"UPDATE jobs SET {sets}{counters} "
+                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
+                                      (*params, *chosen)).fetchall()
+                    return sorted(rows, key=lambda r: order[r["pos"]])
+
+                jobs = _guarded(db, update, self._marked)
+                if jobs is not None:
+                    return jobs
 
         return await self._write(op)
 
@@ -353,8 +516,9 @@ class SQLiteStore(Store):
         sql = f"UPDATE jobs SET {sets}, seq = seq + 1 WHERE id = ? AND {' AND '.join(where)} RETURNING {_COLS}"
 
         def op(db: sqlite3.Connection) -> Job | None:
-            rows = db.execute(sql, (*params[: len(change)], job_id, *params[len(change):])).fetchall()
-            return _job(rows[0]) if rows else None
+            jobs = _guarded(db, lambda: db.execute(sql, (*params[: len(change)], job_id, *params[len(change):]))
+                            .fetchall(), self._marked)
+            return jobs[0] if jobs else None  # None also when the row was corrupt: it is failed now
 
         return self._enqueue(op)
 
@@ -385,7 +549,11 @@ class SQLiteStore(Store):
         def op(db: sqlite3.Connection) -> list[Job]:
             db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
                        "WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until < ?", (expired_before,))
-            return [_job(r) for r in db.execute(sql, (now, now, error, expired_before)).fetchall()]
+            while True:
+                jobs = _guarded(db, lambda: db.execute(sql, (now, now, error, expired_before)).fetchall(),
+                                self._marked)
+                if jobs is not None:
+                    return jobs
 
         return await self._write(op)
 
