@@ -87,7 +87,8 @@ def render_locally(order: dict[str, Any], items: list[dict[str, Any]]) -> bytes:
     """The same parse and render a `pdf` worker runs. reportlab is imported here, on first
     use, so that `import offload` stays cheap."""
     from offload.workers.errors import ValidationError
-    from offload.workers.invoice import parse_invoice, render_invoice
+    from offload.workers.invoice_data import parse_invoice
+    from offload.workers.invoice_render import render_invoice
 
     try:
         invoice = parse_invoice(invoice_data(order, items))  # the shipped [jobs.settings.pdf] defaults

@@ -38,7 +38,8 @@ from reportlab.pdfgen.canvas import Canvas  # noqa: E402
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # noqa: E402
 
 from benchmarks.sample import make_invoice  # noqa: E402
-from offload.workers.invoice import Invoice, InvoiceSettings, parse_invoice, render_invoice  # noqa: E402
+from offload.workers.invoice_data import Invoice, InvoiceSettings, parse_invoice  # noqa: E402
+from offload.workers.invoice_render import render_invoice  # noqa: E402
 
 _PAGE = re.compile(rb"/Type /Page\b(?!s)")
 

@@ -388,7 +388,7 @@ def validate(cfg: Config) -> None:
 def _validate_pdf_settings(cfg: Config) -> None:
     """`[jobs.settings.pdf]` belongs to the built-in invoice type, which reads it again at every
     submission and in every job: a bad value stops start-up here instead of failing them all."""
-    from offload.workers.invoice import InvoiceSettings  # the worker side owns its settings' rules
+    from offload.workers.invoice_data import InvoiceSettings  # the worker side owns its settings' rules
 
     try:
         InvoiceSettings.from_settings(cfg.jobs.settings.get("pdf", {}))

@@ -135,9 +135,10 @@ class WorkerPool:
         self.on_progress = on_progress or (lambda *a: None)
         self._ctx: Any = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            # Import the heavy modules once in the fork server: every worker forked from it
-            # starts with reportlab and the job types already loaded.
-            self._ctx.set_forkserver_preload(["offload.workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules])
+            # Load the job types and run their warm-ups once in the fork server: every worker
+            # forked from it starts with them loaded and warm (`workers/prewarm.py`).
+            self._ctx.set_forkserver_preload(["offload.workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules,
+                                              "offload.workers.prewarm"])
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None

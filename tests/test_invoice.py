@@ -18,15 +18,9 @@ from offload.service.config import ConfigError, load_config
 from offload.workers import registry
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, ValidationError
-from offload.workers import invoice as invoice_module
-from offload.workers.invoice import (
-    DEFAULT_SETTINGS,
-    Invoice,
-    InvoiceSettings,
-    check_invoice,
-    parse_invoice,
-    render_invoice,
-)
+from offload.workers import invoice_layout
+from offload.workers.invoice_data import DEFAULT_SETTINGS, Invoice, InvoiceSettings, check_invoice, parse_invoice
+from offload.workers.invoice_render import render_invoice
 from offload.workers.pdf import invoice_filename, pdf, validate_pdf
 
 
@@ -341,7 +335,7 @@ class _MeasuredText:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.characters = 0
-        regular, measure = invoice_module._REGULAR, invoice_module.stringWidth
+        regular, measure = invoice_layout._REGULAR, invoice_layout.stringWidth
 
         def counting(text: str, *args: Any) -> float:
             self.characters += len(text)
@@ -351,8 +345,8 @@ class _MeasuredText:
             self.characters += len(text)
             return regular.stringWidth(text, *args)
 
-        monkeypatch.setattr(invoice_module, "stringWidth", counting)
-        monkeypatch.setattr(invoice_module, "_REGULAR", type("Font", (), {"stringWidth": staticmethod(counting_regular)}))
+        monkeypatch.setattr(invoice_layout, "stringWidth", counting)
+        monkeypatch.setattr(invoice_layout, "_REGULAR", type("Font", (), {"stringWidth": staticmethod(counting_regular)}))
 
 
 @pytest.mark.parametrize("field", ["items.1.name", "order.notes"])

@@ -1,8 +1,10 @@
 """The built-in `pdf` job type: an invoice payload in, an invoice PDF out.
 
-Importing this module imports reportlab and renders a one-line invoice, so that each
-worker process pays for reportlab's import and font set-up once, at start, instead of in
-its first job.
+The service imports this module to validate submissions, which takes `invoice_data` alone.
+The renderer, and reportlab with it, is imported where it runs, in the handler and in the
+warm-up: in worker processes only, never in the service. The warm-up renders a one-line
+invoice at worker start-up, so that a worker's first job does not pay for reportlab's
+imports and font set-up.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from offload.workers.context import Context
-from offload.workers.invoice import InvoiceSettings, check_invoice, invoice_schema, parse_invoice, render_invoice
+from offload.workers.invoice_data import InvoiceSettings, check_invoice, invoice_schema, parse_invoice
 from offload.workers.registry import FileOutput, job_type
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -27,8 +29,20 @@ def pdf_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     return invoice_schema(InvoiceSettings.from_settings(settings))
 
 
-@job_type("pdf", validate=validate_pdf, schema=pdf_schema)
+def warm_up_pdf() -> None:
+    from offload.workers.invoice_render import render_invoice  # worker side only: see the module docstring
+
+    render_invoice(parse_invoice({
+        "type": "invoice",
+        "order": {"number": "0", "date": "2000-01-01", "customer": {"name": "warm-up"}},
+        "items": [{"name": "warm-up", "quantity": 1, "unitPrice": 1}],
+    }))
+
+
+@job_type("pdf", validate=validate_pdf, schema=pdf_schema, warm_up=warm_up_pdf)
 def pdf(data: Any, ctx: Context) -> FileOutput:
+    from offload.workers.invoice_render import render_invoice  # loaded by the warm-up; a dict lookup here
+
     ctx.progress(0, "laying out invoice")
     invoice = parse_invoice(data, InvoiceSettings.from_settings(ctx.settings))
     content = render_invoice(invoice, progress=ctx.progress)
@@ -40,14 +54,3 @@ def invoice_filename(number: str) -> str:
     safe in a path and in a Content-Disposition header."""
     safe = _UNSAFE.sub("_", number).strip("._")[:100] or "unnamed"
     return f"invoice-{safe}.pdf"
-
-
-def _warm_up() -> None:
-    render_invoice(parse_invoice({
-        "type": "invoice",
-        "order": {"number": "0", "date": "2000-01-01", "customer": {"name": "warm-up"}},
-        "items": [{"name": "warm-up", "quantity": 1, "unitPrice": 1}],
-    }))
-
-
-_warm_up()

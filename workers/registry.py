@@ -7,7 +7,9 @@ job's JSON `data` and a `Context`, and returns a JSON-able value, a `FileOutput`
 An optional `validate(data, settings)` runs in the service when a job is submitted, before
 it is stored, and raises `ValidationError` naming the field; a job that passes is stored
 as sent. Keep it fast: it runs on the event loop. An optional `schema(settings)` gives the
-same rules as an OpenAPI 3.0 schema of `data`, for `/api/openapi.json`.
+same rules as an OpenAPI 3.0 schema of `data`, for `/api/openapi.json`. An optional
+`warm_up()` runs once in each worker process before its first job, never in the service
+(see `runtime.warm_up`): for set-up that would otherwise slow a type's first job.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 Validator = Callable[[Any, Mapping[str, Any]], None]
 DataSchema = Callable[[Mapping[str, Any]], dict[str, Any]]
+WarmUp = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,16 @@ class JobType:
     validate: Validator | None = None
     #: The OpenAPI schema of `data` under the type's settings; None: any JSON value but null.
     schema: DataSchema | None = None
+    #: Runs in worker processes at start-up (imports, fonts, caches a first job would pay for).
+    warm_up: WarmUp | None = None
     #: An `async def` handler runs on the service's event loop instead of in a process.
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+        if self.is_async and self.warm_up is not None:
+            raise ValueError(f"job type {self.name!r}: warm_up is for types that run in worker processes; "
+                             "an async def type runs on the service's event loop")
 
 
 _registry: dict[str, JobType] = {}
@@ -51,8 +59,8 @@ _registry: dict[str, JobType] = {}
 BUILTIN_MODULES = ("offload.workers.pdf",)
 
 
-def job_type(name: str, *, validate: Validator | None = None,
-             schema: DataSchema | None = None) -> Callable[[Callable], Callable]:
+def job_type(name: str, *, validate: Validator | None = None, schema: DataSchema | None = None,
+             warm_up: WarmUp | None = None) -> Callable[[Callable], Callable]:
     """Register the decorated function as the handler of job type `name`."""
 
     def register(handler: Callable) -> Callable:
@@ -63,7 +71,7 @@ def job_type(name: str, *, validate: Validator | None = None,
                 handler.__qualname__,
             ):
                 raise ValueError(f"job type {name!r} is already registered by {existing.handler.__module__}")
-        _registry[name] = JobType(name, handler, validate, schema)
+        _registry[name] = JobType(name, handler, validate, schema, warm_up)
         return handler
 
     return register

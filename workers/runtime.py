@@ -9,6 +9,7 @@ job, so progress arrives at once and always before the outcome.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import re
@@ -28,6 +29,8 @@ from offload.workers.registry import FileOutput
 _events: int | None = None  # the file descriptor progress and outcomes are written to
 _keep: list[Connection] = []  # holds the connection whose descriptor `_events` is
 _cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
+_warmed: set[str] = set()  # job types warmed up in this process, or in the fork server it came from
+log = logging.getLogger("offload.workers")
 
 
 def frame(payload: bytes) -> bytes:
@@ -72,6 +75,33 @@ def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], m
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     registry.load(modules)
+    warm_up()
+
+
+def warm_up() -> None:
+    """Run the `warm_up` hook of every loaded job type that has one, once per process.
+
+    `initialize` calls it in each worker before its first job. Under the default forkserver
+    start method the fork server has already run it, after preloading the job types
+    (`offload.workers.prewarm`): the workers forked from it inherit the warmed state, share
+    its pages, and find nothing left to do here. A hook that fails is logged and skipped
+    (it only saves time; the type's first job meets the same problem and reports it)."""
+    for name in registry.names():
+        job_type = registry.get(name)
+        if job_type is None or job_type.warm_up is None or name in _warmed:
+            continue
+        try:
+            job_type.warm_up()
+        except Exception:
+            log.warning("the warm-up of job type %r failed; its first job pays for its set-up instead", name,
+                        exc_info=True)
+            continue
+        _warmed.add(name)
+
+
+def warmed() -> frozenset[str]:
+    """The job types whose warm-up has run for this process (for diagnostics and tests)."""
+    return frozenset(_warmed)
 
 
 def _exit_with_service() -> None:
