@@ -125,6 +125,7 @@ class Job:
     #: The node holding the running attempt and until when its lease holds.
     lease_owner: str | None = None
     lease_until: int | None = None
+    cancel_requested: bool = False
 
     def __post_init__(self) -> None:
         if not self.due_at:

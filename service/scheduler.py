@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from offload.service.config import Config
 from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
 from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
-from offload.service.pool import Outcome, Slot, WorkerPool
+from offload.service.endings import EndingKind, Outcome, OutcomeKind, StopReason, decide
+from offload.service.pool import Slot, WorkerPool
 from offload.service.store import Store
 from offload.workers import registry
 from offload.workers.context import Context
@@ -41,7 +42,7 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 class Running:
     job: Job
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     final: Job | None = None
     #: The start of this (reserved) attempt was never recorded: it must not write anything.
@@ -69,7 +70,6 @@ class Scheduler:
         #: Pending jobs reserved as the next ones for this node's workers, best first.
         self.reserved: list[Job] = []
         self._reservations_stale = False
-        pool.on_progress = self._on_progress
         store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop.
@@ -113,9 +113,9 @@ class Scheduler:
         hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait([all_done, hurry], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
-        self.pool.draining = True
+        self.pool.drain()
         for entry in list(self.running.values()):
-            self._stop_entry(entry, "shutdown")
+            self._stop_entry(entry, StopReason.SHUTDOWN)
         pending = [w for w in waiting if not w.done()]
         if pending:
             await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
@@ -253,7 +253,7 @@ class Scheduler:
             job = None
         if job is None:  # cancelled (or its reservation lapsed) before the start was recorded
             entry.lost = True
-            self._stop_entry(entry, "lost")
+            self._stop_entry(entry, StopReason.LOST)
             return
         entry.job = job
         self.hub.status(job)
@@ -290,7 +290,7 @@ class Scheduler:
             elif job_type is not None:
                 outcome = await self._run_async(entry, job_type.handler, settings, timeout_ms)
             else:
-                outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
+                outcome = Outcome(OutcomeKind.FAILED, error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
                                   "is not registered on this node"}, permanent=True)
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._record(entry, outcome)
@@ -306,39 +306,37 @@ class Scheduler:
 
     async def _run_in_process(self, entry: Running, slot: Slot, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
         job = entry.job
-        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, "timeout")
+        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
         try:
             return await self.pool.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                       str(self.config.results_path))
+                                       str(self.config.results_path), self._progress_of(job))
         finally:
             timer.cancel()
 
     async def _run_async(self, entry: Running, handler: Any, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
         job = entry.job
 
-        def send(percent: int, message: str | None) -> None:
-            self._on_progress(job.id, job.attempts, percent, message)
-
-        ctx = Context(job.id, job.attempts, settings, send, lambda: entry.stop_reason is not None)
+        ctx = Context(job.id, job.attempts, settings, self._progress_of(job), lambda: entry.stop_reason is not None)
         try:
             value = await asyncio.wait_for(handler(job.data, ctx), timeout_ms / 1000)
         except asyncio.TimeoutError:
-            entry.stop_reason = "timeout"
-            return Outcome("stopped")
+            entry.stop_reason = StopReason.TIMEOUT
+            return Outcome(OutcomeKind.STOPPED)
         except (Cancelled, asyncio.CancelledError):
             if entry.stop_reason is None:
                 raise
-            return Outcome("stopped")
+            return Outcome(OutcomeKind.STOPPED)
         except JobError as exc:
-            return Outcome("failed", error={"type": exc.type, "message": exc.message}, permanent=exc.permanent)
+            return Outcome(OutcomeKind.FAILED, error={"type": exc.type, "message": exc.message},
+                           permanent=exc.permanent)
         except Exception as exc:
-            return Outcome("failed", error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc)})
-        return Outcome("completed", result={"value": value})
+            return Outcome(OutcomeKind.FAILED, error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc)})
+        return Outcome(OutcomeKind.COMPLETED, result={"value": value})
 
-    def _stop_entry(self, entry: Running, reason: str) -> None:
+    def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:
             return
-        entry.stop_reason = reason
+        entry.stop_reason = reason = StopReason(reason)
         if not self.pool.stop(entry.job.id, reason) and entry.task is not None:
             job_type = registry.get(entry.job.type)
             if job_type is not None and job_type.is_async:
@@ -360,24 +358,22 @@ class Scheduler:
 
     async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
         job, now = entry.job, self.clock.now()
-        if entry.lost:  # the store never saw this attempt start; whatever it did is dropped
+        stop = StopReason.LOST if entry.lost else entry.stop_reason
+        ending = decide(outcome, stop, job.cancel_requested, job, now,
+                        timeout_ms=job.timeout_ms or self.config.jobs.timeout_ms, jitter=_JITTER.random)
+        final: Job | None = None
+        if ending.kind is EndingKind.COMPLETE:
+            final = await self.store.complete(job, ending.result, now)
+        elif ending.kind is EndingKind.RELEASE:
+            final = await self.store.release(job)
+        elif ending.kind is EndingKind.CANCEL:
+            final = await self.store.cancel_running(job, now)
+        elif ending.kind in (EndingKind.RETRY, EndingKind.FAIL):
+            assert ending.error is not None
+            final = await self.store.fail(job, ending.error, now, ending.retry_at)
+        else:  # DISCARD: the store never saw this attempt start; whatever it did is dropped
             self._discard_file(outcome)
             return None
-        reason = entry.stop_reason
-        if outcome.kind == "completed" and reason != "shutdown":
-            final = await self.store.complete(job, outcome.result, now)
-        elif reason == "shutdown":
-            final = await self.store.release(job)
-        elif reason == "cancelled" or outcome.kind == "cancelled":
-            final = await self.store.cancel_running(job, now)
-        else:
-            if reason == "timeout":
-                timeout = job.timeout_ms or self.config.jobs.timeout_ms
-                error, permanent = {"type": "Timeout", "message": f"the attempt ran past its timeout of {timeout} ms"}, False
-            else:
-                error, permanent = outcome.error or {"type": "Error", "message": "the job failed"}, outcome.permanent
-            retry_at = None if permanent or job.attempts > job.max_retries else now + self._backoff(job)
-            final = await self.store.fail(job, error, now, retry_at)
         if final is None:
             log.warning("job %s attempt %d lost its lease before finishing; its outcome is discarded",
                         job.id, job.attempts)
@@ -386,23 +382,23 @@ class Scheduler:
         self.hub.status(final)
         return final
 
-    def _backoff(self, job: Job) -> int:
-        """Exponential backoff from the job's retry delay, with up to 25 % jitter."""
-        base = job.retry_delay_ms * (2 ** (job.attempts - 1))
-        return int(min(base, 3_600_000) * (1 + _JITTER.random() * 0.25))
-
     def _discard_file(self, outcome: Outcome) -> None:
         if outcome.result and isinstance(outcome.result, dict) and "file" in outcome.result:
             (Path(self.config.results_path) / outcome.result["file"]).unlink(missing_ok=True)
 
     # ---- progress --------------------------------------------------------------------------------
-    def _on_progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> None:
-        entry = self.running.get(job_id)
-        if entry is None or entry.job.attempts != attempt:
-            return
-        owner = entry.job.owner
-        self.store.set_progress(entry.job, percent, message,
-                                on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
+    def _progress_of(self, job: Job) -> Callable[[int, str | None], None]:
+        """Where the progress of `job`'s current attempt goes: the store, then the hub."""
+        job_id, attempt, owner = job.id, job.attempts, job.owner
+
+        def progress(percent: int, message: str | None) -> None:
+            entry = self.running.get(job_id)
+            if entry is None or entry.job.attempts != attempt:
+                return
+            self.store.set_progress(entry.job, percent, message,
+                                    on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
+
+        return progress
 
     # ---- cancellation ---------------------------------------------------------------------------
     async def cancel(self, job_id: str, owner: str | None) -> Job:
@@ -451,7 +447,7 @@ def _drained(entries: list[Running]) -> str:
     def jobs(n: int) -> str:
         return f"{n} running job{'s' if n != 1 else ''}"
 
-    returned = sum(1 for e in entries if e.stop_reason == "shutdown" and e.final is not None
+    returned = sum(1 for e in entries if e.stop_reason is StopReason.SHUTDOWN and e.final is not None
                    and e.final.status is JobStatus.PENDING)
     finished = sum(1 for e in entries if e.final is not None) - returned  # an attempt that ended by itself
     unsettled = len(entries) - returned - finished
