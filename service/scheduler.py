@@ -3,9 +3,9 @@
 It owns the running attempts of this node: their deadlines, their leases (renewed while
 they run, so another node or a restart can take back the jobs of a node that died), their
 progress (forwarded to the store and the hub, in that order) and their endings (each one a
-fenced store transition: an attempt that lost its lease cannot overwrite the outcome).
-CPU work never runs here: process job types run in the pool, `async def` types run as
-tasks on the loop.
+fenced store transition: an attempt that lost its lease cannot overwrite the outcome; what
+the transition is, `endings.decide` says). No job runs here: every attempt starts the same
+way on a runner (`runners.py`): the process pool, or the async runner for `async def` types.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +23,21 @@ from offload.service.config import Config
 from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
 from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
-from offload.service.endings import EndingKind, Outcome, OutcomeKind, StopReason, decide
+from offload.service.endings import EndingKind, Outcome, StopReason, decide
 from offload.service.pool import Slot, WorkerPool
+from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
 from offload.workers import registry
-from offload.workers.context import Context
-from offload.workers.errors import Cancelled, JobError
 
 log = logging.getLogger("offload.scheduler")
 #: The jitter's own generator: the process-wide `random` belongs to the application embedding
 #: the service (and to test tools that check nobody else moves it).
 _JITTER = random.Random()
+
+def _async_handler(name: str) -> Callable[..., Any] | None:
+    job_type = registry.get(name)
+    return job_type.handler if job_type is not None and job_type.is_async else None
+
 
 LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stopped before it finished"}
 
@@ -41,6 +45,7 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 @dataclass
 class Running:
     job: Job
+    runner: Runner
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -50,7 +55,8 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None, *,
+                 async_runner: AsyncRunner | None = None) -> None:
         self.config = config
         #: Every time this scheduler records or compares (due times, claims, leases); it never
         #: goes back, so a wall clock stepped back does not stall the queue.
@@ -64,7 +70,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._async_running = 0
         self._pending = 0
         self._pending_read_at = float("-inf")
         #: Pending jobs reserved as the next ones for this node's workers, best first.
@@ -72,9 +77,13 @@ class Scheduler:
         self._reservations_stale = False
         store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
         # The job types are registered before the service starts: sort them out once, not
-        # on every pass of the loop.
-        self._async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
-        self._process_types = [name for name in registry.names() if name not in self._async_types]
+        # on every pass of the loop. Each runner runs the types it can: `async def` ones on
+        # the loop, the others in the pool's processes.
+        async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
+        process_types = [name for name in registry.names() if name not in async_types]
+        if async_runner is None:
+            async_runner = AsyncRunner(_async_handler, config.workers.async_concurrency)
+        self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
 
     # ---- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,7 +122,8 @@ class Scheduler:
         hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait([all_done, hurry], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
-        self.pool.drain()
+        for runner, _ in self._runners:
+            runner.drain()
         for entry in list(self.running.values()):
             self._stop_entry(entry, StopReason.SHUTDOWN)
         pending = [w for w in waiting if not w.done()]
@@ -181,33 +191,33 @@ class Scheduler:
                 timer.cancel()
 
     async def _fill(self) -> bool:
-        """Claim jobs for every free slot; True when a slot stayed free for want of due jobs."""
-        async_types, process_types = self._async_types, self._process_types
+        """Claim jobs for every free slot of every runner; True when a slot stayed free for
+        want of due jobs."""
         if self._reservations_stale:
             await self._drop_reservations()
         while self.accepting:
-            slots = self.pool.reserve()
-            while slots and self.reserved:  # jobs this node set aside start without a round trip
-                self._start_reserved(self.reserved.pop(0), slots.pop(0))
-            room = self.config.workers.async_concurrency - self._async_running if async_types else 0
-            if not slots:  # every worker busy: set their next jobs aside
-                await self._top_up(process_types)
-                if room <= 0:
-                    return False
-            jobs: list[Job] = []
-            try:
-                if slots:
-                    jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, process_types,
+            room = filled = False
+            for runner, types in self._runners:
+                slots = runner.reserve() if types else []
+                if runner is self.pool:
+                    while slots and self.reserved:  # jobs this node set aside start without a round trip
+                        self._start_reserved(self.reserved.pop(0), slots.pop(0))
+                    if not slots:  # every worker busy: set their next jobs aside
+                        await self._top_up(types)
+                if not slots:
+                    continue
+                room = True
+                jobs: list[Job] = []
+                try:
+                    jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, types,
                                                   limit=len(slots), per_owner=self.config.limits.max_running_per_user)
-                for job, slot in zip(jobs, slots, strict=False):
-                    self._start(job, slot)
-            finally:
-                self.pool.unreserve(slots[len(jobs):])
-            async_jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, async_types,
-                                                limit=room, per_owner=self.config.limits.max_running_per_user) if room > 0 else []
-            for job in async_jobs:
-                self._start(job, None)
-            filled = (slots and len(jobs) == len(slots)) or (room > 0 and len(async_jobs) == room)
+                    for job, slot in zip(jobs, slots, strict=False):
+                        self._start(job, slot, runner)
+                finally:
+                    runner.unreserve(slots[len(jobs):])
+                filled = filled or len(jobs) == len(slots)
+            if not room:  # every slot busy
+                return False
             if not filled:  # the store has no more due jobs for the room there is
                 return True
         return False
@@ -243,7 +253,7 @@ class Scheduler:
         started = self.store.start_reserved(job, now, self.config.jobs.lease_ms)
         running = dataclasses.replace(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, started_at=now,
                                       progress=0, message=None, lease_until=now + self.config.jobs.lease_ms)
-        entry = self._launch(running, slot)
+        entry = self._launch(running, slot, self.pool)
         asyncio.get_running_loop().create_task(self._confirm_start(entry, started))
 
     async def _confirm_start(self, entry: Running, started: Awaitable[Job | None]) -> None:
@@ -258,16 +268,14 @@ class Scheduler:
         entry.job = job
         self.hub.status(job)
 
-    def _start(self, job: Job, slot: Slot | None) -> None:
+    def _start(self, job: Job, slot: Any, runner: Runner | None = None) -> None:
         self.hub.status(job)
-        self._launch(job, slot)
+        self._launch(job, slot, runner or self.pool)
 
-    def _launch(self, job: Job, slot: Slot | None) -> Running:
-        """Run the attempt `job` describes: on `slot`'s process, or on the loop without one."""
-        entry = Running(job)
+    def _launch(self, job: Job, slot: Any, runner: Runner) -> Running:
+        """Run the attempt `job` describes on `runner`'s held `slot`."""
+        entry = Running(job, runner)
         self.running[job.id] = entry
-        if slot is None:
-            self._async_running += 1
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
         return entry
 
@@ -279,68 +287,32 @@ class Scheduler:
             self.hub.status(job)
 
     # ---- one attempt -------------------------------------------------------------------------
-    async def _run(self, entry: Running, slot: Slot | None) -> None:
+    async def _run(self, entry: Running, slot: Any) -> None:
         job = entry.job
-        job_type = registry.get(job.type)
         timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
         settings = self.config.jobs.settings.get(job.type, {})
         try:
-            if slot is not None:
-                outcome = await self._run_in_process(entry, slot, settings, timeout_ms)
-            elif job_type is not None:
-                outcome = await self._run_async(entry, job_type.handler, settings, timeout_ms)
-            else:
-                outcome = Outcome(OutcomeKind.FAILED, error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
-                                  "is not registered on this node"}, permanent=True)
+            timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
+            try:
+                outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
+                                                 str(self.config.results_path), self._progress_of(job))
+            finally:
+                timer.cancel()
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._record(entry, outcome)
         except Exception:
             log.exception("job %s: could not record its outcome; it will run again", job.id)
         finally:
-            if slot is None:
-                self._async_running -= 1
             if self.running.get(job.id) is entry:  # not a later attempt of the same job
                 del self.running[job.id]
             entry.done.set()
             self._wake.set()
 
-    async def _run_in_process(self, entry: Running, slot: Slot, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
-        job = entry.job
-        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
-        try:
-            return await self.pool.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                       str(self.config.results_path), self._progress_of(job))
-        finally:
-            timer.cancel()
-
-    async def _run_async(self, entry: Running, handler: Any, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
-        job = entry.job
-
-        ctx = Context(job.id, job.attempts, settings, self._progress_of(job), lambda: entry.stop_reason is not None)
-        try:
-            value = await asyncio.wait_for(handler(job.data, ctx), timeout_ms / 1000)
-        except asyncio.TimeoutError:
-            entry.stop_reason = StopReason.TIMEOUT
-            return Outcome(OutcomeKind.STOPPED)
-        except (Cancelled, asyncio.CancelledError):
-            if entry.stop_reason is None:
-                raise
-            return Outcome(OutcomeKind.STOPPED)
-        except JobError as exc:
-            return Outcome(OutcomeKind.FAILED, error={"type": exc.type, "message": exc.message},
-                           permanent=exc.permanent)
-        except Exception as exc:
-            return Outcome(OutcomeKind.FAILED, error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc)})
-        return Outcome(OutcomeKind.COMPLETED, result={"value": value})
-
     def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:
             return
         entry.stop_reason = reason = StopReason(reason)
-        if not self.pool.stop(entry.job.id, reason) and entry.task is not None:
-            job_type = registry.get(entry.job.type)
-            if job_type is not None and job_type.is_async:
-                entry.task.cancel()
+        entry.runner.stop(entry.job.id, reason)
 
     async def _record(self, entry: Running, outcome: Outcome) -> Job | None:
         """Record the outcome, waiting out a store fault (locked, read-only, full disk): the
