@@ -23,10 +23,8 @@ from offload.service.errors import (
     UnsupportedMediaType,
     job_not_found,
 )
-from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
+from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE, SUBMISSIONS
 from offload.service.models import Job, JobStatus, iso, now_ms
-from offload.service.store import IdempotencyMismatch
-from offload.service.validation import parse_submission
 from offload.workers.runtime import is_media_type
 
 routes = web.RouteTableDef()
@@ -86,21 +84,10 @@ async def ws_ticket(request: web.Request) -> web.Response:
 
 @routes.post("/api/jobs")
 async def submit(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
-    if not scheduler.accepting:
-        raise ShuttingDown("the service is shutting down and takes no new jobs; try again shortly")
-    await request.app[LIMITS].admit_submission(owner_of(request), request.app[STORE])
-    body = await read_json(request)
-    submission = parse_submission(body, owner_of(request), request.app[CONFIG],
-                                  request.headers.get("Idempotency-Key"), now=scheduler.clock.now())
-    await scheduler.admit()
-    try:
-        job, created = await request.app[STORE].create(submission.job, submission.request_hash)
-    except IdempotencyMismatch as exc:
-        raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
-    if created:
-        scheduler.submitted(job)
-        request.app[LIMITS].submitted(job.owner)
+    submissions = request.app[SUBMISSIONS]
+    await submissions.admit(owner_of(request))
+    job, created = await submissions.submit(owner_of(request), await read_json(request),
+                                            request.headers.get("Idempotency-Key"))
     answer = {"jobId": job.id, "status": job.status.value, "createdAt": job.to_wire()["createdAt"]}
     return json_response(answer, 201 if created else 200)
 

@@ -19,7 +19,7 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
+from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE, SUBMISSIONS
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
@@ -27,6 +27,7 @@ from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import Scheduler
 from offload.service.store import open_store
+from offload.service.submissions import Submissions
 from offload.workers import registry
 
 log = logging.getLogger("offload.app")
@@ -156,6 +157,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
         await pool.close()
         raise
     app[SCHEDULER] = scheduler
+    app[SUBMISSIONS] = Submissions(config, app[STORE], scheduler, app[LIMITS])
     log.info("scheduler %s: %d worker processes", scheduler.node, pool.size)
     yield
     await scheduler.stop(config.server.shutdown_grace)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from offload.service.config import Config
-from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
+from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, job_not_found
 from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
 from offload.service.endings import EndingKind, Outcome, StopReason, decide
@@ -70,8 +70,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pending = 0
-        self._pending_read_at = float("-inf")
         #: Pending jobs reserved as the next ones for this node's workers, best first.
         self.reserved: list[Job] = []
         self._reservations_stale = False
@@ -136,21 +134,8 @@ class Scheduler:
         to pending, as when the grace period runs out."""
         self._hurry.set()
 
-    async def admit(self) -> None:
-        """Refuse a submission (429) while the pending queue is at `max_pending`. The count
-        is re-read at most every 250 ms and counted up locally in between."""
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._pending_read_at > 0.25:
-            self._pending = await self.store.count_pending()
-            self._pending_read_at = loop.time()
-        if self._pending >= self.config.jobs.max_pending:
-            raise TooManyRequests(f"the queue is full ({self.config.jobs.max_pending} pending jobs); "
-                                  "try again shortly", retry_after=1)
-
     def submitted(self, job: Job) -> None:
-        """A new job was stored: count it against `max_pending`, tell its watchers, and run
-        it if a slot is free."""
-        self._pending += 1
+        """A new job was stored: tell its watchers, and run it if a slot is free."""
         self.hub.status(job)
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
