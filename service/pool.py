@@ -30,6 +30,7 @@ import orjson
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.service.runners import ProgressSink
 from offload.workers import runtime
+from offload.workers.registry import BUILTIN_MODULES
 
 log = logging.getLogger("offload.pool")
 
@@ -128,7 +129,7 @@ class WorkerPool:
         if start_method == "forkserver":
             # Import the heavy modules once in the fork server: every worker forked from it
             # starts with reportlab and the job types already loaded.
-            self._ctx.set_forkserver_preload(["offload.workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules])
+            self._ctx.set_forkserver_preload(["offload.workers.runtime", *BUILTIN_MODULES, *modules])
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
+from offload.workers.registry import JobType
 
 #: Where one attempt's progress goes: `(percent, message)`.
 ProgressSink = Callable[[int, "str | None"], None]
@@ -57,12 +58,12 @@ class AsyncSlot:
 
 
 class AsyncRunner:
-    """Runs `async def` handlers on the loop. `handlers(type)` gives the coroutine function of
-    a job type, or None when this node has none."""
+    """Runs `async def` handlers on the loop. `job_types(name)` gives a job type
+    (`Registry.get`), or None when this node has none."""
 
-    def __init__(self, handlers: Callable[[str], Callable[..., Any] | None], concurrency: int) -> None:
+    def __init__(self, job_types: Callable[[str], JobType | None], concurrency: int) -> None:
         self.size = concurrency
-        self._handlers = handlers
+        self._job_types = job_types
         self.slots = [AsyncSlot(i) for i in range(concurrency)]
 
     def reserve(self) -> list[AsyncSlot]:
@@ -78,14 +79,14 @@ class AsyncRunner:
 
     async def run(self, slot: AsyncSlot, job_id: str, attempt: int, type: str, data: Any,
                   settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
-        handler = self._handlers(type)
-        if handler is None:
+        job_type = self._job_types(type)
+        if job_type is None or not job_type.is_async:
             slot.reserved = False
             return Outcome(OutcomeKind.FAILED, permanent=True, error={
                 "type": "UnknownJobType", "message": f"job type {type!r} is not registered on this node"})
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         ctx = Context(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None)
-        slot.task = task = asyncio.ensure_future(handler(data, ctx))
+        slot.task = task = asyncio.ensure_future(job_type.handler(data, ctx))
         try:
             value = await task
         except Cancelled:

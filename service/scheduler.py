@@ -27,17 +27,12 @@ from offload.service.endings import EndingKind, Outcome, StopReason, decide
 from offload.service.pool import Slot, WorkerPool
 from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
-from offload.workers import registry
+from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
 #: The jitter's own generator: the process-wide `random` belongs to the application embedding
 #: the service (and to test tools that check nobody else moves it).
 _JITTER = random.Random()
-
-def _async_handler(name: str) -> Callable[..., Any] | None:
-    job_type = registry.get(name)
-    return job_type.handler if job_type is not None and job_type.is_async else None
-
 
 LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stopped before it finished"}
 
@@ -56,7 +51,7 @@ class Running:
 
 class Scheduler:
     def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None, *,
-                 async_runner: AsyncRunner | None = None) -> None:
+                 registry: Registry | None = None, async_runner: AsyncRunner | None = None) -> None:
         self.config = config
         #: Every time this scheduler records or compares (due times, claims, leases); it never
         #: goes back, so a wall clock stepped back does not stall the queue.
@@ -77,10 +72,11 @@ class Scheduler:
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop. Each runner runs the types it can: `async def` ones on
         # the loop, the others in the pool's processes.
-        async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
-        process_types = [name for name in registry.names() if name not in async_types]
+        types = registry or Registry.from_modules(config.workers.modules)
+        async_types = [name for name in types.names() if types.get(name).is_async]  # type: ignore[union-attr]
+        process_types = [name for name in types.names() if name not in async_types]
         if async_runner is None:
-            async_runner = AsyncRunner(_async_handler, config.workers.async_concurrency)
+            async_runner = AsyncRunner(types.get, config.workers.async_concurrency)
         self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
 
     # ---- life cycle -----------------------------------------------------------------------

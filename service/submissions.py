@@ -19,17 +19,20 @@ from offload.service.models import Job
 from offload.service.scheduler import Scheduler
 from offload.service.store import IdempotencyMismatch, Store
 from offload.service.validation import parse_submission
+from offload.workers.registry import Registry
 
 #: What a client at its pending cap is told to wait: jobs start within seconds when workers are free.
 PENDING_RETRY_AFTER = 5
 
 
 class Submissions:
-    def __init__(self, config: Config, store: Store, scheduler: Scheduler, limits: Limits) -> None:
+    def __init__(self, config: Config, store: Store, scheduler: Scheduler, limits: Limits,
+                 registry: Registry) -> None:
         self.config = config
         self.store = store
         self.scheduler = scheduler
         self.limits = limits
+        self.registry = registry
 
     async def admit(self, owner: str) -> None:
         """Raise unless `owner` may submit now: 503 while shutting down, 429 (with
@@ -52,7 +55,7 @@ class Submissions:
         """Parse, check the queue's room, store: the job and whether it is new (False: the
         answer to an earlier request with the same idempotency key). Call `admit` first."""
         submission = parse_submission(body, owner, self.config, idempotency_key,
-                                      now=self.scheduler.clock.now())
+                                      now=self.scheduler.clock.now(), registry=self.registry)
         cap = self.config.jobs.max_pending
         if await self.limits.pending.count(self.store) >= cap:
             raise TooManyRequests(f"the queue is full ({cap} pending jobs); try again shortly", retry_after=1)

@@ -17,7 +17,7 @@ from offload.service.config import Config
 from offload.service.errors import Invalid
 from offload.service.limits import check_depth
 from offload.service.models import Job, Priority, new_job_id, now_ms
-from offload.workers import registry
+from offload.workers.registry import Registry
 from offload.workers.errors import ValidationError
 
 OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey"}
@@ -66,7 +66,7 @@ def _run_at(value: Any) -> int:
 
 
 def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None,
-                     now: int | None = None) -> Submission:
+                     now: int | None = None, *, registry: Registry) -> Submission:
     """`type` and `data` are required and never null; `options` and each option may be
     null, which means "not given" (the default applies), as absent does. `now` is the
     service's clock (`models.Clock`), so due times compare with its claims."""

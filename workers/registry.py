@@ -1,4 +1,6 @@
-"""The job-type registry: `@job_type("name")` turns a function into a job type.
+"""The job-type registry: `@job_type("name")` marks a function as a job type, and a
+`Registry` that loads its module collects it. Each app owns its registry; nothing here is
+shared between apps of one process.
 
 A plain function runs in a worker process; an `async def` runs on the service's event
 loop (for I/O-bound work such as mail). Either is called as `handler(data, ctx)` with the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -44,40 +47,81 @@ class JobType:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
 
-_registry: dict[str, JobType] = {}
-
-#: Modules holding the built-in job types; imported by `load()`.
+#: Modules holding the built-in job types; every registry loads them first.
 BUILTIN_MODULES = ("offload.workers.pdf",)
+#: The attribute `@job_type` sets on the function it marks: its `JobType`.
+MARK = "__offload_job_type__"
+#: The list, in each module's own namespace, of the job types its functions declared.
+DECLARED = "__offload_job_types__"
 
 
 def job_type(name: str, *, validate: Validator | None = None,
              schema: DataSchema | None = None) -> Callable[[Callable], Callable]:
-    """Register the decorated function as the handler of job type `name`."""
+    """Mark the decorated function as the handler of job type `name`. Nothing is
+    registered here: a `Registry` that loads the function's module collects it."""
 
-    def register(handler: Callable) -> Callable:
-        existing = _registry.get(name)
-        if existing is not None and existing.handler is not handler:
-            if (existing.handler.__module__, existing.handler.__qualname__) != (
-                handler.__module__,
-                handler.__qualname__,
-            ):
-                raise ValueError(f"job type {name!r} is already registered by {existing.handler.__module__}")
-        _registry[name] = JobType(name, handler, validate, schema)
+    def mark(handler: Callable) -> Callable:
+        declared = JobType(name, handler, validate, schema)
+        setattr(handler, MARK, declared)
+        module = sys.modules.get(handler.__module__)
+        if module is not None:  # the module being imported: it keeps its own list
+            module.__dict__.setdefault(DECLARED, []).append(declared)
         return handler
 
-    return register
+    return mark
 
 
-def load(modules: tuple[str, ...] | list[str] = ()) -> None:
-    """Import the built-in job types and the application's modules (config `workers.modules`).
-    Called once in the service and once in each worker process."""
-    for module in (*BUILTIN_MODULES, *modules):
-        importlib.import_module(module)
+class Registry:
+    """The job types one app (or one worker process) knows, by name.
 
+    `Registry.from_modules(config.workers.modules)` loads the built-ins, then the
+    application's modules; worker processes build theirs from the same module list
+    (`modules`), so a type added with `add` alone is known to this process only."""
 
-def get(name: str) -> JobType | None:
-    return _registry.get(name)
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+        self._modules: dict[str, list[JobType]] = {}
 
+    @classmethod
+    def from_modules(cls, modules: tuple[str, ...] | list[str] = ()) -> Registry:
+        registry = cls()
+        registry.load((*BUILTIN_MODULES, *modules))
+        return registry
 
-def names() -> list[str]:
-    return sorted(_registry)
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The modules loaded, built-ins included, in load order."""
+        return tuple(self._modules)
+
+    def load(self, modules: tuple[str, ...] | list[str]) -> None:
+        """Import each module and register the job types its functions declared; a module
+        loaded before is not registered again."""
+        for name in modules:
+            if name in self._modules:
+                continue
+            module = importlib.import_module(name)
+            declared = list(getattr(module, DECLARED, ()))
+            for declared_type in declared:
+                self.add(declared_type)
+            self._modules[name] = declared
+
+    def add(self, declared: JobType | Callable[..., Any]) -> None:
+        """Register a job type, or a function `@job_type` marked. A name taken by another
+        function (not a reload of the same one) is an error naming both."""
+        if not isinstance(declared, JobType):
+            marked = getattr(declared, MARK, None)
+            if not isinstance(marked, JobType):
+                raise ValueError(f"{declared!r} is not marked with @job_type")
+            declared = marked
+        existing = self._types.get(declared.name)
+        if existing is not None and existing.handler is not declared.handler and (
+                (existing.handler.__module__, existing.handler.__qualname__)
+                != (declared.handler.__module__, declared.handler.__qualname__)):
+            raise ValueError(f"job type {declared.name!r} is already registered by {existing.handler.__module__}")
+        self._types[declared.name] = declared
+
+    def get(self, name: str) -> JobType | None:
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)

@@ -20,14 +20,15 @@ from typing import Any
 
 import orjson
 
-from offload.workers import registry
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
-from offload.workers.registry import FileOutput
+from offload.workers.registry import FileOutput, Registry
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
 _keep: list[Connection] = []  # holds the connection whose descriptor `_events` is
 _cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
+#: This process's job types, built at start-up from the service's module list.
+_types: Registry | None = None
 
 
 def frame(payload: bytes) -> bytes:
@@ -60,7 +61,7 @@ def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple
 
 def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
     """Runs once in each new worker process, before its first job."""
-    global _events, _cancel
+    global _events, _cancel, _types
     _events, _cancel = events.fileno(), cancel_flag
     _keep.append(events)
     _exit_with_service()
@@ -71,7 +72,7 @@ def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], m
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    registry.load(modules)
+    _types = Registry.from_modules(modules)
 
 
 def _exit_with_service() -> None:
@@ -107,7 +108,10 @@ def _is_cancelled() -> bool:
 
 def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any], results_dir: str) -> dict[str, Any]:
     """Run one job. Never raises: the outcome says how it ended, in plain data."""
-    job_type = registry.get(type)
+    global _types
+    if _types is None:  # run outside `serve` (in process, by a test): the built-ins
+        _types = Registry.from_modules()
+    job_type = _types.get(type)
     if job_type is None:
         return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
                 "permanent": True}
