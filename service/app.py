@@ -168,7 +168,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def _close_sockets(app: web.Application) -> None:
     if SCHEDULER in app:
-        app[SCHEDULER].accepting = False
+        app[SCHEDULER].stop_accepting()
     sockets = app[SOCKETS]
     for socket in list(sockets):
         await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -4,17 +4,17 @@ exhausting the service: submission rate, pending jobs, open WebSockets. Admissio
 
 The body size limit is aiohttp's `client_max_size` (set in `create_app`), the WebSocket
 message size is the socket's `max_msg_size`; per-type limits (invoice items, …) live in
-each job type's validator. Counters here are in memory and per node.
+each job type's validator, the nesting depth of job data in `validation.check_depth`.
+Counters here are in memory and per node.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from offload.service.config import LimitsConfig
-from offload.service.errors import Invalid, TooManyRequests
+from offload.service.errors import TooManyRequests
 from offload.service.store import Store
 
 #: Buckets idle this long are full again and are dropped to bound memory.
@@ -113,24 +113,3 @@ class Limits:
             self.sockets[owner] = left
         else:
             self.sockets.pop(owner, None)
-
-
-def check_depth(value: Any, max_depth: int, field: str = "data") -> None:
-    """422 when `value` nests arrays/objects deeper than `max_depth` levels. Level by level
-    rather than recursive, so hostile input cannot exhaust the stack here; scalars are
-    passed over with one type check each (a 5,000-line invoice costs about a millisecond)."""
-    level = [value] if type(value) in _CONTAINERS else []
-    depth = 1
-    while level:
-        if depth > max_depth:
-            raise Invalid(field, f"nests objects and arrays deeper than {max_depth} levels")
-        below = []
-        for item in level:
-            for child in (item.values() if type(item) is dict else item):
-                if type(child) in _CONTAINERS:
-                    below.append(child)
-        level = below
-        depth += 1
-
-
-_CONTAINERS = (dict, list)

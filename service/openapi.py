@@ -16,6 +16,7 @@ from aiohttp import web
 
 from offload.service.config import Config
 from offload.service.keys import CONFIG, REGISTRY
+from offload.service.models import JOB_ID_PATTERN
 from offload.service.validation import INT_OPTIONS, MAX_IDEMPOTENCY_KEY
 from offload.workers.registry import Registry
 
@@ -65,7 +66,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "status", "priority", "progress", "message", "attempts", "maxRetries", "seq",
                      "createdAt", "startedAt", "completedAt", "runAt", "error", "result"],
         "properties": {
-            "id": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"},
+            "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
             "status": {"type": "string", "enum": ["pending", "running", "completed", "failed", "cancelled"]},
             "priority": {"type": "string", "enum": ["high", "medium", "low"]},
@@ -113,7 +114,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Accepted": {
         "type": "object", "required": ["jobId", "status", "createdAt"],
-        "properties": {"jobId": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"}, "status": {"type": "string"},
+        "properties": {"jobId": {"type": "string", "pattern": JOB_ID_PATTERN}, "status": {"type": "string"},
                        "createdAt": _ref("schemas", "Time")},
     },
     "Stats": {

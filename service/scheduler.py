@@ -125,6 +125,10 @@ class Scheduler:
             await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
         return _drained(entries)
 
+    def stop_accepting(self) -> None:
+        """Take no new jobs from now on (shutdown began); `stop` then drains the running ones."""
+        self.accepting = False
+
     def hurry(self) -> None:
         """Cut a drain short (a second Ctrl-C): running jobs are stopped at once and go back
         to pending, as when the grace period runs out."""
@@ -390,9 +394,18 @@ class Scheduler:
             raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
         return job
 
+    def workers(self) -> dict[str, Any]:
+        """The worker processes, as operators see them (`/api/health`, `/api/stats`)."""
+        return self.pool.describe()
+
+    @property
+    def workers_stopping(self) -> bool:
+        """The worker pool is shutting down: no process that ends is replaced."""
+        return self.pool.draining
+
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "running": len(self.running), "accepting": self.accepting,
-                "workers": self.pool.describe()}
+                "workers": self.workers()}
 
 
 def _drained(entries: list[Running]) -> str:

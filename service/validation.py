@@ -15,7 +15,6 @@ import orjson
 
 from offload.service.config import Config
 from offload.service.errors import Invalid
-from offload.service.limits import check_depth
 from offload.service.models import Job, Priority, new_job_id, now_ms
 from offload.workers.registry import Registry
 from offload.workers.errors import ValidationError
@@ -141,3 +140,24 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
                                                                       if k != "idempotencyKey" and v is not None}],
                                                   option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Submission(job, fingerprint)
+
+
+def check_depth(value: Any, max_depth: int, field: str = "data") -> None:
+    """422 when `value` nests arrays/objects deeper than `max_depth` levels. Level by level
+    rather than recursive, so hostile input cannot exhaust the stack here; scalars are
+    passed over with one type check each (a 5,000-line invoice costs about a millisecond)."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 1
+    while level:
+        if depth > max_depth:
+            raise Invalid(field, f"nests objects and arrays deeper than {max_depth} levels")
+        below = []
+        for item in level:
+            for child in (item.values() if type(item) is dict else item):
+                if type(child) in _CONTAINERS:
+                    below.append(child)
+        level = below
+        depth += 1
+
+
+_CONTAINERS = (dict, list)

@@ -22,6 +22,7 @@ import orjson
 
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
+from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, Registry
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
@@ -142,7 +143,6 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     return {"outcome": "completed", "result": {"value": value}}
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: A media type as RFC 9110 writes it: token/token, then parameters in printable ASCII.
 #: Anything else (a CR/LF above all) could not be sent as the download's Content-Type.
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t!-~]*)?")
@@ -157,7 +157,7 @@ def is_media_type(value: object) -> bool:
 def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> dict[str, Any]:
     """Write the attempt's own file (`<job id>-<attempt><ext>`): an attempt that lost the job
     can never overwrite the file of the attempt that replaced it."""
-    suffix = Path(_UNSAFE.sub("_", output.filename)).suffix[:16]
+    suffix = Path(safe_filename(output.filename)).suffix[:16]
     name = f"{job_id}-{attempt}{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.part"
