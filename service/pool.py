@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from offload.service.endings import Outcome, OutcomeKind, StopReason
-from offload.service.runners import ProgressSink
+from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
 from offload.workers.registry import BUILTIN_MODULES
 
@@ -258,16 +258,11 @@ class WorkerPool:
     def reserve(self) -> list[Slot]:
         """Hold every free slot for jobs about to be claimed; hand back unused ones with
         `unreserve`."""
-        free = [slot for slot in self.slots if not slot.busy]
-        free.sort(key=lambda slot: not slot.live)  # warm processes first
-        for slot in free:
-            slot.reserved = True
-        return free
+        return hold_free(sorted(self.slots, key=lambda slot: not slot.live))  # warm processes first
 
     @staticmethod
     def unreserve(slots: list[Slot]) -> None:
-        for slot in slots:
-            slot.reserved = False
+        release(slots)
 
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
                   settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.workers.context import Context
@@ -44,6 +44,30 @@ class Runner(Protocol):
         """The service is stopping."""
 
 
+class _Holdable(Protocol):
+    reserved: bool
+
+    @property
+    def busy(self) -> bool: ...
+
+
+H = TypeVar("H", bound=_Holdable)
+
+
+def hold_free(slots: list[H]) -> list[H]:
+    """Hold the slots that are not busy, in the order given, for jobs about to be claimed."""
+    free = [slot for slot in slots if not slot.busy]
+    for slot in free:
+        slot.reserved = True
+    return free
+
+
+def release(slots: list[H]) -> None:
+    """Hand back held slots that got no job."""
+    for slot in slots:
+        slot.reserved = False
+
+
 @dataclass(eq=False)
 class AsyncSlot:
     index: int
@@ -67,15 +91,11 @@ class AsyncRunner:
         self.slots = [AsyncSlot(i) for i in range(concurrency)]
 
     def reserve(self) -> list[AsyncSlot]:
-        free = [slot for slot in self.slots if not slot.busy]
-        for slot in free:
-            slot.reserved = True
-        return free
+        return hold_free(self.slots)
 
     @staticmethod
     def unreserve(slots: list[AsyncSlot]) -> None:
-        for slot in slots:
-            slot.reserved = False
+        release(slots)
 
     async def run(self, slot: AsyncSlot, job_id: str, attempt: int, type: str, data: Any,
                   settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
