@@ -8,12 +8,13 @@
 
 Fields the service adds later are ignored, so an older client keeps working against a
 newer service. This module imports nothing but the standard library: it is the one place
-that turns the camelCase JSON into these classes.
+that turns the camelCase JSON into these classes, and back (`Job.to_wire`, `event_to_wire`:
+what `offload get` and `offload watch --json` print).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -90,6 +91,35 @@ class Job:
         )
 
 
+    def to_wire(self) -> dict[str, Any]:
+        """The contract's camelCase JSON of this job (times with milliseconds and `Z`)."""
+        wire: dict[str, Any] = {
+            "id": self.id, "type": self.type, "status": self.status.value, "priority": self.priority,
+            "progress": self.progress, "message": self.message, "attempts": self.attempts,
+            "maxRetries": self.max_retries, "seq": self.seq, "createdAt": _wire_time(self.created_at),
+            "startedAt": _wire_time(self.started_at), "completedAt": _wire_time(self.completed_at),
+            "runAt": _wire_time(self.run_at),
+            "error": {"type": self.error.type, "message": self.error.message} if self.error else None,
+            "result": _wire_result(self.result) if self.result is not None else None,
+        }
+        if self.cancel_requested:
+            wire["cancelRequested"] = True
+        return wire
+
+
+def _wire_result(result: JobResult) -> dict[str, Any]:
+    if result.is_file:
+        return {"filename": result.filename, "contentType": result.content_type, "size": result.size,
+                "url": result.url}
+    return {"value": result.value}
+
+
+def _wire_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _result(wire: dict[str, Any]) -> JobResult:
     if "url" in wire:
         size = wire.get("size")
@@ -155,3 +185,14 @@ def parse_event(wire: dict[str, Any]) -> Event | None:
         job = Job.from_wire(wire["job"])
         return Status(wire.get("jobId", job.id), JobStatus(wire["status"]), job, int(wire.get("seq", job.seq)))
     return None
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """The server message of a typed event, as `parse_event` read it."""
+    if isinstance(event, Snapshot):
+        return {"event": "snapshot", "job": event.job.to_wire()}
+    if isinstance(event, Progress):
+        return {"event": "progress", "jobId": event.job_id, "progress": event.progress, "message": event.message,
+                "seq": event.seq}
+    return {"event": "status", "jobId": event.job_id, "status": event.status.value, "job": event.job.to_wire(),
+            "seq": event.seq}

@@ -1,4 +1,5 @@
-"""`offload serve`: run the service."""
+"""The `offload` command: `serve` runs the service (here); the client commands (submit,
+jobs, get, cancel, download, watch) live in `offload.commands`."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +7,17 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
+from offload import __version__, commands
 from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
 from offload.service.errors import OffloadError
 from offload.service.keys import SCHEDULER
+from offload.workers.registry import ModuleLoadError
 
 log = logging.getLogger("offload.cli")
 
@@ -29,15 +33,20 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="offload", description="offload: background jobs with live progress")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service")
+    parser = argparse.ArgumentParser(prog="offload", description="offload: background jobs with live progress",
+                                     epilog=commands.EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"offload {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    serve = subparsers.add_parser("serve", help="run the service")
     serve.add_argument("--config", help="path to config.toml (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
+    commands.add_commands(subparsers)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return commands.run(args)
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}}
@@ -46,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"offload: configuration error: {exc}", file=sys.stderr)
         return 2
+    on_import_path(config.base_dir)
     loop = _loop()
     asyncio.set_event_loop(loop)
     try:
@@ -56,14 +66,28 @@ def main(argv: list[str] | None = None) -> int:
         _close_loop(loop)
 
 
+def on_import_path(folder: Path) -> None:
+    """Put the config file's folder first on the import path (as Celery and RQ do with the
+    working directory), so `[workers] modules = ["myapp.jobs"]` finds `myapp/` beside
+    `config.toml` with no PYTHONPATH. Worker processes see the same path: forked ones
+    inherit it, and spawned ones, like the fork server that forks the others, are given
+    the parent's `sys.path` when they start, which is after this."""
+    entry = str(folder)
+    if entry in sys.path:
+        sys.path.remove(entry)
+    sys.path.insert(0, entry)
+
+
 async def _serve(config: Config) -> int:
     """Start, serve until a signal's drain is over, stop. "serving on" is printed only once
     the port listens; a start-up that fails (the database is read-only, the port is taken)
     prints one line, closes what was opened and returns 1."""
     try:
         app = create_app(config)
-    except ImportError as exc:  # a module named in [workers] modules (or one it imports)
-        print(f"offload: cannot start: [workers] modules: {exc}", file=sys.stderr, flush=True)
+    except ModuleLoadError as exc:  # a module named in [workers] modules: nothing has started yet
+        looked = f"; looked in {config.base_dir} (the config file's folder) and the Python path" \
+            if exc.not_found else ""
+        print(f"offload: cannot start: [workers] modules: {exc}{looked}", file=sys.stderr, flush=True)
         return 1
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace + 5,
                            access_log_class=RedactingAccessLogger)

@@ -122,10 +122,11 @@ class ServerProcess:
     def __init__(self, folder: Path, *, processes: int = 2, lease_ms: int = 2000, shutdown_grace: float = 5.0,
                  modules: tuple[str, ...] = ("tests.jobtypes",), log_level: str = "INFO",
                  sections: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
-                 **jobs: Any) -> None:
+                 cwd: Path | None = None, **jobs: Any) -> None:
         """`jobs` are further `[jobs]` keys (`retry_delay_ms=10`, `timeout_ms=...`); `sections`
         adds whole sections (`{"limits": {"submit_rate": 1e6}}`); `env` adds environment
-        variables (the test's own `OFFLOAD_*` ones are never passed on)."""
+        variables (the test's own `OFFLOAD_*` ones are never passed on); `cwd` is the folder
+        the server runs in (default: `folder`, where its config is)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -134,6 +135,7 @@ class ServerProcess:
         self.log = self.folder / "server.log"
         self.log_level = log_level
         self.env = dict(env or {})
+        self.cwd = Path(cwd) if cwd is not None else self.folder
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         job_keys = {"lease_ms": lease_ms, "results_dir": "results", **jobs}
@@ -161,7 +163,7 @@ class ServerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "offload", "serve", "--config", str(self.config), "--port", str(self.port),
                  "--log-level", self.log_level],
-                cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)  # its own process group, as a terminal would give it
         self.starts += 1
         return self.process

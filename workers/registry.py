@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -71,6 +72,38 @@ def job_type(name: str, *, validate: Validator | None = None,
     return mark
 
 
+class ModuleLoadError(ImportError):
+    """A job-type module that cannot be imported, for whatever reason (not found, a syntax
+    error, an exception while it runs). Its message is one line naming the module, the file
+    and line where the import broke (when known) and the error, because start-up prints it
+    instead of a traceback."""
+
+    def __init__(self, module: str, error: Exception, where: str | None = None) -> None:
+        self.module = module
+        self.error = error
+        #: True when the module itself (or a package above it) is not on the import path,
+        #: rather than found and broken.
+        self.not_found = isinstance(error, ModuleNotFoundError) and error.name is not None and \
+            (module == error.name or module.startswith(error.name + "."))
+        self.where = where or _where(error)
+        place = f" ({self.where})" if self.where else ""
+        detail = error.msg if isinstance(error, SyntaxError) else str(error)
+        super().__init__(f"cannot import {module!r}{place}: {type(error).__name__}: {detail}", name=module)
+
+
+def _where(error: Exception) -> str | None:
+    """`file, line N` of where an import broke: a syntax error's own place, else the deepest
+    frame of the traceback outside the import machinery; None when the module was not found."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}, line {error.lineno}" if error.lineno else error.filename
+    machinery = (__file__, importlib.__file__)
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith("<frozen") and frame.filename not in machinery]
+    if not frames:
+        return None
+    return f"{frames[-1].filename}, line {frames[-1].lineno}"
+
+
 class Registry:
     """The job types one app (or one worker process) knows, by name.
 
@@ -95,14 +128,22 @@ class Registry:
 
     def load(self, modules: tuple[str, ...] | list[str]) -> None:
         """Import each module and register the job types its functions declared; a module
-        loaded before is not registered again."""
+        loaded before is not registered again. Raises `ModuleLoadError` (a name another
+        module registered names the place of the second declaration)."""
         for name in modules:
             if name in self._modules:
                 continue
-            module = importlib.import_module(name)
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:  # whatever the module's own code raises while it is imported
+                raise ModuleLoadError(name, exc) from exc
             declared = list(getattr(module, DECLARED, ()))
             for declared_type in declared:
-                self.add(declared_type)
+                try:
+                    self.add(declared_type)
+                except ValueError as exc:
+                    code = declared_type.handler.__code__
+                    raise ModuleLoadError(name, exc, f"{code.co_filename}, line {code.co_firstlineno}") from exc
             self._modules[name] = declared
 
     def add(self, declared: JobType | Callable[..., Any]) -> None:
