@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.workers.registry import Registry
+from offload.workers.registry import ModuleLoadError, Registry
 from tests.conftest import submit, wait_status
 
 
@@ -34,8 +34,10 @@ def test_a_name_declared_by_two_modules_is_an_error_naming_the_first(tmp_path: P
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     assert Registry.from_modules(["regdup_one"]).get("dup.same") is not None
-    with pytest.raises(ValueError, match="'dup.same' is already registered by regdup_one"):
+    with pytest.raises(ModuleLoadError) as caught:
         Registry.from_modules(["regdup_one", "regdup_two"])
+    assert str(caught.value) == (f"cannot import 'regdup_two' ({tmp_path / 'regdup_two.py'}, line 4): "
+                                 "ValueError: job type 'dup.same' is already registered by regdup_one")
     assert Registry.from_modules(["regdup_two"]).get("dup.same").handler.__module__ == "regdup_two"
 
 
