@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 
 from offload.service.app import create_app  # noqa: E402
 from offload.service.config import load_config  # noqa: E402
-from offload.service.keys import SCHEDULER, STORE  # noqa: E402
+from offload.service.keys import REGISTRY, SCHEDULER, STORE  # noqa: E402
 from offload.service.validation import parse_submission  # noqa: E402
 
 
@@ -39,7 +39,8 @@ async def one_run(jobs: int, processes: int) -> float:
     await server.start_server()
     try:
         store, scheduler = app[STORE], app[SCHEDULER]
-        submissions = [parse_submission({"type": "bench.noop", "data": {}}, "local", config) for _ in range(jobs)]
+        submissions = [parse_submission({"type": "bench.noop", "data": {}}, "local", config, registry=app[REGISTRY])
+                       for _ in range(jobs)]
         await asyncio.gather(*(store.create(s.job, s.request_hash) for s in submissions))
         start = time.perf_counter()
         scheduler.notify()

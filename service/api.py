@@ -23,14 +23,13 @@ from offload.service.errors import (
     UnsupportedMediaType,
     job_not_found,
 )
-from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE
-from offload.service.models import Job, JobStatus, iso, now_ms
-from offload.service.store import IdempotencyMismatch
-from offload.service.validation import parse_submission
+from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE, SUBMISSIONS
+from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
+from offload.workers.filenames import safe_filename
 from offload.workers.runtime import is_media_type
 
 routes = web.RouteTableDef()
-JOB_ID = re.compile(r"^job_[a-z2-7]{24}$")
+JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_PAGE = 200
 
 
@@ -86,21 +85,10 @@ async def ws_ticket(request: web.Request) -> web.Response:
 
 @routes.post("/api/jobs")
 async def submit(request: web.Request) -> web.Response:
-    scheduler = request.app[SCHEDULER]
-    if not scheduler.accepting:
-        raise ShuttingDown("the service is shutting down and takes no new jobs; try again shortly")
-    await request.app[LIMITS].admit_submission(owner_of(request), request.app[STORE])
-    body = await read_json(request)
-    submission = parse_submission(body, owner_of(request), request.app[CONFIG],
-                                  request.headers.get("Idempotency-Key"), now=scheduler.clock.now())
-    await scheduler.admit()
-    try:
-        job, created = await request.app[STORE].create(submission.job, submission.request_hash)
-    except IdempotencyMismatch as exc:
-        raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
-    if created:
-        scheduler.submitted(job)
-        request.app[LIMITS].submitted(job.owner)
+    submissions = request.app[SUBMISSIONS]
+    await submissions.admit(owner_of(request))
+    job, created = await submissions.submit(owner_of(request), await read_json(request),
+                                            request.headers.get("Idempotency-Key"))
     answer = {"jobId": job.id, "status": job.status.value, "createdAt": job.to_wire()["createdAt"]}
     return json_response(answer, 201 if created else 200)
 
@@ -140,8 +128,6 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job.to_wire())
 
 
-#: What a download's ASCII `filename=` may hold; anything else becomes "_".
-_FILENAME_UNSAFE = re.compile(r'[^A-Za-z0-9._ -]+')
 #: Never part of a file name in any form: path separators and control characters.
 _FILENAME_NEVER = re.compile(r'[\x00-\x1f\x7f/\\]+')
 #: RFC 5987 attr-char besides letters and digits: what `filename*` keeps unescaped.
@@ -156,7 +142,7 @@ def content_disposition(filename: str, fallback: str) -> str:
     if not exact.strip("._ "):
         exact = fallback
     ascii_name = unicodedata.normalize("NFKD", exact).encode("ascii", "ignore").decode()
-    ascii_name = _FILENAME_UNSAFE.sub("_", ascii_name).strip()
+    ascii_name = safe_filename(ascii_name, keep=" ").strip()  # what an ASCII `filename=` may hold
     if not ascii_name.strip("._ "):
         ascii_name = fallback
     header = f'attachment; filename="{ascii_name}"'
@@ -222,7 +208,7 @@ async def check_store_and_workers(request: web.Request) -> None:
     except TimeoutError:
         raise StoreUnavailable(f"job store unavailable: a write did not commit within {PROBE_TIMEOUT_S:g} s "
                                "(locked by another process, or slow storage); try again shortly") from None
-    if request.app[SCHEDULER].pool.draining:
+    if request.app[SCHEDULER].workers_stopping:
         raise Unavailable("the worker pool is stopping")
 
 
@@ -232,7 +218,7 @@ async def health(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     answer: dict[str, Any] = {"status": "ok", "accepting": scheduler.accepting}
     if is_operator(request):
-        answer["workers"] = scheduler.pool.describe()
+        answer["workers"] = scheduler.workers()
     return json_response(answer)
 
 

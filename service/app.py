@@ -19,7 +19,7 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, SCHEDULER, SOCKETS, STORE
+from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, SCHEDULER, SOCKETS, STORE, SUBMISSIONS
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
@@ -27,7 +27,8 @@ from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import Scheduler
 from offload.service.store import open_store
-from offload.workers import registry
+from offload.service.submissions import Submissions
+from offload.workers.registry import BUILTIN_MODULES, Registry
 
 log = logging.getLogger("offload.app")
 #: The page's folder, wherever the package is installed (a wheel or an editable checkout).
@@ -95,12 +96,14 @@ async def page_headers(request: web.Request, handler):  # type: ignore[no-untype
     return response
 
 
-def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    """`clock` is the service's time (default: the machine's); tests inject one to step it."""
-    registry.load(config.workers.modules)
+def create_app(config: Config, *, registry: Registry | None = None, clock: Clock | None = None) -> web.Application:
+    """`registry` holds the job types (default: the built-ins and `[workers] modules`; the
+    worker processes load the same modules); `clock` is the service's time (default: the
+    machine's); tests inject one to step it."""
     app = web.Application(middlewares=[page_headers, errors, refuse_foreign_origins, authenticate],
                           client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
+    app[REGISTRY] = registry or Registry.from_modules(config.workers.modules)
     app[AUTH] = Authenticator.from_config(config)  # ConfigError: no tokens on a public host
     app[LIMITS] = Limits(config.limits)
     app[HUB] = EventHub()
@@ -145,17 +148,18 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
     min_size = None if config.workers.min_processes < 0 else config.workers.min_processes
     pool = WorkerPool(config.process_count, min_size=min_size, idle_timeout=config.workers.idle_timeout,
-                      modules=config.workers.modules,
+                      modules=tuple(m for m in app[REGISTRY].modules if m not in BUILTIN_MODULES),
                       memory_limit_mb=config.workers.memory_limit_mb, start_method=config.workers.start_method,
                       stop_grace=config.workers.stop_grace)
     try:
         await pool.start()
-        scheduler = Scheduler(config, app[STORE], app[HUB], pool, app[CLOCK])
+        scheduler = Scheduler(config, app[STORE], app[HUB], pool, app[CLOCK], registry=app[REGISTRY])
         await scheduler.start()
     except BaseException:  # no teardown runs for a setup that failed: stop the processes here
         await pool.close()
         raise
     app[SCHEDULER] = scheduler
+    app[SUBMISSIONS] = Submissions(config, app[STORE], scheduler, app[LIMITS], app[REGISTRY])
     log.info("scheduler %s: %d worker processes", scheduler.node, pool.size)
     yield
     await scheduler.stop(config.server.shutdown_grace)
@@ -164,7 +168,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def _close_sockets(app: web.Application) -> None:
     if SCHEDULER in app:
-        app[SCHEDULER].accepting = False
+        app[SCHEDULER].stop_accepting()
     sockets = app[SOCKETS]
     for socket in list(sockets):
         await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -50,6 +50,11 @@ class Conflict(OffloadError):
     status, code = 409, "conflict"
 
 
+def already_finished(job_id: str, status: str) -> Conflict:
+    """The one wording of 409 for a job that ended before a cancel could reach it."""
+    return Conflict(f"job {job_id} already {status}; only pending or running jobs can be cancelled")
+
+
 class PayloadTooLarge(OffloadError):
     status, code = 413, "payload_too_large"
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from offload.service.models import Clock
     from offload.service.scheduler import Scheduler
     from offload.service.store import Store
+    from offload.service.submissions import Submissions
+    from offload.workers.registry import Registry
 
 # The annotations give type checkers the value types; at run time they stay strings, so
 # this module imports nothing from the rest of the service.
@@ -24,7 +26,11 @@ SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 SOCKETS: web.AppKey[WeakSet[web.WebSocketResponse[bool]]] = web.AppKey("sockets")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 LIMITS: web.AppKey[Limits] = web.AppKey("limits")
+#: Admission and storing of new jobs; set once the store and the scheduler run.
+SUBMISSIONS: web.AppKey[Submissions] = web.AppKey("submissions")
 #: The service's time (`models.Clock`): due times, claims and submissions use it alone.
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+#: The job types this app knows (`workers.registry.Registry`).
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)

@@ -1,26 +1,24 @@
-"""Per-user limits that keep one user (or one runaway client) from exhausting the service:
-submission rate, pending jobs, open WebSockets, and how deeply job data may nest.
+"""The counters behind the per-user limits that keep one user (or one runaway client) from
+exhausting the service: submission rate, pending jobs, open WebSockets. Admission itself
+(which limit refuses a submission, with what answer) is `submissions.py`'s.
 
 The body size limit is aiohttp's `client_max_size` (set in `create_app`), the WebSocket
 message size is the socket's `max_msg_size`; per-type limits (invoice items, …) live in
-each job type's validator. Counters here are in memory and per node.
+each job type's validator, the nesting depth of job data in `validation.check_depth`.
+Counters here are in memory and per node.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from offload.service.config import LimitsConfig
-from offload.service.errors import Invalid, TooManyRequests
+from offload.service.errors import TooManyRequests
 from offload.service.store import Store
 
 #: Buckets idle this long are full again and are dropped to bound memory.
 _IDLE_SECONDS = 3600.0
-#: What a client at its pending cap is told to wait: jobs start within seconds when workers are free.
-PENDING_RETRY_AFTER = 5
 #: Seconds a pending count read from the store is trusted (and counted up locally).
 PENDING_FRESH = 0.25
 
@@ -58,48 +56,49 @@ class TokenBucket:
             del self._buckets[key]
 
 
+class PendingCounts:
+    """How many jobs are pending, in all (`owner=None`) and per owner, as last read from the
+    store, counted up locally in between: each count is re-read at most every PENDING_FRESH
+    seconds, so a burst of submissions does not count a long queue once per request. The one
+    cache behind both pending caps (`[jobs] max_pending`, `[limits] max_pending_per_user`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._counts: dict[str | None, tuple[int, float]] = {}
+
+    async def count(self, store: Store, owner: str | None = None) -> int:
+        now = self.clock()
+        count, read_at = self._counts.get(owner, (0, float("-inf")))
+        if now - read_at > PENDING_FRESH:
+            count = await (store.count_pending() if owner is None else store.count_pending_of(owner))
+            if len(self._counts) > 10_000:
+                self._counts = {k: v for k, v in self._counts.items() if now - v[1] <= PENDING_FRESH}
+            self._counts[owner] = (count, now)
+        return count
+
+    def add(self, owner: str) -> None:
+        """A job of `owner` was stored: count it, in all and for `owner`, until the next read."""
+        for key in (None, owner):
+            if key in self._counts:
+                count, read_at = self._counts[key]
+                self._counts[key] = (count + 1, read_at)
+
+    def forget(self, owner: str) -> None:
+        """Read `owner`'s count afresh next time."""
+        self._counts.pop(owner, None)
+
+
 class Limits:
     def __init__(self, config: LimitsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.submissions = TokenBucket(config.submit_rate, config.submit_burst, clock)
         self.sockets: dict[str, int] = {}
         self.clock = clock
-        #: Each owner's pending count as last read, and when: re-read at most every
-        #: PENDING_FRESH seconds and counted up locally in between, so a burst of
-        #: submissions does not count a long queue once per request.
-        self._pending: dict[str, tuple[int, float]] = {}
-
-    async def admit_submission(self, owner: str, store: Store) -> None:
-        """Raise 429 (with Retry-After) when `owner` submits too fast or has too many
-        jobs waiting. The pending count is read before the insert, so concurrent
-        submissions may overshoot the cap by the number in flight."""
-        wait = self.submissions.take(owner)
-        if wait > 0:
-            raise TooManyRequests(f"too many submissions: at most {self.config.submit_rate:g} per second "
-                                  f"(bursts of {self.config.submit_burst}); retry later", math.ceil(wait))
-        cap = self.config.max_pending_per_user
-        if not cap:
-            return
-        now = self.clock()
-        count, read_at = self._pending.get(owner, (0, float("-inf")))
-        if now - read_at > PENDING_FRESH:
-            count, read_at = await store.count_pending_of(owner), now
-            if len(self._pending) > 10_000:
-                self._pending = {k: v for k, v in self._pending.items() if now - v[1] <= PENDING_FRESH}
-            self._pending[owner] = (count, read_at)
-        if count >= cap:
-            raise TooManyRequests(f"you have {cap:,} pending jobs, the most allowed; submit more as they start",
-                                  PENDING_RETRY_AFTER)
+        self.pending = PendingCounts(clock)
 
     def forget_pending(self, owner: str) -> None:
         """`owner` cancelled a job: read the pending count afresh next time."""
-        self._pending.pop(owner, None)
-
-    def submitted(self, owner: str) -> None:
-        """A job of `owner` was stored: count it until the next read of the pending count."""
-        if owner in self._pending:
-            count, read_at = self._pending[owner]
-            self._pending[owner] = (count + 1, read_at)
+        self.pending.forget(owner)
 
     def open_socket(self, owner: str) -> None:
         """Count a new WebSocket of `owner`; 429 when it has as many as allowed."""
@@ -114,24 +113,3 @@ class Limits:
             self.sockets[owner] = left
         else:
             self.sockets.pop(owner, None)
-
-
-def check_depth(value: Any, max_depth: int, field: str = "data") -> None:
-    """422 when `value` nests arrays/objects deeper than `max_depth` levels. Level by level
-    rather than recursive, so hostile input cannot exhaust the stack here; scalars are
-    passed over with one type check each (a 5,000-line invoice costs about a millisecond)."""
-    level = [value] if type(value) in _CONTAINERS else []
-    depth = 1
-    while level:
-        if depth > max_depth:
-            raise Invalid(field, f"nests objects and arrays deeper than {max_depth} levels")
-        below = []
-        for item in level:
-            for child in (item.values() if type(item) is dict else item):
-                if type(child) in _CONTAINERS:
-                    below.append(child)
-        level = below
-        depth += 1
-
-
-_CONTAINERS = (dict, list)

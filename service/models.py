@@ -94,6 +94,10 @@ def iso(ms: int | None) -> str | None:
             f".{millis:03d}Z")
 
 
+#: What every job id looks like (`new_job_id`): the path check and the OpenAPI document use it.
+JOB_ID_PATTERN = r"^job_[a-z2-7]{24}$"
+
+
 def new_job_id() -> str:
     """120 random bits, lowercase base32: unguessable and safe in paths and URLs."""
     return "job_" + base64.b32encode(secrets.token_bytes(15)).decode().lower()
@@ -125,6 +129,7 @@ class Job:
     #: The node holding the running attempt and until when its lease holds.
     lease_owner: str | None = None
     lease_until: int | None = None
+    cancel_requested: bool = False
 
     def __post_init__(self) -> None:
         if not self.due_at:

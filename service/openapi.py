@@ -15,9 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from offload.service.config import Config
-from offload.service.keys import CONFIG
+from offload.service.keys import CONFIG, REGISTRY
+from offload.service.models import JOB_ID_PATTERN
 from offload.service.validation import INT_OPTIONS, MAX_IDEMPOTENCY_KEY
-from offload.workers import registry
+from offload.workers.registry import Registry
 
 JSON = "application/json"
 _REF = "#/components"
@@ -65,7 +66,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "status", "priority", "progress", "message", "attempts", "maxRetries", "seq",
                      "createdAt", "startedAt", "completedAt", "runAt", "error", "result"],
         "properties": {
-            "id": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"},
+            "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
             "status": {"type": "string", "enum": ["pending", "running", "completed", "failed", "cancelled"]},
             "priority": {"type": "string", "enum": ["high", "medium", "low"]},
@@ -113,7 +114,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Accepted": {
         "type": "object", "required": ["jobId", "status", "createdAt"],
-        "properties": {"jobId": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"}, "status": {"type": "string"},
+        "properties": {"jobId": {"type": "string", "pattern": JOB_ID_PATTERN}, "status": {"type": "string"},
                        "createdAt": _ref("schemas", "Time")},
     },
     "Stats": {
@@ -274,7 +275,7 @@ SPEC: dict[str, Any] = {
 ANY_DATA = {"anyOf": [{"type": t} for t in ("object", "array", "string", "number", "boolean")]}
 
 
-def submission_branches(config: Config) -> list[dict[str, Any]]:
+def submission_branches(config: Config, registry: Registry) -> list[dict[str, Any]]:
     """One `Submission` branch per job type with a `data` schema, and one for all the others."""
     branches, plain = [], []
     for name in registry.names():
@@ -295,11 +296,11 @@ def _branch(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
         "type": {"type": "string", "enum": names}, "data": data, "options": _ref("schemas", "Options")}}
 
 
-def build_spec(config: Config) -> dict[str, Any]:
+def build_spec(config: Config, registry: Registry) -> dict[str, Any]:
     spec = copy.deepcopy(SPEC)
-    spec["components"]["schemas"]["Submission"]["oneOf"] = submission_branches(config)
+    spec["components"]["schemas"]["Submission"]["oneOf"] = submission_branches(config, registry)
     return spec
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build_spec(request.app[CONFIG]))
+    return web.json_response(build_spec(request.app[CONFIG], request.app[REGISTRY]))

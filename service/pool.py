@@ -20,28 +20,20 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 
+from offload.service.endings import Outcome, OutcomeKind, StopReason
+from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
+from offload.workers.registry import BUILTIN_MODULES
 
 log = logging.getLogger("offload.pool")
 
-ProgressSink = Callable[[str, int, int, "str | None"], None]
-
-
-@dataclass
-class Outcome:
-    """How one attempt ended, as the pool saw it."""
-
-    kind: str  # completed | failed | cancelled | stopped
-    result: Any = None
-    error: dict[str, str] | None = None
-    permanent: bool = False
 
 
 def _exit_description(exitcode: int | None) -> str:
@@ -70,8 +62,10 @@ class Slot:
     waiter: asyncio.Future[Outcome] | None = None
     #: Held for a job the scheduler is claiming right now.
     reserved: bool = False
-    #: Why the service is stopping the running job ("cancelled", "timeout", "shutdown").
-    stop_reason: str | None = None
+    #: Why the service is stopping the running job, once it is.
+    stop_reason: StopReason | None = None
+    #: Where the running attempt's progress goes.
+    progress: ProgressSink | None = None
     #: loop.time() when the slot last finished a job (for retiring idle processes).
     idle_since: float = 0.0
     #: Counts the attempts run on this slot: a kill scheduled for one attempt must not hit
@@ -124,20 +118,18 @@ class WorkerPool:
 
     def __init__(self, size: int, *, min_size: int | None = None, idle_timeout: float = 60.0,
                  modules: tuple[str, ...] = (), memory_limit_mb: int = 0,
-                 start_method: str = "forkserver", on_progress: ProgressSink | None = None,
-                 stop_grace: float = 0.5) -> None:
+                 start_method: str = "forkserver", stop_grace: float = 0.5) -> None:
         self.size = size
         self.min_size = size if min_size is None else min(min_size, size)
         self.idle_timeout = idle_timeout
         self.modules = modules
         self.memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self.stop_grace = stop_grace
-        self.on_progress = on_progress or (lambda *a: None)
         self._ctx: Any = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # Load the job types and run their warm-ups once in the fork server: every worker
             # forked from it starts with them loaded and warm (`workers/prewarm.py`).
-            self._ctx.set_forkserver_preload(["offload.workers.runtime", *runtime.registry.BUILTIN_MODULES, *modules,
+            self._ctx.set_forkserver_preload(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
                                               "offload.workers.prewarm"])
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,10 +226,12 @@ class WorkerPool:
             message = orjson.loads(raw)
             if message[0] == "p":
                 _, job_id, attempt, percent, text = message
-                if job_id == slot.job_id:
-                    self.on_progress(job_id, attempt, percent, text)
+                if job_id == slot.job_id and slot.progress is not None:
+                    slot.progress(percent, text)
             elif slot.waiter is not None and not slot.waiter.done():
-                slot.waiter.set_result(self._outcome(slot, message[1]))
+                raw = message[1]
+                slot.waiter.set_result(Outcome(OutcomeKind(raw["outcome"]), result=raw.get("result"),
+                                               error=raw.get("error"), permanent=raw.get("permanent", False)))
 
     def _exited(self, slot: Slot, process: Any) -> None:
         assert self._loop is not None
@@ -248,11 +242,11 @@ class WorkerPool:
         waiter = slot.waiter
         if waiter is not None and not waiter.done():
             if slot.stop_reason is not None:
-                waiter.set_result(Outcome("stopped"))
+                waiter.set_result(Outcome(OutcomeKind.STOPPED))
             else:
                 description = _exit_description(process.exitcode)
                 log.warning("worker process %s died running %s (%s)", process.pid, slot.job_id, description)
-                waiter.set_result(Outcome("failed", error={"type": "WorkerCrashed",
+                waiter.set_result(Outcome(OutcomeKind.FAILED, error={"type": "WorkerCrashed",
                                                            "message": f"worker process died ({description})"}))
         elif not self.draining:
             log.warning("idle worker process %s ended (%s)", process.pid, _exit_description(process.exitcode))
@@ -261,36 +255,26 @@ class WorkerPool:
         if not self.draining and sum(other.live for other in self.slots) < self.min_size:
             self._spawn(slot)
 
-    @staticmethod
-    def _outcome(slot: Slot, raw: dict[str, Any]) -> Outcome:
-        if slot.stop_reason is not None and not (raw["outcome"] == "completed" and slot.stop_reason != "shutdown"):
-            return Outcome("stopped")
-        return Outcome(raw["outcome"], result=raw.get("result"), error=raw.get("error"),
-                       permanent=raw.get("permanent", False))
-
     # ---- running jobs ------------------------------------------------------------------------
     def reserve(self) -> list[Slot]:
         """Hold every free slot for jobs about to be claimed; hand back unused ones with
         `unreserve`."""
-        free = [slot for slot in self.slots if not slot.busy]
-        free.sort(key=lambda slot: not slot.live)  # warm processes first
-        for slot in free:
-            slot.reserved = True
-        return free
+        return hold_free(sorted(self.slots, key=lambda slot: not slot.live))  # warm processes first
 
     @staticmethod
     def unreserve(slots: list[Slot]) -> None:
-        for slot in slots:
-            slot.reserved = False
+        release(slots)
 
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
-                  settings: Mapping[str, Any], results_dir: str) -> Outcome:
-        """Run one attempt on `slot`; returns when it ended, however it ended."""
+                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
+        """Run one attempt on `slot`; returns when it ended, however it ended: what the
+        handler reported, or STOPPED when its process ended under a stop. What the ending
+        becomes is not decided here (`endings.decide`)."""
         assert slot.job_id is None and self._loop is not None
         if not slot.live:
             self._spawn(slot)
         assert slot.jobs is not None
-        slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
+        slot.job_id, slot.stop_reason, slot.reserved, slot.progress = job_id, None, False, progress
         slot.run_no += 1
         slot.cancel_flag.value = 0
         slot.waiter = waiter = self._loop.create_future()
@@ -305,10 +289,14 @@ class WorkerPool:
                 pass  # the process is already gone: its sentinel resolves the waiter
             return await waiter
         finally:
-            slot.job_id = slot.waiter = None
+            slot.job_id = slot.waiter = slot.progress = None
             slot.idle_since = self._loop.time()
 
-    def stop(self, job_id: str, reason: str) -> bool:
+    def drain(self) -> None:
+        """The service is stopping: a process that ends from now on is not replaced."""
+        self.draining = True
+
+    def stop(self, job_id: str, reason: StopReason) -> bool:
         """Ask the job running `job_id` to stop: at once through its cancel flag, and by
         killing its process if it has not returned after `stop_grace` seconds."""
         for slot in self.slots:

@@ -3,9 +3,9 @@
 It owns the running attempts of this node: their deadlines, their leases (renewed while
 they run, so another node or a restart can take back the jobs of a node that died), their
 progress (forwarded to the store and the hub, in that order) and their endings (each one a
-fenced store transition: an attempt that lost its lease cannot overwrite the outcome).
-CPU work never runs here: process job types run in the pool, `async def` types run as
-tasks on the loop.
+fenced store transition: an attempt that lost its lease cannot overwrite the outcome; what
+the transition is, `endings.decide` says). No job runs here: every attempt starts the same
+way on a runner (`runners.py`): the process pool, or the async runner for `async def` types.
 """
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ import dataclasses
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from offload.service.config import Config
-from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, TooManyRequests, job_not_found
+from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, job_not_found
 from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
-from offload.service.pool import Outcome, Slot, WorkerPool
+from offload.service.endings import EndingKind, Outcome, StopReason, decide
+from offload.service.pool import Slot, WorkerPool
+from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
-from offload.workers import registry
-from offload.workers.context import Context
-from offload.workers.errors import Cancelled, JobError
+from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
 #: The jitter's own generator: the process-wide `random` belongs to the application embedding
@@ -40,8 +40,9 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 @dataclass
 class Running:
     job: Job
+    runner: Runner
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     final: Job | None = None
     #: The start of this (reserved) attempt was never recorded: it must not write anything.
@@ -49,7 +50,8 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None, *,
+                 registry: Registry | None = None, async_runner: AsyncRunner | None = None) -> None:
         self.config = config
         #: Every time this scheduler records or compares (due times, claims, leases); it never
         #: goes back, so a wall clock stepped back does not stall the queue.
@@ -63,18 +65,19 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._async_running = 0
-        self._pending = 0
-        self._pending_read_at = float("-inf")
         #: Pending jobs reserved as the next ones for this node's workers, best first.
         self.reserved: list[Job] = []
         self._reservations_stale = False
-        pool.on_progress = self._on_progress
         store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
         # The job types are registered before the service starts: sort them out once, not
-        # on every pass of the loop.
-        self._async_types = [name for name in registry.names() if registry.get(name).is_async]  # type: ignore[union-attr]
-        self._process_types = [name for name in registry.names() if name not in self._async_types]
+        # on every pass of the loop. Each runner runs the types it can: `async def` ones on
+        # the loop, the others in the pool's processes.
+        types = registry or Registry.from_modules(config.workers.modules)
+        async_types = [name for name in types.names() if types.get(name).is_async]  # type: ignore[union-attr]
+        process_types = [name for name in types.names() if name not in async_types]
+        if async_runner is None:
+            async_runner = AsyncRunner(types.get, config.workers.async_concurrency)
+        self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
 
     # ---- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,34 +116,26 @@ class Scheduler:
         hurry: asyncio.Future[Any] = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait([all_done, hurry], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
-        self.pool.draining = True
+        for runner, _ in self._runners:
+            runner.drain()
         for entry in list(self.running.values()):
-            self._stop_entry(entry, "shutdown")
+            self._stop_entry(entry, StopReason.SHUTDOWN)
         pending = [w for w in waiting if not w.done()]
         if pending:
             await asyncio.wait(pending, timeout=self.pool.stop_grace + 5)
         return _drained(entries)
+
+    def stop_accepting(self) -> None:
+        """Take no new jobs from now on (shutdown began); `stop` then drains the running ones."""
+        self.accepting = False
 
     def hurry(self) -> None:
         """Cut a drain short (a second Ctrl-C): running jobs are stopped at once and go back
         to pending, as when the grace period runs out."""
         self._hurry.set()
 
-    async def admit(self) -> None:
-        """Refuse a submission (429) while the pending queue is at `max_pending`. The count
-        is re-read at most every 250 ms and counted up locally in between."""
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._pending_read_at > 0.25:
-            self._pending = await self.store.count_pending()
-            self._pending_read_at = loop.time()
-        if self._pending >= self.config.jobs.max_pending:
-            raise TooManyRequests(f"the queue is full ({self.config.jobs.max_pending} pending jobs); "
-                                  "try again shortly", retry_after=1)
-
     def submitted(self, job: Job) -> None:
-        """A new job was stored: count it against `max_pending`, tell its watchers, and run
-        it if a slot is free."""
-        self._pending += 1
+        """A new job was stored: tell its watchers, and run it if a slot is free."""
         self.hub.status(job)
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
@@ -181,33 +176,33 @@ class Scheduler:
                 timer.cancel()
 
     async def _fill(self) -> bool:
-        """Claim jobs for every free slot; True when a slot stayed free for want of due jobs."""
-        async_types, process_types = self._async_types, self._process_types
+        """Claim jobs for every free slot of every runner; True when a slot stayed free for
+        want of due jobs."""
         if self._reservations_stale:
             await self._drop_reservations()
         while self.accepting:
-            slots = self.pool.reserve()
-            while slots and self.reserved:  # jobs this node set aside start without a round trip
-                self._start_reserved(self.reserved.pop(0), slots.pop(0))
-            room = self.config.workers.async_concurrency - self._async_running if async_types else 0
-            if not slots:  # every worker busy: set their next jobs aside
-                await self._top_up(process_types)
-                if room <= 0:
-                    return False
-            jobs: list[Job] = []
-            try:
-                if slots:
-                    jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, process_types,
+            room = filled = False
+            for runner, types in self._runners:
+                slots = runner.reserve() if types else []
+                if runner is self.pool:
+                    while slots and self.reserved:  # jobs this node set aside start without a round trip
+                        self._start_reserved(self.reserved.pop(0), slots.pop(0))
+                    if not slots:  # every worker busy: set their next jobs aside
+                        await self._top_up(types)
+                if not slots:
+                    continue
+                room = True
+                jobs: list[Job] = []
+                try:
+                    jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, types,
                                                   limit=len(slots), per_owner=self.config.limits.max_running_per_user)
-                for job, slot in zip(jobs, slots, strict=False):
-                    self._start(job, slot)
-            finally:
-                self.pool.unreserve(slots[len(jobs):])
-            async_jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, async_types,
-                                                limit=room, per_owner=self.config.limits.max_running_per_user) if room > 0 else []
-            for job in async_jobs:
-                self._start(job, None)
-            filled = (slots and len(jobs) == len(slots)) or (room > 0 and len(async_jobs) == room)
+                    for job, slot in zip(jobs, slots, strict=False):
+                        self._start(job, slot, runner)
+                finally:
+                    runner.unreserve(slots[len(jobs):])
+                filled = filled or len(jobs) == len(slots)
+            if not room:  # every slot busy
+                return False
             if not filled:  # the store has no more due jobs for the room there is
                 return True
         return False
@@ -243,7 +238,7 @@ class Scheduler:
         started = self.store.start_reserved(job, now, self.config.jobs.lease_ms)
         running = dataclasses.replace(job, status=JobStatus.RUNNING, attempts=job.attempts + 1, started_at=now,
                                       progress=0, message=None, lease_until=now + self.config.jobs.lease_ms)
-        entry = self._launch(running, slot)
+        entry = self._launch(running, slot, self.pool)
         asyncio.get_running_loop().create_task(self._confirm_start(entry, started))
 
     async def _confirm_start(self, entry: Running, started: Awaitable[Job | None]) -> None:
@@ -253,21 +248,19 @@ class Scheduler:
             job = None
         if job is None:  # cancelled (or its reservation lapsed) before the start was recorded
             entry.lost = True
-            self._stop_entry(entry, "lost")
+            self._stop_entry(entry, StopReason.LOST)
             return
         entry.job = job
         self.hub.status(job)
 
-    def _start(self, job: Job, slot: Slot | None) -> None:
+    def _start(self, job: Job, slot: Any, runner: Runner | None = None) -> None:
         self.hub.status(job)
-        self._launch(job, slot)
+        self._launch(job, slot, runner or self.pool)
 
-    def _launch(self, job: Job, slot: Slot | None) -> Running:
-        """Run the attempt `job` describes: on `slot`'s process, or on the loop without one."""
-        entry = Running(job)
+    def _launch(self, job: Job, slot: Any, runner: Runner) -> Running:
+        """Run the attempt `job` describes on `runner`'s held `slot`."""
+        entry = Running(job, runner)
         self.running[job.id] = entry
-        if slot is None:
-            self._async_running += 1
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
         return entry
 
@@ -279,70 +272,32 @@ class Scheduler:
             self.hub.status(job)
 
     # ---- one attempt -------------------------------------------------------------------------
-    async def _run(self, entry: Running, slot: Slot | None) -> None:
+    async def _run(self, entry: Running, slot: Any) -> None:
         job = entry.job
-        job_type = registry.get(job.type)
         timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
         settings = self.config.jobs.settings.get(job.type, {})
         try:
-            if slot is not None:
-                outcome = await self._run_in_process(entry, slot, settings, timeout_ms)
-            elif job_type is not None:
-                outcome = await self._run_async(entry, job_type.handler, settings, timeout_ms)
-            else:
-                outcome = Outcome("failed", error={"type": "UnknownJobType", "message": f"job type {job.type!r} "
-                                  "is not registered on this node"}, permanent=True)
+            timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
+            try:
+                outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
+                                                 str(self.config.results_path), self._progress_of(job))
+            finally:
+                timer.cancel()
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._record(entry, outcome)
         except Exception:
             log.exception("job %s: could not record its outcome; it will run again", job.id)
         finally:
-            if slot is None:
-                self._async_running -= 1
             if self.running.get(job.id) is entry:  # not a later attempt of the same job
                 del self.running[job.id]
             entry.done.set()
             self._wake.set()
 
-    async def _run_in_process(self, entry: Running, slot: Slot, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
-        job = entry.job
-        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, "timeout")
-        try:
-            return await self.pool.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                       str(self.config.results_path))
-        finally:
-            timer.cancel()
-
-    async def _run_async(self, entry: Running, handler: Any, settings: Mapping[str, Any], timeout_ms: int) -> Outcome:
-        job = entry.job
-
-        def send(percent: int, message: str | None) -> None:
-            self._on_progress(job.id, job.attempts, percent, message)
-
-        ctx = Context(job.id, job.attempts, settings, send, lambda: entry.stop_reason is not None)
-        try:
-            value = await asyncio.wait_for(handler(job.data, ctx), timeout_ms / 1000)
-        except asyncio.TimeoutError:
-            entry.stop_reason = "timeout"
-            return Outcome("stopped")
-        except (Cancelled, asyncio.CancelledError):
-            if entry.stop_reason is None:
-                raise
-            return Outcome("stopped")
-        except JobError as exc:
-            return Outcome("failed", error={"type": exc.type, "message": exc.message}, permanent=exc.permanent)
-        except Exception as exc:
-            return Outcome("failed", error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc)})
-        return Outcome("completed", result={"value": value})
-
-    def _stop_entry(self, entry: Running, reason: str) -> None:
+    def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:
             return
-        entry.stop_reason = reason
-        if not self.pool.stop(entry.job.id, reason) and entry.task is not None:
-            job_type = registry.get(entry.job.type)
-            if job_type is not None and job_type.is_async:
-                entry.task.cancel()
+        entry.stop_reason = reason = StopReason(reason)
+        entry.runner.stop(entry.job.id, reason)
 
     async def _record(self, entry: Running, outcome: Outcome) -> Job | None:
         """Record the outcome, waiting out a store fault (locked, read-only, full disk): the
@@ -360,24 +315,22 @@ class Scheduler:
 
     async def _finish(self, entry: Running, outcome: Outcome) -> Job | None:
         job, now = entry.job, self.clock.now()
-        if entry.lost:  # the store never saw this attempt start; whatever it did is dropped
+        stop = StopReason.LOST if entry.lost else entry.stop_reason
+        ending = decide(outcome, stop, job.cancel_requested, job, now,
+                        timeout_ms=job.timeout_ms or self.config.jobs.timeout_ms, jitter=_JITTER.random)
+        final: Job | None = None
+        if ending.kind is EndingKind.COMPLETE:
+            final = await self.store.complete(job, ending.result, now)
+        elif ending.kind is EndingKind.RELEASE:
+            final = await self.store.release(job)
+        elif ending.kind is EndingKind.CANCEL:
+            final = await self.store.cancel_running(job, now)
+        elif ending.kind in (EndingKind.RETRY, EndingKind.FAIL):
+            assert ending.error is not None
+            final = await self.store.fail(job, ending.error, now, ending.retry_at)
+        else:  # DISCARD: the store never saw this attempt start; whatever it did is dropped
             self._discard_file(outcome)
             return None
-        reason = entry.stop_reason
-        if outcome.kind == "completed" and reason != "shutdown":
-            final = await self.store.complete(job, outcome.result, now)
-        elif reason == "shutdown":
-            final = await self.store.release(job)
-        elif reason == "cancelled" or outcome.kind == "cancelled":
-            final = await self.store.cancel_running(job, now)
-        else:
-            if reason == "timeout":
-                timeout = job.timeout_ms or self.config.jobs.timeout_ms
-                error, permanent = {"type": "Timeout", "message": f"the attempt ran past its timeout of {timeout} ms"}, False
-            else:
-                error, permanent = outcome.error or {"type": "Error", "message": "the job failed"}, outcome.permanent
-            retry_at = None if permanent or job.attempts > job.max_retries else now + self._backoff(job)
-            final = await self.store.fail(job, error, now, retry_at)
         if final is None:
             log.warning("job %s attempt %d lost its lease before finishing; its outcome is discarded",
                         job.id, job.attempts)
@@ -386,23 +339,23 @@ class Scheduler:
         self.hub.status(final)
         return final
 
-    def _backoff(self, job: Job) -> int:
-        """Exponential backoff from the job's retry delay, with up to 25 % jitter."""
-        base = job.retry_delay_ms * (2 ** (job.attempts - 1))
-        return int(min(base, 3_600_000) * (1 + _JITTER.random() * 0.25))
-
     def _discard_file(self, outcome: Outcome) -> None:
         if outcome.result and isinstance(outcome.result, dict) and "file" in outcome.result:
             (Path(self.config.results_path) / outcome.result["file"]).unlink(missing_ok=True)
 
     # ---- progress --------------------------------------------------------------------------------
-    def _on_progress(self, job_id: str, attempt: int, percent: int, message: str | None) -> None:
-        entry = self.running.get(job_id)
-        if entry is None or entry.job.attempts != attempt:
-            return
-        owner = entry.job.owner
-        self.store.set_progress(entry.job, percent, message,
-                                on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
+    def _progress_of(self, job: Job) -> Callable[[int, str | None], None]:
+        """Where the progress of `job`'s current attempt goes: the store, then the hub."""
+        job_id, attempt, owner = job.id, job.attempts, job.owner
+
+        def progress(percent: int, message: str | None) -> None:
+            entry = self.running.get(job_id)
+            if entry is None or entry.job.attempts != attempt:
+                return
+            self.store.set_progress(entry.job, percent, message,
+                                    on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
+
+        return progress
 
     # ---- cancellation ---------------------------------------------------------------------------
     async def cancel(self, job_id: str, owner: str | None) -> Job:
@@ -441,9 +394,18 @@ class Scheduler:
             raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
         return job
 
+    def workers(self) -> dict[str, Any]:
+        """The worker processes, as operators see them (`/api/health`, `/api/stats`)."""
+        return self.pool.describe()
+
+    @property
+    def workers_stopping(self) -> bool:
+        """The worker pool is shutting down: no process that ends is replaced."""
+        return self.pool.draining
+
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "running": len(self.running), "accepting": self.accepting,
-                "workers": self.pool.describe()}
+                "workers": self.workers()}
 
 
 def _drained(entries: list[Running]) -> str:
@@ -451,7 +413,7 @@ def _drained(entries: list[Running]) -> str:
     def jobs(n: int) -> str:
         return f"{n} running job{'s' if n != 1 else ''}"
 
-    returned = sum(1 for e in entries if e.stop_reason == "shutdown" and e.final is not None
+    returned = sum(1 for e in entries if e.stop_reason is StopReason.SHUTDOWN and e.final is not None
                    and e.final.status is JobStatus.PENDING)
     finished = sum(1 for e in entries if e.final is not None) - returned  # an attempt that ended by itself
     unsettled = len(entries) - returned - finished

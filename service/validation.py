@@ -15,9 +15,8 @@ import orjson
 
 from offload.service.config import Config
 from offload.service.errors import Invalid
-from offload.service.limits import check_depth
 from offload.service.models import Job, Priority, new_job_id, now_ms
-from offload.workers import registry
+from offload.workers.registry import Registry
 from offload.workers.errors import ValidationError
 
 OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey"}
@@ -66,7 +65,7 @@ def _run_at(value: Any) -> int:
 
 
 def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None,
-                     now: int | None = None) -> Submission:
+                     now: int | None = None, *, registry: Registry) -> Submission:
     """`type` and `data` are required and never null; `options` and each option may be
     null, which means "not given" (the default applies), as absent does. `now` is the
     service's clock (`models.Clock`), so due times compare with its claims."""
@@ -141,3 +140,24 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
                                                                       if k != "idempotencyKey" and v is not None}],
                                                   option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Submission(job, fingerprint)
+
+
+def check_depth(value: Any, max_depth: int, field: str = "data") -> None:
+    """422 when `value` nests arrays/objects deeper than `max_depth` levels. Level by level
+    rather than recursive, so hostile input cannot exhaust the stack here; scalars are
+    passed over with one type check each (a 5,000-line invoice costs about a millisecond)."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 1
+    while level:
+        if depth > max_depth:
+            raise Invalid(field, f"nests objects and arrays deeper than {max_depth} levels")
+        below = []
+        for item in level:
+            for child in (item.values() if type(item) is dict else item):
+                if type(child) in _CONTAINERS:
+                    below.append(child)
+        level = below
+        depth += 1
+
+
+_CONTAINERS = (dict, list)

@@ -114,3 +114,10 @@ def chatty(data, ctx):
         ctx.progress(min(99, i // 100), f"{i} {pad}")
         time.sleep(0.001)
     return {"reports": i}
+
+
+@job_type("test.async_block")
+async def async_block(data, ctx):
+    """Awaits forever: only a stop from the service (cancel, timeout, shutdown) ends it."""
+    ctx.progress(10, "waiting")
+    await asyncio.Event().wait()

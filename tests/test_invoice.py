@@ -15,7 +15,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from benchmarks.sample import make_invoice
 from offload.service.config import ConfigError, load_config
-from offload.workers import registry
+from offload.workers.registry import Registry
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, ValidationError
 from offload.workers import invoice_layout
@@ -444,7 +444,7 @@ def test_pdf_job_returns_named_file_and_reports_progress() -> None:
 
 
 def test_pdf_job_is_registered_with_its_validator() -> None:
-    job = registry.get("pdf")
+    job = Registry.from_modules().get("pdf")
     data = reference_payload()
     del data["order"]["customer"]["name"]
 

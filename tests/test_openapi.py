@@ -22,6 +22,7 @@ from schemathesis.config import SchemathesisConfig
 from offload.service.app import create_app
 from offload.service.config import Config
 from offload.service.openapi import build_spec
+from offload.workers.registry import Registry
 from tests.users import ALICE, TOKENS, A
 
 EXAMPLES_PER_OPERATION = 50
@@ -122,7 +123,7 @@ def _rules_beyond_the_schema(case: Any, used_keys: set[str]) -> bool:
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_server, live_config):
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
-    assert served == orjson.loads(orjson.dumps(build_spec(live_config)))
+    assert served == orjson.loads(orjson.dumps(build_spec(live_config, Registry.from_modules(live_config.workers.modules))))
     assert served["components"]["schemas"]["Submission"]["oneOf"][0]["properties"]["data"]["properties"][
         "items"]["maxItems"] == 5  # the configured limit, not the default
     # The token given as the document's bearer scheme, so that schemathesis knows the

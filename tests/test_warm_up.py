@@ -124,11 +124,11 @@ import sys
 import offload
 from offload.service.app import create_app
 from offload.service.config import load_config
-from offload.workers import registry
+from offload.service.keys import REGISTRY
 
 config = load_config(None, environ={{}}, overrides={{"store": {{"url": "sqlite:///{tmp_path / 'offload.db'}"}}}})
-create_app(config)
-pdf = registry.get("pdf")
+app = create_app(config)
+pdf = app[REGISTRY].get("pdf")
 pdf.validate({invoice(3)!r}, {{}})
 pdf.schema({{}})
 print(",".join(sorted(name for name in sys.modules if name.split(".")[0] in ("reportlab", "_rl_accel"))))

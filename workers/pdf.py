@@ -8,15 +8,14 @@ imports and font set-up.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from offload.workers.context import Context
 from offload.workers.invoice_data import InvoiceSettings, check_invoice, invoice_schema, parse_invoice
+from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, job_type
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def validate_pdf(data: Any, settings: Mapping[str, Any]) -> None:
@@ -52,5 +51,5 @@ def pdf(data: Any, ctx: Context) -> FileOutput:
 def invoice_filename(number: str) -> str:
     """`invoice-<number>.pdf` with anything outside [A-Za-z0-9._-] replaced, so the name is
     safe in a path and in a Content-Disposition header."""
-    safe = _UNSAFE.sub("_", number).strip("._")[:100] or "unnamed"
+    safe = safe_filename(number).strip("._")[:100] or "unnamed"
     return f"invoice-{safe}.pdf"

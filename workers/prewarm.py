@@ -7,6 +7,13 @@ one. Nothing else imports this module: the service process never runs a warm-up.
 """
 from __future__ import annotations
 
-from offload.workers import runtime
+import sys
 
-runtime.warm_up()
+from offload.workers import runtime
+from offload.workers.registry import DECLARED, Registry
+
+# The job-type modules preloaded before this one are the ones that declared types.
+_preloaded = Registry()
+_preloaded.load([name for name, module in list(sys.modules.items())
+                 if module is not None and vars(module).get(DECLARED)])
+runtime.warm_up(_preloaded)

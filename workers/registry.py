@@ -1,4 +1,6 @@
-"""The job-type registry: `@job_type("name")` turns a function into a job type.
+"""The job-type registry: `@job_type("name")` marks a function as a job type, and a
+`Registry` that loads its module collects it. Each app owns its registry; nothing here is
+shared between apps of one process.
 
 A plain function runs in a worker process; an `async def` runs on the service's event
 loop (for I/O-bound work such as mail). Either is called as `handler(data, ctx)` with the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -53,28 +56,28 @@ class JobType:
                              "an async def type runs on the service's event loop")
 
 
-_registry: dict[str, JobType] = {}
-
-#: Modules holding the built-in job types; imported by `load()`.
+#: Modules holding the built-in job types; every registry loads them first.
 BUILTIN_MODULES = ("offload.workers.pdf",)
+#: The attribute `@job_type` sets on the function it marks: its `JobType`.
+MARK = "__offload_job_type__"
+#: The list, in each module's own namespace, of the job types its functions declared.
+DECLARED = "__offload_job_types__"
 
 
-def job_type(name: str, *, validate: Validator | None = None, schema: DataSchema | None = None,
-             warm_up: WarmUp | None = None) -> Callable[[Callable], Callable]:
-    """Register the decorated function as the handler of job type `name`."""
+def job_type(name: str, *, validate: Validator | None = None,
+             schema: DataSchema | None = None, warm_up: WarmUp | None = None) -> Callable[[Callable], Callable]:
+    """Mark the decorated function as the handler of job type `name`. Nothing is
+    registered here: a `Registry` that loads the function's module collects it."""
 
-    def register(handler: Callable) -> Callable:
-        existing = _registry.get(name)
-        if existing is not None and existing.handler is not handler:
-            if (existing.handler.__module__, existing.handler.__qualname__) != (
-                handler.__module__,
-                handler.__qualname__,
-            ):
-                raise ValueError(f"job type {name!r} is already registered by {existing.handler.__module__}")
-        _registry[name] = JobType(name, handler, validate, schema, warm_up)
+    def mark(handler: Callable) -> Callable:
+        declared = JobType(name, handler, validate, schema, warm_up)
+        setattr(handler, MARK, declared)
+        module = sys.modules.get(handler.__module__)
+        if module is not None:  # the module being imported: it keeps its own list
+            module.__dict__.setdefault(DECLARED, []).append(declared)
         return handler
 
-    return register
+    return mark
 
 
 class ModuleLoadError(ImportError):
@@ -83,14 +86,14 @@ class ModuleLoadError(ImportError):
     and line where the import broke (when known) and the error, because start-up prints it
     instead of a traceback."""
 
-    def __init__(self, module: str, error: Exception) -> None:
+    def __init__(self, module: str, error: Exception, where: str | None = None) -> None:
         self.module = module
         self.error = error
         #: True when the module itself (or a package above it) is not on the import path,
         #: rather than found and broken.
         self.not_found = isinstance(error, ModuleNotFoundError) and error.name is not None and \
             (module == error.name or module.startswith(error.name + "."))
-        self.where = _where(error)
+        self.where = where or _where(error)
         place = f" ({self.where})" if self.where else ""
         detail = error.msg if isinstance(error, SyntaxError) else str(error)
         super().__init__(f"cannot import {module!r}{place}: {type(error).__name__}: {detail}", name=module)
@@ -109,19 +112,65 @@ def _where(error: Exception) -> str | None:
     return f"{frames[-1].filename}, line {frames[-1].lineno}"
 
 
-def load(modules: tuple[str, ...] | list[str] = ()) -> None:
-    """Import the built-in job types and the application's modules (config `workers.modules`).
-    Called once in the service and once in each worker process. Raises `ModuleLoadError`."""
-    for module in (*BUILTIN_MODULES, *modules):
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # whatever the module's own code raises while it is imported
-            raise ModuleLoadError(module, exc) from exc
+class Registry:
+    """The job types one app (or one worker process) knows, by name.
 
+    `Registry.from_modules(config.workers.modules)` loads the built-ins, then the
+    application's modules; worker processes build theirs from the same module list
+    (`modules`), so a type added with `add` alone is known to this process only."""
 
-def get(name: str) -> JobType | None:
-    return _registry.get(name)
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+        self._modules: dict[str, list[JobType]] = {}
 
+    @classmethod
+    def from_modules(cls, modules: tuple[str, ...] | list[str] = ()) -> Registry:
+        registry = cls()
+        registry.load((*BUILTIN_MODULES, *modules))
+        return registry
 
-def names() -> list[str]:
-    return sorted(_registry)
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The modules loaded, built-ins included, in load order."""
+        return tuple(self._modules)
+
+    def load(self, modules: tuple[str, ...] | list[str]) -> None:
+        """Import each module and register the job types its functions declared; a module
+        loaded before is not registered again. Raises `ModuleLoadError` (a name another
+        module registered names the place of the second declaration)."""
+        for name in modules:
+            if name in self._modules:
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception as exc:  # whatever the module's own code raises while it is imported
+                raise ModuleLoadError(name, exc) from exc
+            declared = list(getattr(module, DECLARED, ()))
+            for declared_type in declared:
+                try:
+                    self.add(declared_type)
+                except ValueError as exc:
+                    code = declared_type.handler.__code__
+                    raise ModuleLoadError(name, exc, f"{code.co_filename}, line {code.co_firstlineno}") from exc
+            self._modules[name] = declared
+
+    def add(self, declared: JobType | Callable[..., Any]) -> None:
+        """Register a job type, or a function `@job_type` marked. A name taken by another
+        function (not a reload of the same one) is an error naming both."""
+        if not isinstance(declared, JobType):
+            marked = getattr(declared, MARK, None)
+            if not isinstance(marked, JobType):
+                raise ValueError(f"{declared!r} is not marked with @job_type")
+            declared = marked
+        existing = self._types.get(declared.name)
+        if existing is not None and existing.handler is not declared.handler and (
+                (existing.handler.__module__, existing.handler.__qualname__)
+                != (declared.handler.__module__, declared.handler.__qualname__)):
+            raise ValueError(f"job type {declared.name!r} is already registered by {existing.handler.__module__}")
+        self._types[declared.name] = declared
+
+    def get(self, name: str) -> JobType | None:
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._types)

@@ -21,16 +21,18 @@ from typing import Any
 
 import orjson
 
-from offload.workers import registry
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
-from offload.workers.registry import FileOutput
+from offload.workers.filenames import safe_filename
+from offload.workers.registry import FileOutput, Registry
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
 _keep: list[Connection] = []  # holds the connection whose descriptor `_events` is
 _cancel: Any = None  # multiprocessing.Value('b'): 1 once the running job must stop
 _warmed: set[str] = set()  # job types warmed up in this process, or in the fork server it came from
 log = logging.getLogger("offload.workers")
+#: This process's job types, built at start-up from the service's module list.
+_types: Registry | None = None
 
 
 def frame(payload: bytes) -> bytes:
@@ -63,7 +65,7 @@ def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple
 
 def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
     """Runs once in each new worker process, before its first job."""
-    global _events, _cancel
+    global _events, _cancel, _types
     _events, _cancel = events.fileno(), cancel_flag
     _keep.append(events)
     _exit_with_service()
@@ -74,11 +76,11 @@ def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], m
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    registry.load(modules)
-    warm_up()
+    _types = Registry.from_modules(modules)
+    warm_up(_types)
 
 
-def warm_up() -> None:
+def warm_up(types: Registry) -> None:
     """Run the `warm_up` hook of every loaded job type that has one, once per process.
 
     `initialize` calls it in each worker before its first job. Under the default forkserver
@@ -86,8 +88,8 @@ def warm_up() -> None:
     (`offload.workers.prewarm`): the workers forked from it inherit the warmed state, share
     its pages, and find nothing left to do here. A hook that fails is logged and skipped
     (it only saves time; the type's first job meets the same problem and reports it)."""
-    for name in registry.names():
-        job_type = registry.get(name)
+    for name in types.names():
+        job_type = types.get(name)
         if job_type is None or job_type.warm_up is None or name in _warmed:
             continue
         try:
@@ -137,7 +139,10 @@ def _is_cancelled() -> bool:
 
 def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any], results_dir: str) -> dict[str, Any]:
     """Run one job. Never raises: the outcome says how it ended, in plain data."""
-    job_type = registry.get(type)
+    global _types
+    if _types is None:  # run outside `serve` (in process, by a test): the built-ins
+        _types = Registry.from_modules()
+    job_type = _types.get(type)
     if job_type is None:
         return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
                 "permanent": True}
@@ -168,7 +173,6 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     return {"outcome": "completed", "result": {"value": value}}
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: A media type as RFC 9110 writes it: token/token, then parameters in printable ASCII.
 #: Anything else (a CR/LF above all) could not be sent as the download's Content-Type.
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t!-~]*)?")
@@ -183,7 +187,7 @@ def is_media_type(value: object) -> bool:
 def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> dict[str, Any]:
     """Write the attempt's own file (`<job id>-<attempt><ext>`): an attempt that lost the job
     can never overwrite the file of the attempt that replaced it."""
-    suffix = Path(_UNSAFE.sub("_", output.filename)).suffix[:16]
+    suffix = Path(safe_filename(output.filename)).suffix[:16]
     name = f"{job_id}-{attempt}{suffix}"
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{name}.part"
