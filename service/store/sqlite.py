@@ -294,6 +294,14 @@ class SQLiteStore(Store):
             self._lock.close()
             self._lock = None
 
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection every read goes through. A test hook: a test sets its trace and
+        progress handlers to hold a read at a chosen point while a write commits (the
+        subscribe-versus-completion race). Nothing in the service uses it."""
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
     async def ping(self) -> None:
         await self._read("SELECT 1")
 
