@@ -63,7 +63,7 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object",
         "required": ["id", "type", "status", "priority", "progress", "message", "attempts", "maxRetries", "seq",
-                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result"],
+                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result", "cancelRequested"],
         "properties": {
             "id": {"type": "string", "pattern": "^job_[a-z2-7]{24}$"},
             "type": {"type": "string"},
@@ -74,6 +74,8 @@ SCHEMAS: dict[str, Any] = {
             "attempts": {"type": "integer", "minimum": 0},
             "maxRetries": {"type": "integer", "minimum": 0, "maximum": 10},
             "seq": {"type": "integer", "minimum": 0},
+            "cancelRequested": {"type": "boolean",
+                                "description": "a cancel was requested while the job ran; its attempt is stopping"},
             "createdAt": _ref("schemas", "Time"),
             "startedAt": _nullable(_ref("schemas", "Time")),
             "completedAt": _nullable(_ref("schemas", "Time")),
@@ -199,7 +201,10 @@ SPEC: dict[str, Any] = {
                 "200": _ok("the job", _ref("schemas", "Job")), "401": UNAUTHORIZED, "403": FORBIDDEN,
                 "404": NOT_FOUND, "503": _error("the store is unavailable", retry_after=True)}},
             "delete": {"summary": "Cancel a pending or running job", "responses": {
-                "200": _ok("the job, now cancelled", _ref("schemas", "Job")), "401": UNAUTHORIZED,
+                "200": _ok("the job, now cancelled", _ref("schemas", "Job")),
+                "202": _ok("the job, still running with `cancelRequested`: its attempt (on this node or "
+                           "another) is still stopping; a `cancelled` status event follows", _ref("schemas", "Job")),
+                "401": UNAUTHORIZED,
                 "403": FORBIDDEN_WRITE, "404": NOT_FOUND, "409": _error("the job already finished"),
                 "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },
