@@ -341,7 +341,8 @@ class SQLiteStore(Store):
                     return
                 continue
             rows = list(progress.values())
-            self._changes = changes = []
+            changes: list[StoreChange] = []
+            self._changes = changes
             try:
                 # One hop to the connection's thread for the whole batch: a statement per
                 # hop would cost ~120 us each and cap the store near a thousand jobs/s.
