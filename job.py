@@ -101,9 +101,8 @@ class Job:
             "runAt": _wire_time(self.run_at),
             "error": {"type": self.error.type, "message": self.error.message} if self.error else None,
             "result": _wire_result(self.result) if self.result is not None else None,
+            "cancelRequested": self.cancel_requested,
         }
-        if self.cancel_requested:
-            wire["cancelRequested"] = True
         return wire
 
 

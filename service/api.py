@@ -12,6 +12,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from offload.service.cancels import cancel
 from offload.service.errors import (
     Conflict,
     Invalid,
@@ -123,9 +124,13 @@ async def get_job(request: web.Request) -> web.Response:
 
 @routes.delete("/api/jobs/{job_id}")
 async def cancel_job(request: web.Request) -> web.Response:
-    job = await request.app[SCHEDULER].cancel(job_id_of(request), owner_of(request))
-    request.app[LIMITS].forget_pending(job.owner)
-    return json_response(job.to_wire())
+    """200 with the job once it is cancelled; 202 with it (`cancelRequested`) while the attempt
+    is still stopping, wherever it runs; 409 when it finished (`cancels.cancel`)."""
+    config = request.app[CONFIG]
+    answer = await cancel(request.app[STORE], job_id_of(request), owner_of(request),
+                          request.app[SCHEDULER].clock.now(), wait=config.workers.stop_grace + 1)
+    request.app[LIMITS].forget_pending(answer.job.owner)
+    return json_response(answer.job.to_wire(), 200 if answer.done else 202)
 
 
 #: Never part of a file name in any form: path separators and control characters.

@@ -132,6 +132,7 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
     store = open_store(config.store_url, synchronous=config.store.synchronous,
                        busy_timeout_ms=config.store.busy_timeout_ms)
+    store.changes.subscribe(app[HUB].on_change)  # events come from commits, and only from them
     await store.open()  # closes whatever it opened when it fails
     try:
         config.results_path.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from offload.service.models import Job
+from offload.service.store.base import StoreChange
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,14 @@ class EventHub:
                 continue  # watching another user's job id (the lookup is about to say 404)
             if subscriber.all or event.job_id in subscriber.jobs:
                 subscriber.deliver(event)
+
+    def on_change(self, change: StoreChange) -> None:
+        """The store's change sink, subscribed at start: every committed transition is a
+        `status` event, every committed progress write a `progress` event."""
+        if isinstance(change, Job):
+            self.status(change)
+        else:
+            self.progress(change.job_id, change.owner, change.progress, change.message, change.seq)
 
     def status(self, job: Job) -> None:
         self.publish(status_event(job))

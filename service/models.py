@@ -129,6 +129,8 @@ class Job:
     #: The node holding the running attempt and until when its lease holds.
     lease_owner: str | None = None
     lease_until: int | None = None
+    #: A cancel was requested while the job ran: its attempt is being stopped, and whatever
+    #: it ends as (except completed) becomes cancelled.
     cancel_requested: bool = False
 
     def __post_init__(self) -> None:
@@ -157,4 +159,5 @@ class Job:
             "runAt": iso(self.due_at) if self.status is JobStatus.PENDING and self.due_at > self.created_at else None,
             "error": self.error,
             "result": result,
+            "cancelRequested": self.cancel_requested,
         }

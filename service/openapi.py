@@ -64,7 +64,7 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object",
         "required": ["id", "type", "status", "priority", "progress", "message", "attempts", "maxRetries", "seq",
-                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result"],
+                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result", "cancelRequested"],
         "properties": {
             "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
@@ -75,6 +75,8 @@ SCHEMAS: dict[str, Any] = {
             "attempts": {"type": "integer", "minimum": 0},
             "maxRetries": {"type": "integer", "minimum": 0, "maximum": 10},
             "seq": {"type": "integer", "minimum": 0},
+            "cancelRequested": {"type": "boolean",
+                                "description": "a cancel was requested while the job ran; its attempt is stopping"},
             "createdAt": _ref("schemas", "Time"),
             "startedAt": _nullable(_ref("schemas", "Time")),
             "completedAt": _nullable(_ref("schemas", "Time")),
@@ -200,7 +202,10 @@ SPEC: dict[str, Any] = {
                 "200": _ok("the job", _ref("schemas", "Job")), "401": UNAUTHORIZED, "403": FORBIDDEN,
                 "404": NOT_FOUND, "503": _error("the store is unavailable", retry_after=True)}},
             "delete": {"summary": "Cancel a pending or running job", "responses": {
-                "200": _ok("the job, now cancelled", _ref("schemas", "Job")), "401": UNAUTHORIZED,
+                "200": _ok("the job, now cancelled", _ref("schemas", "Job")),
+                "202": _ok("the job, still running with `cancelRequested`: its attempt (on this node or "
+                           "another) is still stopping; a `cancelled` status event follows", _ref("schemas", "Job")),
+                "401": UNAUTHORIZED,
                 "403": FORBIDDEN_WRITE, "404": NOT_FOUND, "409": _error("the job already finished"),
                 "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },

@@ -2,10 +2,11 @@
 
 It owns the running attempts of this node: their deadlines, their leases (renewed while
 they run, so another node or a restart can take back the jobs of a node that died), their
-progress (forwarded to the store and the hub, in that order) and their endings (each one a
-fenced store transition: an attempt that lost its lease cannot overwrite the outcome; what
-the transition is, `endings.decide` says). No job runs here: every attempt starts the same
-way on a runner (`runners.py`): the process pool, or the async runner for `async def` types.
+progress (forwarded to the store, whose commits are the events) and their endings (each
+one a fenced store transition: an attempt that lost its lease cannot overwrite the outcome;
+what the transition is, `endings.decide` says). No job runs here: every attempt starts the
+same way on a runner (`runners.py`): the process pool, or the async runner for `async def`
+types.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from offload.service.config import Config
-from offload.service.errors import Conflict, OffloadError, ShuttingDown, StoreUnavailable, job_not_found
+from offload.service.errors import OffloadError, StoreUnavailable
 from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
 from offload.service.endings import EndingKind, Outcome, StopReason, decide
 from offload.service.pool import Slot, WorkerPool
 from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
+from offload.service.store.base import StoreChange
 from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
@@ -68,7 +70,8 @@ class Scheduler:
         #: Pending jobs reserved as the next ones for this node's workers, best first.
         self.reserved: list[Job] = []
         self._reservations_stale = False
-        store.on_change = hub.status  # a corrupt job the store failed reaches its watchers too
+        #: Cancel requests (recorded by any node) reach the attempt through the store's changes.
+        self._unsubscribe = store.changes.subscribe(self._on_change)
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop. Each runner runs the types it can: `async def` ones on
         # the loop, the others in the pool's processes.
@@ -91,7 +94,6 @@ class Scheduler:
         rescued = await self.store.rescue_expired(now, LEASE_LOST, expired_before=horizon)
         for job in rescued:
             log.warning("job %s was running when the service stopped: now %s", job.id, job.status.value)
-            self.hub.status(job)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="offload-scheduler")
 
     async def stop(self, grace: float) -> str:
@@ -135,8 +137,8 @@ class Scheduler:
         self._hurry.set()
 
     def submitted(self, job: Job) -> None:
-        """A new job was stored: tell its watchers, and run it if a slot is free."""
-        self.hub.status(job)
+        """A new job was stored (its watchers heard it from the store): run it if a slot
+        is free."""
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
         self._wake.set()
@@ -250,11 +252,11 @@ class Scheduler:
             entry.lost = True
             self._stop_entry(entry, StopReason.LOST)
             return
+        if entry.job.cancel_requested:  # heard before the start was confirmed
+            job = dataclasses.replace(job, cancel_requested=True)
         entry.job = job
-        self.hub.status(job)
 
     def _start(self, job: Job, slot: Any, runner: Runner | None = None) -> None:
-        self.hub.status(job)
         self._launch(job, slot, runner or self.pool)
 
     def _launch(self, job: Job, slot: Any, runner: Runner) -> Running:
@@ -267,9 +269,7 @@ class Scheduler:
     async def _renew(self) -> None:
         if self.running or self.reserved:
             await self.store.renew_leases(self.node, self.clock.now() + self.config.jobs.lease_ms)
-        expired = await self.store.rescue_expired(self.clock.now(), LEASE_LOST)
-        for job in expired:
-            self.hub.status(job)
+        await self.store.rescue_expired(self.clock.now(), LEASE_LOST)
 
     # ---- one attempt -------------------------------------------------------------------------
     async def _run(self, entry: Running, slot: Any) -> None:
@@ -322,7 +322,7 @@ class Scheduler:
         if ending.kind is EndingKind.COMPLETE:
             final = await self.store.complete(job, ending.result, now)
         elif ending.kind is EndingKind.RELEASE:
-            final = await self.store.release(job)
+            final = await self.store.release(job, now)
         elif ending.kind is EndingKind.CANCEL:
             final = await self.store.cancel_running(job, now)
         elif ending.kind in (EndingKind.RETRY, EndingKind.FAIL):
@@ -336,7 +336,6 @@ class Scheduler:
                         job.id, job.attempts)
             self._discard_file(outcome)
             return None
-        self.hub.status(final)
         return final
 
     def _discard_file(self, outcome: Outcome) -> None:
@@ -345,54 +344,32 @@ class Scheduler:
 
     # ---- progress --------------------------------------------------------------------------------
     def _progress_of(self, job: Job) -> Callable[[int, str | None], None]:
-        """Where the progress of `job`'s current attempt goes: the store, then the hub."""
-        job_id, attempt, owner = job.id, job.attempts, job.owner
+        """Where the progress of `job`'s current attempt goes: the store (its commit is the event)."""
+        job_id, attempt = job.id, job.attempts
 
         def progress(percent: int, message: str | None) -> None:
             entry = self.running.get(job_id)
             if entry is None or entry.job.attempts != attempt:
                 return
-            self.store.set_progress(entry.job, percent, message,
-                                    on_commit=lambda seq: self.hub.progress(job_id, owner, percent, message, seq))
+            self.store.set_progress(entry.job, percent, message)
 
         return progress
 
     # ---- cancellation ---------------------------------------------------------------------------
-    async def cancel(self, job_id: str, owner: str | None) -> Job:
-        """Cancel a pending or running job; 409 when it already finished."""
-        for attempt in range(50):
-            if attempt:
-                await asyncio.sleep(0.01)  # a claim or an ending is being recorded right now
-            job = await self.store.get(job_id, owner)
-            if job is None:
-                raise job_not_found(job_id)
-            if job.status.terminal:
-                raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
-            if job.status is JobStatus.PENDING:
-                cancelled = await self.store.cancel_pending(job_id, owner, self.clock.now())
-                if cancelled is not None:
-                    self.reserved = [held for held in self.reserved if held.id != job_id]
-                    self.hub.status(cancelled)
-                    return cancelled
-                continue  # it was claimed meanwhile: look again
-            entry = self.running.get(job_id)
-            if entry is None:
-                if not self.accepting:
-                    raise ShuttingDown("the service is shutting down; try again shortly")
-                continue  # finishing right now, or (later) running on another node
-            self._stop_entry(entry, "cancelled")
-            await entry.done.wait()
-            if entry.final is not None:
-                if entry.final.status is not JobStatus.CANCELLED:  # it finished before it saw the stop
-                    raise Conflict(f"job {job_id} already {entry.final.status.value}; "
-                                   "only pending or running jobs can be cancelled")
-                return entry.final
-        job = await self.store.get(job_id, owner)
-        if job is None:
-            raise job_not_found(job_id)
-        if job.status.terminal and job.status is not JobStatus.CANCELLED:
-            raise Conflict(f"job {job_id} already {job.status.value}; only pending or running jobs can be cancelled")
-        return job
+    def _on_change(self, change: StoreChange) -> None:
+        """Act on committed changes that concern this node: a cancel request of an attempt it
+        runs stops that attempt ("cancelled"); a reserved job cancelled meanwhile is dropped."""
+        if not isinstance(change, Job):
+            return
+        if change.status is JobStatus.CANCELLED and self.reserved:
+            self.reserved = [held for held in self.reserved if held.id != change.id]
+        if not change.cancel_requested or change.status is not JobStatus.RUNNING:
+            return
+        entry = self.running.get(change.id)
+        if entry is None or entry.job.attempts != change.attempts or change.lease_owner != self.node:
+            return
+        entry.job = dataclasses.replace(entry.job, cancel_requested=True)
+        self._stop_entry(entry, StopReason.CANCELLED)
 
     def workers(self) -> dict[str, Any]:
         """The worker processes, as operators see them (`/api/health`, `/api/stats`)."""

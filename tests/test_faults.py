@@ -348,7 +348,9 @@ async def test_cancel_running_cpu_loop_frees_slot_and_spares_other_job(start_ser
         assert done["result"] == {"value": {"after": "cancel"}}
         assert (await job(client, other))["status"] == "running"
         await finish_bystander(client, other, gate, other_pid)
-        assert [j["status"] for j in events.statuses(spin)] == ["pending", "running", "cancelled"]
+        # The recorded request is a change of its own (the job still running), then the ending.
+        shown = [(j["status"], j["cancelRequested"]) for j in events.statuses(spin)]
+        assert shown == [("pending", False), ("running", False), ("running", True), ("cancelled", True)], shown
     assert (await job(client, spin))["status"] == "cancelled"
     stats = await workers(client)
     assert stats["replaced"] == 1 and spin_pid not in stats["pids"] and other_pid in stats["pids"]

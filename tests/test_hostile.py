@@ -10,8 +10,6 @@ import orjson
 import pytest
 
 from offload.service.keys import STORE
-from offload.service.models import JobStatus
-from offload.service.store.base import Fence
 from tests.conftest import invoice, submit, wait_status
 from tests.test_limits import nested
 from tests.users import TOKENS, A, B, job_as, submit_as
@@ -123,8 +121,9 @@ async def test_download_serves_only_files_named_after_the_job(start_server, tmp_
     for name in ("../secret.txt", str(secret), "job_other-1.pdf"):
         job_id = await submit(client, "test.echo", {}, delay=3_600_000)
         job = await store.get(job_id)
-        running = (await store._transition(job_id, Fence(frozenset({JobStatus.PENDING})),  # a crafted row
-                                           {"status": JobStatus.RUNNING, "attempts": 1}))
+        # Claimed by hand at its due time (an hour ahead), then completed with a crafted result.
+        (running,) = await store.claim("node_test", job.due_at, 30_000, types=["test.echo"])
+        assert running.id == job_id
         await store.complete(running, {"file": name, "filename": "x.txt", "contentType": "text/plain"}, 1)
         response = await client.get(f"/api/jobs/{job.id}/download")
         assert response.status == 404 and "do not serve" not in await response.text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from offload.service.keys import SCHEDULER
 from offload.service.models import Job, JobStatus, Priority, new_job_id, now_ms
 from offload.service.store.sqlite import SQLiteStore
-from tests.conftest import eventually, submit, wait_status
+from tests.conftest import eventually, submit, wait_status, ws_events_until
 
 
 async def reserved(client, job_id: str) -> bool:  # type: ignore[no-untyped-def]
@@ -68,3 +68,24 @@ async def test_store_reservations_are_skipped_by_claims_and_lapse_with_the_lease
         assert taken.id == third.id and taken.attempts == 1
     finally:
         await store.close()
+
+
+async def test_a_reserved_jobs_progress_reaches_its_subscriber(start_server, tmp_path):
+    """The progress a job reports right after it starts from a reservation is kept and sent:
+    its start is written before the progress the attempt queued after it."""
+    client = await start_server(workers={"processes": 1})
+    gate = tmp_path / "gate"
+    blocker = await submit(client, "test.steps", {"n": 1, "gate": str(gate)})
+    await wait_status(client, blocker, "running")
+    steps = await submit(client, "test.steps", {"n": 4})
+    await eventually(lambda: reserved(client, steps), what="the waiting job to be reserved")
+    async with client.ws_connect("/api/ws") as ws:
+        await ws.send_json({"op": "subscribe", "jobId": steps})
+        assert (await ws.receive_json())["job"]["status"] == "pending"
+        gate.write_text("go")
+        events = await ws_events_until(ws, steps)
+    assert events[-1]["status"] == "completed"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["progress"] == 100, events
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)

@@ -274,7 +274,7 @@ async def test_a_transition_on_a_corrupt_row_fails_that_job_in_one_seq_step(tmp_
 
     store = open_store(f"sqlite:///{tmp_path / 'corrupt.db'}")
     announced: list[Job] = []
-    store.on_change = announced.append
+    store.changes.subscribe(lambda change: announced.append(change) if isinstance(change, Job) and change.error else None)
     await store.open()
     try:
         created = [(await store.create(Job(new_job_id(), "t", "local", {"i": i})))[0] for i in range(2)]

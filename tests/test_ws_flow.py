@@ -183,7 +183,7 @@ async def test_a_job_that_finishes_while_the_subscription_reads_it_is_reported(s
     gate = tmp_path / "gate"
     job_id = await submit(client, "test.steps", {"n": 1, "gate": str(gate)})
     await wait_status(client, job_id, "running")
-    reader = client.server.app[STORE]._reader  # the real store's own connection, watched
+    reader = client.server.app[STORE].reader  # the real store's own connection, watched (a test hook)
     published = threading.Event()
     trace, progress = _complete_during_the_read(reader, job_id, gate, published)
     async with client.ws_connect("/api/ws") as observer, client.ws_connect("/api/ws") as ws:

@@ -1,20 +1,64 @@
 """The store contract: what the service asks of a job database, in job terms.
 
-The public methods own the lifecycle rules (which status may follow which, what a
-transition changes, fencing by attempt and lease); a backend implements the underscored
-hooks, which only move rows. Every state change bumps the job's `seq`, so an event's `seq`
-is the number of the change that produced it.
+The public methods of `Store` and the small pure functions here own the lifecycle rules:
+which status may follow which, what each transition changes (a claim: running, one more
+attempt, the next `seq`, a lease), the fences (a running attempt's writes need its status
+and attempt number), rescue's pending-vs-failed decision, and what a recorded cancel request
+does to an ending. A backend implements the underscored hooks, which only move rows; where a
+change depends on the row as it is at commit time (rescue, an ending while a cancel may be
+requested), the backend calls the decision function given to it inside its transaction.
+
+What a backend must guarantee
+-----------------------------
+- Durability before return: an awaited write has committed when it returns (a 201 is sent
+  for a committed job only); `set_progress` is not awaited and is durable once its change
+  is emitted.
+- Fencing: a transition applies only to a row that matches its `Fence` (statuses, attempt,
+  lease owner, owner), checked in the same transaction as the write; a row that does not
+  match is left alone and the call returns None. A stale attempt can never overwrite an
+  ending. Progress applies only while the job is running that same attempt.
+- `seq`: every change of a job (a transition or a progress write) sets its `seq` to the
+  value the change asks for (`BUMP`: one more than the stored one), so a job's changes are
+  numbered without gaps in the order they commit. A reservation is not a change: it leaves
+  `seq` alone and emits nothing.
+- Atomicity of a claim: the jobs a claim returns were pending, due and unreserved when it
+  committed, and no other claim (on any node) returns them for the same attempt.
+- Ordering and the change sink: after each commit, every change it contained is handed to
+  `Store.changes` in commit order, each with its new `seq` (the job as it is after the
+  transition, or a `ProgressChange`), before the writes' awaitables resolve. Every caller
+  that awaits a write therefore finds its change already emitted; nothing outside the
+  store publishes a status.
+- `exclusive`: True when this service alone uses the database (an SQLite file with its lock
+  file): running jobs found at start were left by this service's previous run and can be
+  taken back at once. A shared database (several nodes) says False: only expired leases
+  are taken back.
 """
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
-from offload.service.models import TERMINAL, Job, JobStatus
+from offload.service.models import TERMINAL, Job, JobStatus, now_ms
+
+log = logging.getLogger("offload.store")
 
 Change = dict[str, Any]
+
+
+class _Bump:
+    """A change value meaning "one more than the stored value" (attempts, seq)."""
+
+    def __repr__(self) -> str:
+        return "BUMP"
+
+
+BUMP: Any = _Bump()
+
+#: A decision applied by the backend to the row as it is inside the transaction.
+Decide = Callable[[Job], Change]
 
 
 @dataclass(frozen=True)
@@ -32,6 +76,57 @@ class Fence:
     lease_owner: str | None = None
     owner: str | None = None
 
+    def admits(self, job: Job) -> bool:
+        return (job.status in self.statuses
+                and (self.attempt is None or job.attempts == self.attempt)
+                and (self.lease_owner is None or job.lease_owner == self.lease_owner)
+                and (self.owner is None or job.owner == self.owner))
+
+
+@dataclass(frozen=True)
+class ProgressChange:
+    """A committed progress write of one attempt, with the `seq` it took."""
+
+    job_id: str
+    owner: str
+    attempt: int
+    progress: int
+    message: str | None
+    seq: int
+
+
+#: What the change sink hands out: the job after a committed transition, or a progress write.
+StoreChange = Union[Job, ProgressChange]
+Listener = Callable[[StoreChange], None]
+
+
+class ChangeSink:
+    """The one source of job events: the store emits every committed change here, in commit
+    order; the events hub, the scheduler (cancel requests) and later metrics, logs or other
+    nodes subscribe. A listener must not block; one that raises is logged and the others
+    still hear the change."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Add `listener`; returns the function that removes it."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def emit(self, changes: Iterable[StoreChange]) -> None:
+        for change in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:
+                    log.exception("a change listener failed")
+
 
 class IdempotencyMismatch(Exception):
     """The idempotency key was used before with a different request."""
@@ -39,6 +134,44 @@ class IdempotencyMismatch(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(job.id)
         self.job = job
+
+
+# ---- the rules, as pure functions -------------------------------------------------------------
+def claim_change(node: str, now: int, lease_ms: int) -> Change:
+    """What a claim makes of a pending job: running on `node`, one more attempt, a change."""
+    return {"status": JobStatus.RUNNING, "attempts": BUMP, "seq": BUMP, "started_at": now, "progress": 0,
+            "message": None, "lease_owner": node, "lease_until": now + lease_ms}
+
+
+def progress_fence(attempt: int) -> Fence:
+    """Progress counts only while the job runs the attempt that reports it."""
+    return Fence(frozenset({JobStatus.RUNNING}), attempt=attempt)
+
+
+def cancelled_change(now: int) -> Change:
+    return {"status": JobStatus.CANCELLED, "completed_at": now, "lease_owner": None, "lease_until": None}
+
+
+def ending_change(job: Job, change: Change, now: int) -> Change:
+    """An attempt that ends while a cancel is requested is cancelled, whatever else it would
+    have become (a retry, a failure, a release at shutdown); only a completion wins over it."""
+    if job.cancel_requested and change.get("status") is not JobStatus.COMPLETED:
+        return cancelled_change(now)
+    return change
+
+
+def rescue_change(job: Job, now: int, exhausted_error: dict[str, str]) -> Change:
+    """What a running job whose lease ran out becomes: cancelled if a cancel was requested,
+    failed with `exhausted_error` once it used all its attempts, else pending (due now)."""
+    if job.cancel_requested:
+        return {**cancelled_change(now), "progress": 0, "message": None}
+    change: Change = {"due_at": now, "error": exhausted_error, "progress": 0, "message": None,
+                      "lease_owner": None, "lease_until": None}
+    if job.attempts > job.max_retries:
+        change.update(status=JobStatus.FAILED, completed_at=now)
+    else:
+        change.update(status=JobStatus.PENDING, completed_at=None)
+    return change
 
 
 class Store(ABC):
@@ -49,15 +182,11 @@ class Store(ABC):
     #: only expired leases are taken back.
     exclusive = False
 
-    #: Called with each job the store changed by itself rather than on request: a stored row
-    #: that could not be read is failed as `CorruptJob` wherever it is met (a read, a claim,
-    #: a transition), so it hurts only itself. The service publishes these like its own.
-    on_change: Callable[[Job], None] | None = None
-
-    def _announce(self, jobs: Iterable[Job]) -> None:
-        for job in jobs:
-            if self.on_change is not None:
-                self.on_change(job)
+    def __init__(self) -> None:
+        #: Every committed change, in commit order (see the module docstring). This includes
+        #: the changes the store makes by itself: a stored row that cannot be read is failed
+        #: as `CorruptJob` wherever it is met (a read, a claim, a transition).
+        self.changes = ChangeSink()
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -132,52 +261,59 @@ class Store(ABC):
         attempt; returned in the order they should start. Priorities are strict; within one,
         owners share the slots round-robin (each owner's own jobs by due time, then
         submission order), and with `per_owner` no owner gets more than that many running."""
-        return await self._claim(
-            node, now, lease_ms, None if types is None else tuple(types),
-            {"status": JobStatus.RUNNING, "started_at": now, "progress": 0, "message": None,
-             "lease_owner": node, "lease_until": now + lease_ms},
-            limit, per_owner,
-        )
+        return await self._claim(node, now, lease_ms, None if types is None else tuple(types),
+                                 claim_change(node, now, lease_ms), limit, per_owner)
 
     def set_progress(self, job: Job, progress: int, message: str | None,
                      on_commit: Callable[[int], None] | None = None) -> None:
         """Record the latest progress of a running attempt. Not awaited: writes that arrive
         together are coalesced per job into one change, which takes the job's next `seq` like
-        any other change (so a client that keeps up sees no gap in a job's events).
-        `on_commit(seq)` runs once the value is durable; never for an attempt that no longer
-        owns the job."""
-        self._queue_progress(job.id, job.attempts, progress, message, on_commit)
+        any other change and is emitted as a `ProgressChange` (so a client that keeps up sees
+        no gap in a job's events). `on_commit(seq)` runs once the value is durable; never for
+        an attempt that no longer owns the job (`progress_fence`)."""
+        self._queue_progress(job.id, progress_fence(job.attempts), progress, message, on_commit)
 
     async def complete(self, job: Job, result: Any, now: int) -> Job | None:
-        """Finish the attempt `job` describes; None if that attempt no longer owns the job."""
+        """Finish the attempt `job` describes; None if that attempt no longer owns the job.
+        A completion stands even when a cancel was requested meanwhile: the work is done."""
         return await self._transition(job.id, self._fence_attempt(job), {
             "status": JobStatus.COMPLETED, "progress": 100, "completed_at": now, "result": result,
             "error": None, "lease_owner": None, "lease_until": None})
 
     async def fail(self, job: Job, error: dict[str, str], now: int, retry_at: int | None) -> Job | None:
         """End the attempt with an error: back to pending until `retry_at`, or failed when
-        `retry_at` is None. None if the attempt no longer owns the job."""
+        `retry_at` is None; cancelled instead when a cancel was requested (`ending_change`).
+        None if the attempt no longer owns the job."""
         change: Change = {"error": error, "lease_owner": None, "lease_until": None}
         if retry_at is None:
             change.update(status=JobStatus.FAILED, completed_at=now)
         else:
             change.update(status=JobStatus.PENDING, due_at=retry_at)
-        return await self._transition(job.id, self._fence_attempt(job), change)
+        return await self._transition(job.id, self._fence_attempt(job), lambda row: ending_change(row, change, now))
 
-    async def release(self, job: Job) -> Job | None:
-        """Give a running attempt back without counting it (graceful shutdown)."""
-        return await self._transition(job.id, self._fence_attempt(job), {
-            "status": JobStatus.PENDING, "attempts": job.attempts - 1, "progress": 0, "message": None,
-            "lease_owner": None, "lease_until": None})
+    async def release(self, job: Job, now: int | None = None) -> Job | None:
+        """Give a running attempt back without counting it (graceful shutdown); cancelled
+        instead when a cancel was requested."""
+        change: Change = {"status": JobStatus.PENDING, "attempts": job.attempts - 1, "progress": 0, "message": None,
+                          "lease_owner": None, "lease_until": None}
+        at = now_ms() if now is None else now
+        return await self._transition(job.id, self._fence_attempt(job), lambda row: ending_change(row, change, at))
 
     async def cancel_pending(self, job_id: str, owner: str | None, now: int) -> Job | None:
-        return await self._transition(job_id, Fence(frozenset({JobStatus.PENDING}), owner=owner), {
-            "status": JobStatus.CANCELLED, "completed_at": now, "lease_owner": None, "lease_until": None})
+        return await self._transition(job_id, Fence(frozenset({JobStatus.PENDING}), owner=owner), cancelled_change(now))
+
+    async def request_cancel(self, job_id: str, owner: str | None) -> Job | None:
+        """Record that the running job should be cancelled (a change, with its event): the
+        node running the attempt hears it through `changes` and stops it; whatever the
+        attempt then ends as, except a completion, becomes cancelled (`ending_change`), and
+        so does a rescue of its lease (`rescue_change`). None unless the job is running."""
+        return await self._transition(job_id, Fence(frozenset({JobStatus.RUNNING}), owner=owner),
+                                      {"cancel_requested": True})
 
     async def reserve(self, node: str, now: int, lease_ms: int, types: Iterable[str], limit: int) -> list[Job]:
         """Mark up to `limit` due pending jobs as this node's next ones, in the order `claim`
-        would take them. They stay pending (no attempt, no event) and no claim takes them;
-        `start_reserved` starts one without a round trip before its work begins, and an
+        would take them. They stay pending (no attempt, no change, no event) and no claim takes
+        them; `start_reserved` starts one without a round trip before its work begins, and an
         unused reservation is given back with `unreserve` or runs out with the node's lease."""
         return await self._claim(node, now, lease_ms, tuple(types),
                                  {"lease_owner": node, "lease_until": now + lease_ms}, limit, 0)
@@ -186,17 +322,16 @@ class Store(ABC):
         """Start the attempt of a job this node reserved. Queued at once, so it is recorded
         before anything the attempt itself writes; None if the job was cancelled meanwhile."""
         assert job.lease_owner is not None
-        return self._begin_transition(job.id, Fence(frozenset({JobStatus.PENDING}), lease_owner=job.lease_owner), {
-            "status": JobStatus.RUNNING, "attempts": job.attempts + 1, "started_at": now, "progress": 0,
-            "message": None, "lease_until": now + lease_ms})
+        change = claim_change(job.lease_owner, now, lease_ms)
+        return self._begin_transition(job.id, Fence(frozenset({JobStatus.PENDING}), lease_owner=job.lease_owner),
+                                      change)
 
     async def unreserve(self, node: str, job_ids: list[str]) -> None:
         if job_ids:
             await self._unreserve(node, job_ids)
 
     async def cancel_running(self, job: Job, now: int) -> Job | None:
-        return await self._transition(job.id, self._fence_attempt(job), {
-            "status": JobStatus.CANCELLED, "completed_at": now, "lease_owner": None, "lease_until": None})
+        return await self._transition(job.id, self._fence_attempt(job), cancelled_change(now))
 
     async def renew_leases(self, node: str, until: int) -> int:
         """Extend every lease `node` holds; returns how many it still holds."""
@@ -204,35 +339,49 @@ class Store(ABC):
 
     async def rescue_expired(self, now: int, max_attempts_error: dict[str, str], *,
                              expired_before: int | None = None) -> list[Job]:
-        """Take back running jobs whose lease ran out (their node died or hung): each goes
-        back to pending, due at `now`, or to failed when it has used all its attempts.
-        `expired_before` (default `now`) moves the lease cut-off, e.g. past every lease when
-        the caller knows their node is gone, without making the rescued jobs wait for it."""
-        return await self._rescue(now if expired_before is None else expired_before, now, max_attempts_error)
+        """Take back running jobs whose lease ran out (their node died or hung), as
+        `rescue_change` decides: pending (due at `now`), failed once it has used all its
+        attempts, or cancelled when a cancel was requested. `expired_before` (default `now`)
+        moves the lease cut-off, e.g. past every lease when the caller knows their node is
+        gone, without making the rescued jobs wait for it. Lapsed reservations are given
+        back too."""
+        def decide(job: Job) -> Change:
+            return {**rescue_change(job, now, max_attempts_error), "seq": BUMP}
+
+        return await self._rescue(now if expired_before is None else expired_before, decide)
+
+    async def _transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Job | None:
+        return await self._begin_transition(job_id, fence, change)
 
     @staticmethod
     def _fence_attempt(job: Job) -> Fence:
         return Fence(frozenset({JobStatus.RUNNING}), attempt=job.attempts, lease_owner=job.lease_owner)
 
     # ---- backend hooks ---------------------------------------------------------------------
+    # They only move rows. A change is a dict of column values (`BUMP`: one more than stored);
+    # a change that sets `seq` is a change of the job and is emitted to `changes` after its
+    # commit; one that does not (a reservation, a lease) is not.
+
     @abstractmethod
-    async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]: ...
+    async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
+        """Insert the row (a change, emitted) unless the owner used its idempotency key."""
 
     @abstractmethod
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
-                     change: Change, limit: int, per_owner: int) -> list[Job]: ...
-
-    async def _transition(self, job_id: str, fence: Fence, change: Change) -> Job | None:
-        return await self._begin_transition(job_id, fence, change)
+                     change: Change, limit: int, per_owner: int) -> list[Job]:
+        """Pick the jobs (`claim`'s order, atomically) and apply `change` to each."""
 
     @abstractmethod
-    def _begin_transition(self, job_id: str, fence: Fence, change: Change) -> Awaitable[Job | None]:
-        """Apply `change` and bump `seq` if the row matches `fence`. Queued at once, in order
-        with the writes before and after it; the awaitable gives the new row, or None."""
+    def _begin_transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Awaitable[Job | None]:
+        """Apply `change` (or `change(row)`, decided on the row inside the transaction) with the
+        next `seq` if the row matches `fence`. Queued at once, in order with the writes before
+        and after it; the awaitable gives the new row, or None."""
 
     @abstractmethod
-    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
-                        on_commit: Callable[[int], None] | None) -> None: ...
+    def _queue_progress(self, job_id: str, fence: Fence, progress: int, message: str | None,
+                        on_commit: Callable[[int], None] | None) -> None:
+        """Queue a progress write (coalesced per job), applied with the next `seq` if the row
+        matches `fence`, after the transitions queued before it."""
 
     @abstractmethod
     async def _renew(self, node: str, until: int) -> int: ...
@@ -241,7 +390,10 @@ class Store(ABC):
     async def _unreserve(self, node: str, job_ids: list[str]) -> None: ...
 
     @abstractmethod
-    async def _rescue(self, expired_before: int, now: int, exhausted_error: dict[str, str]) -> list[Job]: ...
+    async def _rescue(self, expired_before: int, decide: Decide) -> list[Job]:
+        """Free reservations whose lease ended before `expired_before`, and apply `decide(row)`
+        to every running row whose lease did, in one transaction."""
 
 
-__all__ = ["TERMINAL", "Fence", "IdempotencyMismatch", "Page", "Store"]
+__all__ = ["BUMP", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange", "Store",
+           "StoreChange", "claim_change", "ending_change", "progress_fence", "rescue_change"]

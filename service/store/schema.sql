@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT,
     request_hash    TEXT,
     lease_owner     TEXT,
-    lease_until     INTEGER
+    lease_until     INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
 -- Per owner: the pending count (per-user cap) and each owner's next job (fair claims).

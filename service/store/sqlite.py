@@ -22,16 +22,19 @@ import orjson
 
 from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
-from offload.service.store.base import Change, Fence, IdempotencyMismatch, Page, Store
+from offload.service.store.base import (
+    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Store, StoreChange,
+)
 from offload.service.store.fairness import Served, round_robin
 
 log = logging.getLogger("offload.store")
 
-SCHEMA_VERSION = 1
+#: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files).
+SCHEMA_VERSION = 2
 _JOB_COLUMNS = (
     "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
     "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
-    "error", "result", "idempotency_key", "lease_owner", "lease_until",
+    "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
 )
 _COLS = ", ".join(_JOB_COLUMNS)
 _JSON_COLUMNS = frozenset({"error", "result", "data"})
@@ -107,13 +110,18 @@ def _job(row: sqlite3.Row) -> Job:
         if not (type(value) is int or (value is None and repair is None)):
             problems.append(f"{column} {value!r} is not a whole number")
             repairs[column] = repair
+    flag = values.get("cancel_requested", 0)
+    if flag not in (0, 1) or type(flag) is not int:
+        problems.append(f"cancel_requested {flag!r} is not 0 or 1")
+        repairs["cancel_requested"] = 0
+    values["cancel_requested"] = bool(flag)
     if problems:
         raise CorruptRow(str(values["id"]), problems, repairs)
     values.setdefault("data", None)
     return Job(**values)
 
 
-def _mark_corrupt(db: sqlite3.Connection, corrupt: CorruptRow, marked: list[Job]) -> Job:
+def _mark_corrupt(db: sqlite3.Connection, corrupt: CorruptRow, marked: list[StoreChange]) -> Job:
     """Fail a corrupt job in place, as a transition (`seq` bumped), so it hurts only itself:
     its error says what could not be read, and the row reads cleanly from now on."""
     now = now_ms()
@@ -131,7 +139,8 @@ def _mark_corrupt(db: sqlite3.Connection, corrupt: CorruptRow, marked: list[Job]
     return job
 
 
-def _guarded(db: sqlite3.Connection, statement: Callable[[], list[sqlite3.Row]], marked: list[Job]) -> list[Job] | None:
+def _guarded(db: sqlite3.Connection, statement: Callable[[], list[sqlite3.Row]],
+             marked: list[StoreChange]) -> list[Job] | None:
     """Run `statement` (a write that returns rows) and decode what it returns. When a row is
     corrupt, the statement is undone, each corrupt job is failed instead (into `marked`),
     and None is returned: the caller runs it again, which no longer finds them. So one bad
@@ -170,7 +179,7 @@ def _decode_all(rows: Iterable[sqlite3.Row]) -> tuple[list[Job], list[CorruptRow
     return jobs, corrupt
 
 
-def _decode_or_mark(db: sqlite3.Connection, row: sqlite3.Row, marked: list[Job]) -> Job:
+def _decode_or_mark(db: sqlite3.Connection, row: sqlite3.Row, marked: list[StoreChange]) -> Job:
     """The job in `row`; a corrupt one is failed first and returned as it is now."""
     try:
         return _job(row)
@@ -178,38 +187,51 @@ def _decode_or_mark(db: sqlite3.Connection, row: sqlite3.Row, marked: list[Job])
         return _mark_corrupt(db, exc, marked)
 
 
+#: Why a write or a read failed, by SQLite's primary result code (`sqlite_errorname`, the
+#: extended name's prefix: SQLITE_BUSY_SNAPSHOT is SQLITE_BUSY).
+_REASONS = {
+    "SQLITE_BUSY": "the database is locked by another process",
+    "SQLITE_LOCKED": "the database is locked by another process",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_FULL": "the disk holding the database is full",
+    "SQLITE_IOERR": "the database file cannot be written (read-only or failing storage)",
+}
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    """SQLite's primary result code name (SQLITE_IOERR for SQLITE_IOERR_WRITE), or ""."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    for primary in _REASONS:
+        if name == primary or name.startswith(primary + "_"):
+            return primary
+    return name
+
+
 def _translate(exc: sqlite3.Error) -> StoreUnavailable:
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        reason = "the database is locked by another process"
-    elif "readonly" in text or "read-only" in text:
-        reason = "the database is read-only"
-    elif "full" in text:
-        reason = "the disk holding the database is full"
-    elif "disk i/o" in text:
-        reason = "the database file cannot be written (read-only or failing storage)"
-    else:
-        reason = "the database failed"
+    reason = _REASONS.get(_error_name(exc), "the database failed")
     log.error("store unavailable: %s (%s)", reason, exc)
     return StoreUnavailable(f"job store unavailable: {reason}; try again shortly")
 
 
 class SQLiteStore(Store):
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 2000) -> None:
+        super().__init__()
         self.path = str(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._ops: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-        self._progress: dict[str, tuple[int, str | None, str, int, Callable[[int], None] | None]] = {}
+        #: The latest progress of each job, with the number of writes queued before it (its
+        #: place among them: it is applied after those, before the ones queued after it).
+        self._progress: dict[str, tuple[int, str | None, str, Fence, int, Callable[[int], None] | None]] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._lock: Any = None
         self._task: asyncio.Task[None] | None = None
-        #: Corrupt jobs the writer failed during the current batch (`_mark_corrupt`), announced
-        #: through `on_change` once the batch committed.
-        self._marked: list[Job] = []
+        #: The changes of the batch in flight, in the order its writes made them (transitions,
+        #: corrupt jobs failed by `_mark_corrupt`, progress), emitted once it committed.
+        self._changes: list[StoreChange] = []
         #: Who had a job started when: fair claims between owners (used in the writer thread only).
         self._served = Served()
         #: The write probe in flight, shared by every `writable()` caller meanwhile.
@@ -241,6 +263,8 @@ class SQLiteStore(Store):
         version = list(await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer offload (schema {version} > {SCHEMA_VERSION})")
+        if version:
+            await _migrate(self._writer, version)
         await self._writer.executescript(resources.files("offload.service.store").joinpath("schema.sql").read_text())
         await self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._reader = self._writer if self.path == ":memory:" else await self._connect()
@@ -269,6 +293,14 @@ class SQLiteStore(Store):
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The connection every read goes through. A test hook: a test sets its trace and
+        progress handlers to hold a read at a chosen point while a write commits (the
+        subscribe-versus-completion race). Nothing in the service uses it."""
+        assert self._reader is not None, "store is not open"
+        return self._reader
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
@@ -308,14 +340,15 @@ class SQLiteStore(Store):
                 if self._closing:
                     return
                 continue
-            rows = [p[:4] for p in progress.values()]
-            self._marked = []
+            rows = list(progress.values())
+            changes: list[StoreChange] = []
+            self._changes = changes
             try:
                 # One hop to the connection's thread for the whole batch: a statement per
                 # hop would cost ~120 us each and cap the store near a thousand jobs/s.
-                seqs, outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops])
+                seqs, outcomes = await db._execute(_run_batch, db._conn, rows, [op for op, _ in ops], changes)
             except Exception as exc:  # the batch rolled back: each of its writes fails, the writer goes on
-                self._marked = []  # nothing was failed after all
+                self._changes = []  # nothing changed after all
                 if isinstance(exc, sqlite3.Error):
                     error: Exception = _translate(exc)
                 else:
@@ -325,6 +358,10 @@ class SQLiteStore(Store):
                     if not future.done():
                         future.set_exception(error)
                 continue
+            self._changes = []
+            # Emitted before any awaitable resolves: a caller that awaited a write finds its
+            # change (and every change committed before it) already heard by the listeners.
+            self.changes.emit(changes)
             for (_, future), (ok, value) in zip(ops, outcomes, strict=True):
                 if future.done():
                     continue
@@ -335,8 +372,6 @@ class SQLiteStore(Store):
             for (*_, on_commit), seq in zip(progress.values(), seqs, strict=True):
                 if on_commit is not None and seq is not None:
                     on_commit(seq)
-            marked, self._marked = self._marked, []
-            self._announce(marked)
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "store is not open"
@@ -375,7 +410,7 @@ class SQLiteStore(Store):
                 try:
                     _job(row)
                 except CorruptRow as exc:  # still corrupt: nobody repaired it meanwhile
-                    _mark_corrupt(db, exc, self._marked)
+                    _mark_corrupt(db, exc, self._changes)
 
         await self._write(op)
 
@@ -466,11 +501,13 @@ class SQLiteStore(Store):
         def op(db: sqlite3.Connection) -> tuple[Job, bool]:
             rows = db.execute(sql, tuple(values.values())).fetchall()
             if rows:
-                return _job(rows[0]), True
+                created = _job(rows[0])
+                self._changes.append(created)
+                return created, True
             existing = db.execute(
                 f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
                 (job.owner, job.idempotency_key)).fetchall()
-            found = _decode_or_mark(db, existing[0], self._marked)
+            found = _decode_or_mark(db, existing[0], self._changes)
             if existing[0]["request_hash"] != request_hash:
                 raise IdempotencyMismatch(found)
             return found, False
@@ -482,9 +519,8 @@ class SQLiteStore(Store):
         sets, params = _assignments(change)
         if types is not None and not types:
             return []
-        # A claim starts an attempt (and is an event); a reservation only marks the row.
-        starts = change.get("status") is JobStatus.RUNNING
-        counters = ", attempts = attempts + 1, seq = seq + 1" if starts else ""
+        # A claim is a change of each job it takes (it sets `seq`); a reservation only marks the rows.
+        is_change = "seq" in change
 
         def op(db: sqlite3.Connection) -> list[Job]:
             while True:  # until a pick holds no corrupt job: each pass fails the ones it found
@@ -494,39 +530,40 @@ class SQLiteStore(Store):
                 order = {pos: i for i, pos in enumerate(chosen)}
 
                 def update(chosen: list[int] = chosen, order: dict[int, int] = order) -> list[sqlite3.Row]:
-                    rows = db.execute(f"UPDATE jobs SET {sets}{counters} "
+                    rows = db.execute(f"UPDATE jobs SET {sets} "
                                       f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
                                       (*params, *chosen)).fetchall()
                     return sorted(rows, key=lambda r: order[r["pos"]])
 
-                jobs = _guarded(db, update, self._marked)
+                jobs = _guarded(db, update, self._changes)
                 if jobs is not None:
+                    if is_change:
+                        self._changes.extend(jobs)
                     return jobs
 
         return await self._write(op)
 
-    def _begin_transition(self, job_id: str, fence: Fence, change: Change) -> Awaitable[Job | None]:
-        sets, params = _assignments(change)
-        where = [f"status IN ({', '.join('?' * len(fence.statuses))})"]
-        params.extend(s.value for s in fence.statuses)
-        for column, value in (("attempts", fence.attempt), ("lease_owner", fence.lease_owner), ("owner", fence.owner)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        sql = f"UPDATE jobs SET {sets}, seq = seq + 1 WHERE id = ? AND {' AND '.join(where)} RETURNING {_COLS}"
+    def _begin_transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Awaitable[Job | None]:
+        where, fence_params = _fence_sql(fence)
 
         def op(db: sqlite3.Connection) -> Job | None:
-            jobs = _guarded(db, lambda: db.execute(sql, (*params[: len(change)], job_id, *params[len(change):]))
-                            .fetchall(), self._marked)
-            return jobs[0] if jobs else None  # None also when the row was corrupt: it is failed now
+            concrete = change
+            if callable(concrete):  # decided on the row as it is now, inside this transaction
+                found = _guarded(db, lambda: db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ? AND {where}",
+                                                        (job_id, *fence_params)).fetchall(), self._changes)
+                if not found:
+                    return None  # None also when the row was corrupt: it is failed now
+                concrete = concrete(found[0])
+            return _apply(db, job_id, where, fence_params, {**concrete, "seq": BUMP}, self._changes)
 
         return self._enqueue(op)
 
-    def _queue_progress(self, job_id: str, attempt: int, progress: int, message: str | None,
+    def _queue_progress(self, job_id: str, fence: Fence, progress: int, message: str | None,
                         on_commit: Callable[[int], None] | None) -> None:
         if self._closing:
             return
-        self._progress[job_id] = (progress, message, job_id, attempt, on_commit)
+        self._progress.pop(job_id, None)  # re-inserted last: the dict stays in queueing order
+        self._progress[job_id] = (progress, message, job_id, fence, len(self._ops), on_commit)
         self._wake.set()
 
     async def _renew(self, node: str, until: int) -> int:
@@ -536,24 +573,21 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    async def _rescue(self, expired_before: int, now: int, exhausted_error: dict[str, str]) -> list[Job]:
-        error = orjson.dumps(exhausted_error).decode()
-        sql = (
-            "UPDATE jobs SET "
-            "status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END, "
-            "completed_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
-            "due_at = ?, error = ?, progress = 0, message = NULL, lease_owner = NULL, lease_until = NULL, "
-            f"seq = seq + 1 WHERE status = 'running' AND lease_until < ? RETURNING {_COLS}"
-        )
+    async def _rescue(self, expired_before: int, decide: Decide) -> list[Job]:
+        where, fence_params = _fence_sql(Fence(frozenset({JobStatus.RUNNING})))
 
         def op(db: sqlite3.Connection) -> list[Job]:
             db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
                        "WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until < ?", (expired_before,))
-            while True:
-                jobs = _guarded(db, lambda: db.execute(sql, (now, now, error, expired_before)).fetchall(),
-                                self._marked)
-                if jobs is not None:
-                    return jobs
+            while True:  # until the expired rows decode: each pass fails the corrupt ones it found
+                expired = _guarded(db, lambda: db.execute(f"SELECT {_COLS} FROM jobs INDEXED BY jobs_lease "
+                                                          "WHERE status = 'running' AND lease_until < ?",
+                                                          (expired_before,)).fetchall(), self._changes)
+                if expired is not None:
+                    break
+            rescued = [_apply(db, job.id, where, fence_params, {**decide(job), "seq": BUMP}, self._changes)
+                       for job in expired]
+            return [job for job in rescued if job is not None]
 
         return await self._write(op)
 
@@ -605,24 +639,30 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     return chosen
 
 
-def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]],
-               ops: list[WriteOp]) -> tuple[list[int | None], list[tuple[bool, Any]]]:
+def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]], ops: list[WriteOp],
+               changes: list[StoreChange]) -> tuple[list[int | None], list[tuple[bool, Any]]]:
     """Runs in the connection's thread: one transaction for everything that arrived together.
-    Returns the new `seq` of each progress row (None when the attempt no longer owns the job)
-    and the outcome of each op. An op that fails on its own (a constraint, an idempotency
-    clash) fails alone; a database error rolls the whole batch back."""
+    Returns the new `seq` of each progress row (None when its fence no longer matches) and
+    the outcome of each op; every change goes into `changes` in the order it was made.
+    Progress and ops are applied in the order they were queued: a reserved job's start
+    queued before its attempt's first progress is running when that progress is applied,
+    and progress queued before an ending is written before it. An op that fails on its own
+    (a constraint, an idempotency clash) fails alone; a database error rolls the whole batch
+    back."""
     outcomes: list[tuple[bool, Any]] = []
     seqs: list[int | None] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for row in progress:
-            found = conn.execute(
-                "UPDATE jobs SET progress = ?, message = ?, seq = seq + 1 "
-                "WHERE id = ? AND attempts = ? AND status = 'running' RETURNING seq", row).fetchone()
-            seqs.append(None if found is None else found[0])
-        for op in ops:
+        waiting = iter(progress)
+        row = next(waiting, None)
+        for index in range(len(ops) + 1):
+            while row is not None and row[4] <= index:  # the progress queued before op `index`
+                seqs.append(_write_progress(conn, row, changes))
+                row = next(waiting, None)
+            if index == len(ops):
+                break
             try:
-                outcomes.append((True, op(conn)))
+                outcomes.append((True, ops[index](conn)))
             except (sqlite3.IntegrityError, IdempotencyMismatch, ValueError) as exc:
                 outcomes.append((False, exc))
         conn.commit()
@@ -630,6 +670,47 @@ def _run_batch(conn: sqlite3.Connection, progress: list[tuple[Any, ...]],
         conn.rollback()
         raise
     return seqs, outcomes
+
+
+def _write_progress(conn: sqlite3.Connection, row: tuple[Any, ...], changes: list[StoreChange]) -> int | None:
+    value, message, job_id, fence = row[:4]
+    where, params = _fence_sql(fence)
+    found = conn.execute(f"UPDATE jobs SET progress = ?, message = ?, seq = seq + 1 WHERE id = ? AND {where} "
+                         "RETURNING seq, owner", (value, message, job_id, *params)).fetchone()
+    if found is None:
+        return None
+    changes.append(ProgressChange(job_id, found[1], fence.attempt or 0, value, message, found[0]))
+    return int(found[0])
+
+
+def _fence_sql(fence: Fence) -> tuple[str, list[Any]]:
+    """The WHERE clause (without WHERE) that matches the rows `fence` admits."""
+    where = [f"status IN ({', '.join('?' * len(fence.statuses))})"]
+    params: list[Any] = sorted(s.value for s in fence.statuses)
+    for column, value in (("attempts", fence.attempt), ("lease_owner", fence.lease_owner), ("owner", fence.owner)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(where), params
+
+
+def _apply(db: sqlite3.Connection, job_id: str, where: str, where_params: list[Any], change: Change,
+           changes: list[StoreChange]) -> Job | None:
+    """Write `change` to the job if its row matches `where`; the new job (a change, recorded
+    in `changes`), or None. A corrupt row is failed instead (also a change) and None returned."""
+    sets, params = _assignments(change)
+    jobs = _guarded(db, lambda: db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {where} RETURNING {_COLS}",
+                                           (*params, job_id, *where_params)).fetchall(), changes)
+    if not jobs:
+        return None
+    changes.append(jobs[0])
+    return jobs[0]
+
+
+async def _migrate(db: aiosqlite.Connection, version: int) -> None:
+    """Bring a file written by an older offload up to `SCHEMA_VERSION`, step by step."""
+    if version < 2:
+        await db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
 
 def _probe_write(db: sqlite3.Connection) -> None:
@@ -670,7 +751,9 @@ def _open_failure(exc: sqlite3.Error | OSError) -> str:
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
-    return ", ".join(f"{c} = ?" for c in change), [_encode(c, v) for c, v in change.items()]
+    """SET clauses and their parameters; `BUMP` adds one to the stored value."""
+    sets = ", ".join(f"{c} = {c} + 1" if v is BUMP else f"{c} = ?" for c, v in change.items())
+    return sets, [_encode(c, v) for c, v in change.items() if v is not BUMP]
 
 
 def encode_cursor(pos: int) -> str:
