@@ -24,10 +24,12 @@ async def test_root_serves_the_demo_page(start_server):
 
 async def test_static_files_are_served_with_their_content_types(start_server):
     client = await start_server()
-    response = await client.get("/static/app.js")
-    assert response.status == 200
-    assert response.content_type in ("application/javascript", "text/javascript")
-    assert "/api/ws" in await response.text()
+    for path, needle in (("/static/app.js", "./offload.js"), ("/static/offload.js", "/api/ws"),
+                         ("/static/offload-react.js", "useBackgroundJob")):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert response.content_type in ("application/javascript", "text/javascript"), path
+        assert needle in await response.text(), path
     response = await client.get("/static/style.css")
     assert response.status == 200
     assert response.content_type == "text/css"
@@ -48,7 +50,8 @@ async def test_every_page_asset_is_local_and_served(start_server):
 
 def test_page_script_builds_the_dom_without_inner_html():
     # Job data (names, messages, errors) reaches the page only through textContent.
-    assert "innerHTML" not in (STATIC / "app.js").read_text()
+    for name in ("app.js", "offload.js", "offload-react.js"):
+        assert "innerHTML" not in (STATIC / name).read_text(), name
 
 
 # ---- the page's security headers ------------------------------------------------------------------
