@@ -180,11 +180,14 @@ export class Offload {
   watch(target, onEvent) {
     if (typeof onEvent !== "function") throw new TypeError("watch(jobId | \"all\", onEvent): onEvent must be a function");
     if (typeof target !== "string" || !target) throw new TypeError("watch: the target is a job id or \"all\"");
-    const watcher = { target, onEvent, seen: new Map() };
+    // A watch of one job is told nothing before its snapshot: that is its starting state.
+    const watcher = { target, onEvent, seen: new Map(), ready: target === "all" };
     const alreadyAll = this._watchesAll();
     this._watchers.add(watcher);
     if (this._ws?.readyState === 1) {
       if (target !== "all") {
+        const known = this._jobs.get(target); // what the socket already tells of it
+        if (known) this._deliver(watcher, { event: "snapshot", job: known }, target, known.seq);
         this._subscribe(target);
       } else if (alreadyAll) {
         // The socket is subscribed to all already (the server ignores a second one): this
@@ -408,6 +411,10 @@ export class Offload {
   }
 
   _deliver(watcher, event, jobId, seq) {
+    if (!watcher.ready) {
+      if (event.event !== "snapshot") return; // already in the snapshot on its way
+      watcher.ready = true;
+    }
     const last = watcher.seen.get(jobId);
     if (last !== undefined && !(seq > last)) return;
     watcher.seen.set(jobId, seq);

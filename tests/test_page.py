@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, WATCH_VIOLATIONS
 from tests.users import ALICE, TOKENS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -86,16 +87,6 @@ def test_page_has_no_inline_script_or_style():
 
 
 # ---- the page in a real browser -------------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-#: Recorded in the page before its own script runs: every CSP violation the browser reports.
-WATCH_VIOLATIONS = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
-"""
-
 
 @pytest.mark.parametrize("mode", ["single-user", "tokens"])
 async def test_the_page_renders_an_invoice_under_its_policy_in_a_real_browser(start_server, mode):
