@@ -208,23 +208,30 @@ async def test_with_a_token_rest_sends_bearer_and_every_connect_uses_a_fresh_tic
 # ---- a server restart -------------------------------------------------------------------------
 @pytest.mark.timeout(150)
 async def test_the_page_reconnects_across_a_server_restart_and_shows_the_final_state(tmp_path: Path):
+    """Three pages watch a job through a kill -9 and a restart of the server, while the
+    job is run again: a watch of that job, the demo page, and a watch of "all" kept offline
+    until the job has finished (`subscribe all` snapshots unfinished jobs only, so that one
+    relies on the client subscribing again to the jobs it knew unfinished)."""
     gate = tmp_path / "gate"
     with ServerProcess(tmp_path / "server", processes=1, lease_ms=1500) as server:
         await server.start()
         async with chromium() as browser:
-            away = await browser.new_context()  # the harness's own, to take it offline alone
+            away = await browser.new_context()  # its own context, to take it offline alone
             tab = await open_harness(away, server.url)
             frames: list[str] = []
             tab.page.on("websocket", lambda ws: ws.on("framesent", lambda payload: frames.append(
                 f"{len(tab.sockets)} {payload}")))
+            await tab.page.evaluate("() => record('all')")
             earlier = await tab.page.evaluate("async () => (await offload.submit('test.echo', {})).jobId")
             await tab.page.evaluate("(id) => record(id)", earlier)
             await until_status(tab, earlier, earlier, "completed")
             before_kill = await events(tab, earlier)
             job_id = await tab.page.evaluate("async (gate) => (await offload.submit('test.steps', {n: 4, gate})).jobId",
                                              str(gate))
-            await tab.page.evaluate("(id) => { record(id); record('all'); }", job_id)
-            await tab.wait_for(f"(log[{json.dumps(job_id)}] || []).some((e) => (e.progress ?? e.job?.progress) === 100)")
+            follower = await open_harness(browser, server.url)
+            await follower.page.evaluate("(id) => record(id)", job_id)
+            await follower.wait_for(f"log[{json.dumps(job_id)}].some((e) => (e.progress ?? e.job?.progress) === 100)")
+            await until_status(tab, "all", job_id, "running")
             demo = Tab(await browser.new_page())
             await demo.page.goto(f"{server.url}/")
             row = demo.page.locator(f'#jobs li.job[data-id="{job_id}"]')
@@ -232,34 +239,33 @@ async def test_the_page_reconnects_across_a_server_restart_and_shows_the_final_s
                                 "=== 'running' && document.querySelector('#conn').dataset.state === 'live'")
 
             server.kill()  # the running attempt dies with it; the job is run again after restart
-            await tab.wait_for("states[states.length - 1] === 'offline'")
+            for page in (tab, follower):
+                await page.wait_for("states[states.length - 1] === 'offline'")
             await demo.wait_for("document.querySelector('#conn').dataset.state === 'offline'")
-            await away.set_offline(True)  # the harness stays away until the job has finished
+            await away.set_offline(True)
             gate.touch()
             await server.start()
-            async with server.session() as http:
-                await until(http, job_id, lambda job: job["status"] in TERMINAL, "to finish", timeout=60)
-            assert await tab.page.evaluate("offload.connection") != "live"
-            await away.set_offline(False)
-
-            assert await until_status(tab, job_id, job_id, *TERMINAL, timeout=60) == "completed"
-            assert await until_status(tab, "all", job_id, *TERMINAL, timeout=60) == "completed"
+            assert await until_status(follower, job_id, job_id, *TERMINAL, timeout=60) == "completed"
             await demo.wait_for(f"document.querySelector('#jobs li.job[data-id=\"{job_id}\"]')?.dataset.status "
                                 "=== 'completed'", timeout=60)
             assert await row.locator(".badge").text_content() == "completed"
             assert await row.locator(".job-attempts").text_content() == "attempts 2/4"
-            one = await events(tab, job_id)
+            assert await tab.page.evaluate("offload.connection") != "live"
+            assert await tab.page.evaluate(f"statusIn('all', {json.dumps(job_id)})") == "running"
+            await away.set_offline(False)
+            assert await until_status(tab, "all", job_id, *TERMINAL, timeout=60) == "completed"
+            one = await events(follower, job_id)
             everything = await events(tab, "all")
             before = await events(tab, earlier)
-    assert len(tab.sockets) >= 2, tab.sockets
+    assert len(follower.sockets) >= 2 and len(tab.sockets) >= 2, (follower.sockets, tab.sockets)
     final = [e for e in one if e.get("status") == "completed" or e.get("job", {}).get("status") == "completed"]
     assert len(final) == 1 and final[0]["job"]["attempts"] == 2, one
-    for log, ident in ((one, job_id), (everything, job_id), (before, earlier)):
+    for log, ident in ((one, job_id), (everything, job_id), (everything, earlier), (before, earlier)):
         numbers = seqs(log, ident)
         assert numbers == sorted(set(numbers)), f"an event of {ident} came twice or out of order: {numbers}"
-    # the reconnect subscribed again (the earlier, finished job too), yet told nothing twice
+    # the reconnect subscribed again (to the earlier, finished job too), yet told nothing twice
     resent = [f for f in frames if not f.startswith("1 ")]
     assert any(earlier in f for f in resent) and any(job_id in f for f in resent) \
         and any('"all":true' in f for f in resent), frames
     assert before == before_kill, before
-    assert not [line for line in tab.console + demo.console if line.startswith("pageerror")]
+    assert not [line for line in tab.console + follower.console + demo.console if line.startswith("pageerror")]
