@@ -42,7 +42,10 @@ class Tab:
         page.on("request", lambda r: self.requests.append(r))
 
     def errors(self) -> list[str]:
-        return [line for line in self.console if line.startswith(("error", "pageerror"))]
+        """Script errors and errors logged; not the line Chromium logs for every 4xx/5xx
+        answer, which the tests provoke on purpose."""
+        return [line for line in self.console if line.startswith(("error", "pageerror"))
+                and "Failed to load resource: the server responded" not in line]
 
     async def harness(self, base_url: str) -> None:
         """Open a page on the service's origin (so that REST and the socket are same-origin,

@@ -269,3 +269,95 @@ async def test_the_page_reconnects_across_a_server_restart_and_shows_the_final_s
         and any('"all":true' in f for f in resent), frames
     assert before == before_kill, before
     assert not [line for line in tab.console + follower.console + demo.console if line.startswith("pageerror")]
+
+
+# ---- the React hook ---------------------------------------------------------------------------
+#: React is not in the repository and no browser build of it comes with a Python package, so
+#: the hook runs on a stand-in with React's semantics for the four hooks it uses: state that
+#: re-renders when set (batched in a microtask), effects run after render when their deps
+#: change (the previous cleanup first; every cleanup on unmount), refs, memoised callbacks.
+STAND_IN_REACT = """async () => {
+  const changed = (a, b) => !a || !b || a.length !== b.length || a.some((x, k) => !Object.is(x, b[k]));
+  const hooks = [];
+  let cursor = 0, effects = [], scheduled = false, unmounted = false, component = null;
+  const schedule = () => { if (!scheduled) { scheduled = true; queueMicrotask(render); } };
+  const React = {
+    useState(initial) {
+      const k = cursor++;
+      if (!hooks[k]) {
+        const h = hooks[k] = {value: initial};
+        h.set = (v) => { const next = typeof v === "function" ? v(h.value) : v;
+                         if (!Object.is(next, h.value)) { h.value = next; schedule(); } };
+      }
+      return [hooks[k].value, hooks[k].set];
+    },
+    useRef(initial) { const k = cursor++; return hooks[k] ??= {current: initial}; },
+    useCallback(fn, deps) {
+      const k = cursor++;
+      if (!hooks[k] || changed(hooks[k].deps, deps)) hooks[k] = {fn, deps};
+      return hooks[k].fn;
+    },
+    useEffect(fn, deps) {
+      const k = cursor++;
+      const h = hooks[k];
+      if (h && !changed(h.deps, deps)) return;
+      hooks[k] = {deps, cleanup: h?.cleanup};
+      effects.push(() => { hooks[k].cleanup?.(); const c = fn(); hooks[k].cleanup = typeof c === "function" ? c : null; });
+    },
+  };
+  function render() {
+    scheduled = false;
+    if (unmounted) return;
+    cursor = 0; effects = [];
+    component();
+    for (const run of effects) run();
+  }
+  const {createUseBackgroundJob} = await import("/static/offload-react.js");
+  const useBackgroundJob = createUseBackgroundJob(React, offload);
+  window.renders = [];
+  component = () => { window.hook = useBackgroundJob(); renders.push({status: hook.status, progress: hook.progress}); };
+  render();
+  window.unmount = () => { unmounted = true; for (const h of hooks) h?.cleanup?.(); };
+}"""
+
+
+async def test_use_background_job_creates_follows_downloads_and_cancels(start_server, tmp_path: Path):
+    client = await start_server()
+    async with chromium() as browser:
+        tab = await open_harness(browser, str(client.make_url("")).rstrip("/"))
+        await tab.page.evaluate(STAND_IN_REACT)
+        assert await tab.page.evaluate("[hook.status, hook.progress, hook.job, hook.error]") == ["idle", 0, None, None]
+
+        job_id = await tab.page.evaluate("(data) => hook.createJob('pdf', data)", invoice(60))
+        await tab.wait_for("hook.status === 'completed' && hook.progress === 100")
+        renders = await tab.page.evaluate("renders")
+        assert await tab.page.evaluate("hook.job.id") == job_id and await tab.page.evaluate("hook.error") is None
+        async with tab.page.expect_download() as saved:
+            size = await tab.page.evaluate("async () => (await hook.download()).size")
+        download = await saved.value
+        pdf = Path(await download.path()).read_bytes()
+
+        await tab.page.evaluate("(hold) => hook.createJob('test.steps', {n: 3, hold})", str(tmp_path / "never"))
+        await tab.wait_for("hook.status === 'running'")
+        await tab.page.evaluate("() => hook.cancel()")
+        await tab.wait_for("hook.status === 'cancelled'")
+
+        await tab.page.evaluate("() => hook.createJob('test.fail', {permanent: true})")
+        await tab.wait_for("hook.status === 'failed'")
+        failed = await tab.page.evaluate("hook.error")
+
+        refused = await tab.page.evaluate("() => hook.createJob('no.such.type', {}).then(() => null, (e) => e.code)")
+        after_refusal = await tab.page.evaluate("[hook.status, hook.error.code, hook.error.status]")
+        await tab.page.evaluate("() => unmount()")
+        await tab.wait_for("offload.connection === 'closed'")  # the effect's cleanup ended the watch
+    statuses = [r["status"] for r in renders]
+    assert statuses[0] == "idle" and "submitting" in statuses and statuses[-1] == "completed", statuses
+    progress = [r["progress"] for r in renders]
+    assert progress == sorted(progress) and any(0 < p < 100 for p in progress), progress  # live, in order
+    assert pdf.startswith(b"%PDF-") and len(pdf) == size and download.suggested_filename.endswith(".pdf")
+    assert failed == {"type": failed["type"], "message": "this input can never work"}
+    assert refused == "validation_error" and after_refusal == ["idle", "validation_error", 422]
+    # it follows the WebSocket: the job is never polled over REST
+    polled = [r.url for r in tab.requests if r.method == "GET" and "/api/jobs/" in r.url and "/download" not in r.url]
+    assert polled == [], polled
+    assert not tab.errors(), tab.console
