@@ -10,7 +10,7 @@ import pytest
 
 from tests.browser import HARNESS, Tab, chromium
 from tests.conftest import invoice
-from tests.server_process import ServerProcess, until
+from tests.server_process import ServerProcess
 from tests.users import ALICE, TOKENS
 
 #: Run in the harness page: the client as `window.offload`, and `record(target)`, a watch
