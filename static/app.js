@@ -1,7 +1,9 @@
 // offload demo page: submit a sample invoice, watch every job live over one WebSocket.
-// Plain ES module, no dependencies. Job data only ever reaches the DOM via textContent.
+// A plain ES module on top of offload.js, the browser client (its first user). Job data only
+// ever reaches the DOM via textContent.
 
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+import { Offload, isTerminal } from "./offload.js";
+
 const MAX_ROWS = 50;
 const STATS_EVERY_MS = 3000;
 
@@ -13,71 +15,39 @@ const fetching = new Set(); // ids with a GET /api/jobs/{id} in flight
 // ---------------------------------------------------------------- token
 
 // With [auth] tokens configured, every /api call needs one: the user pastes it once and the
-// page keeps it in localStorage (this browser only) and sends it as a Bearer header. The
-// WebSocket cannot carry headers, and a URL ends up in logs: it gets a single-use ticket
-// (POST /api/ws-ticket, valid for one connection within seconds) instead of the token.
+// page keeps it in localStorage (this browser only). offload.js sends it as a Bearer header
+// and opens the WebSocket with a single-use ticket, never with the token in the URL.
 const TOKEN_KEY = "offload.token";
-const token = () => localStorage.getItem(TOKEN_KEY) || "";
-const authHeaders = () => (token() ? { Authorization: `Bearer ${token()}` } : {});
+const offload = new Offload({ token: localStorage.getItem(TOKEN_KEY) || "" });
 
 function setUpToken() {
   const form = $("token-form");
-  form.elements.namedItem("token").value = token();
+  form.elements.namedItem("token").value = offload.token;
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const value = form.elements.namedItem("token").value.trim();
     if (value) localStorage.setItem(TOKEN_KEY, value);
     else localStorage.removeItem(TOKEN_KEY);
     notice(value ? "Token saved in this browser." : "Token removed.", "ok");
-    socket?.close(); // reconnects with the new token
+    offload.setToken(value); // the socket reconnects with the new token
     loadRecent();
     refreshStats();
   });
 }
 
-// ---------------------------------------------------------------- REST
-
-async function api(method, path, body) {
-  const init = { method, headers: { Accept: "application/json", ...authHeaders() } };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch {
-    throw new Error("The service cannot be reached.");
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    // not JSON: fall through to the status-based message
-  }
-  if (response.status === 401) {
-    throw new Error(`${data?.error?.message || "A token is needed."} Paste your token in the Token field.`);
-  }
-  if (!response.ok) {
-    throw new Error(data?.error?.message || `${method} ${path} answered HTTP ${response.status}.`);
-  }
-  return data;
+/** What the page says about an error; a 401 tells where the token goes. */
+function explain(err) {
+  return err.status === 401 ? `${err.message} Paste your token in the Token field.` : err.message;
 }
+
+// ---------------------------------------------------------------- REST
 
 async function loadRecent() {
   try {
-    const page = await api("GET", "/api/jobs?limit=20");
-    const listed = new Set();
-    for (const job of page.jobs) {
-      listed.add(job.id);
-      applyJob(job);
-    }
-    // Jobs shown from earlier that may have finished while the socket was down.
-    for (const job of jobs.values()) {
-      if (!listed.has(job.id) && !TERMINAL.has(job.status)) fetchJob(job.id);
-    }
+    const page = await offload.list({ limit: 20 });
+    for (const job of page.jobs) applyJob(job);
   } catch (err) {
-    notice(`Could not load recent jobs: ${err.message}`, "error");
+    notice(`Could not load recent jobs: ${explain(err)}`, "error");
   }
 }
 
@@ -85,7 +55,7 @@ async function fetchJob(id) {
   if (fetching.has(id)) return;
   fetching.add(id);
   try {
-    applyJob(await api("GET", `/api/jobs/${encodeURIComponent(id)}`));
+    applyJob(await offload.get(id));
   } catch {
     // gone or unreachable: the next event or reload will tell
   } finally {
@@ -109,7 +79,7 @@ async function refreshStats() {
   clearTimeout(statsTimer);
   statsDue = -Infinity; // a request is in flight: the finally below plans the next one
   try {
-    const stats = await api("GET", "/api/stats");
+    const stats = await offload.stats();
     for (const li of $("counts").querySelectorAll("li[data-status]")) {
       li.querySelector(".n").textContent = String(stats.jobs?.[li.dataset.status] ?? 0);
     }
@@ -125,60 +95,24 @@ async function refreshStats() {
 
 // ---------------------------------------------------------------- live events
 
-let socket = null;
-let attempt = 0;
-let connectedBefore = false;
+// One watch of every job: offload.js reconnects after a drop and subscribes again (fresh
+// snapshots, also of the jobs it knew unfinished). A job this page only fetched over REST
+// while the socket was down may have finished meanwhile: the list is loaded again too.
+let liveBefore = false;
 
-/** The socket's address; with a token, carrying a fresh ticket rather than the token. */
-async function socketUrl() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  let query = "";
-  if (token()) {
-    const { ticket } = await api("POST", "/api/ws-ticket");
-    query = `?ticket=${encodeURIComponent(ticket)}`;
-  }
-  return `${scheme}//${location.host}/api/ws${query}`;
-}
-
-function reconnectLater() {
-  // Exponential backoff with jitter: 0.5 s, 1 s, 2 s … capped at 15 s.
-  const delay = Math.min(15000, 500 * 2 ** attempt++) * (0.5 + Math.random() / 2);
-  setConnection("offline", `offline · retrying in ${Math.ceil(delay / 1000)} s`);
-  setTimeout(connect, delay);
-}
-
-async function connect() {
-  setConnection("connecting", "connecting…");
-  let url;
-  try {
-    url = await socketUrl();
-  } catch {
-    reconnectLater(); // no ticket (unreachable, or a wrong token): try again later
-    return;
-  }
-  const ws = new WebSocket(url);
-  socket = ws;
-  ws.addEventListener("open", () => {
-    attempt = 0;
-    setConnection("live", "live");
-    ws.send(JSON.stringify({ op: "subscribe", all: true }));
-    if (connectedBefore) loadRecent(); // catch jobs that finished while we were away
-    connectedBefore = true;
-  });
-  ws.addEventListener("message", (m) => {
-    let event;
-    try {
-      event = JSON.parse(m.data);
-    } catch {
-      return;
+function watchJobs() {
+  offload.onConnection((state, detail) => {
+    if (state === "live") {
+      if (liveBefore) loadRecent();
+      liveBefore = true;
     }
-    handleEvent(event);
+    const el = $("conn");
+    el.dataset.state = state === "closed" ? "offline" : state;
+    el.textContent = state === "offline" && detail?.retryIn !== undefined
+      ? `offline · retrying in ${Math.ceil(detail.retryIn / 1000)} s`
+      : state === "connecting" ? "connecting…" : state;
   });
-  ws.addEventListener("close", () => {
-    if (socket !== ws) return;
-    socket = null;
-    reconnectLater();
-  });
+  offload.watch("all", handleEvent);
 }
 
 function handleEvent(event) {
@@ -203,12 +137,6 @@ function handleEvent(event) {
       notice(`Live updates: ${event.message}`, "error");
       break;
   }
-}
-
-function setConnection(state, text) {
-  const el = $("conn");
-  el.dataset.state = state;
-  el.textContent = text;
 }
 
 // ---------------------------------------------------------------- job list
@@ -288,7 +216,7 @@ function updateRow(row, job) {
   // Rebuilt only when what it shows changes: a progress event must not replace a Cancel
   // button the user just pressed (and disabled) with a fresh one.
   const active = job.status === "pending" || job.status === "running";
-  const outcomeKey = active ? "active" : `${job.status}:${job.result?.url ?? ""}:${job.error?.message ?? ""}`;
+  const outcomeKey = active ? `active:${job.cancelRequested === true}` : `${job.status}:${job.result?.url ?? ""}:${job.error?.message ?? ""}`;
   if (row.outcomeKey === outcomeKey) return;
   row.outcomeKey = outcomeKey;
   row.outcome.replaceChildren();
@@ -298,15 +226,18 @@ function updateRow(row, job) {
       const link = el("a", "download", `Download PDF`);
       link.href = href;
       link.download = job.result.filename || "";
-      link.addEventListener("click", (e) => downloadWithToken(e, href, link.download));
+      link.addEventListener("click", (e) => downloadWithToken(e, job.id, link.download));
       const name = el("span", "filename", job.result.filename || "");
       row.outcome.append(link, name);
     }
   } else if (job.status === "failed" && job.error) {
     row.outcome.append(el("p", "job-error", `${job.error.type ? `${job.error.type}: ` : ""}${job.error.message}`));
   } else if (active) {
-    const cancel = el("button", "cancel", "Cancel");
+    // A cancel asked for (202) whose attempt is still stopping: nothing more to press.
+    const stopping = job.cancelRequested === true;
+    const cancel = el("button", "cancel", stopping ? "Cancelling…" : "Cancel");
     cancel.type = "button";
+    cancel.disabled = stopping;
     cancel.addEventListener("click", () => cancelJob(job.id, cancel));
     row.outcome.append(cancel);
   }
@@ -330,7 +261,7 @@ function trimRows() {
   while (rows.size > MAX_ROWS && li) {
     const previous = li.previousElementSibling;
     const job = jobs.get(li.dataset.id);
-    if (job && TERMINAL.has(job.status)) {
+    if (job && isTerminal(job.status)) {
       li.remove();
       rows.delete(job.id);
       jobs.delete(job.id);
@@ -342,28 +273,23 @@ function trimRows() {
 async function cancelJob(id, button) {
   button.disabled = true;
   try {
-    applyJob(await api("DELETE", `/api/jobs/${encodeURIComponent(id)}`));
+    // 200: cancelled; 202: the attempt is still stopping (cancelRequested), and the final
+    // `cancelled` comes as a status event. The button stays disabled meanwhile.
+    applyJob(await offload.cancel(id));
   } catch (err) {
-    notice(err.message, "error");
+    notice(explain(err), "error");
     button.disabled = false;
   }
 }
 
 /** A plain link cannot send the Bearer header: with a token, fetch the file and save it. */
-async function downloadWithToken(e, href, filename) {
-  if (!token()) return;
+async function downloadWithToken(e, id, filename) {
+  if (!offload.token) return;
   e.preventDefault();
   try {
-    const response = await fetch(href, { headers: authHeaders() });
-    if (!response.ok) throw new Error(`the download answered HTTP ${response.status}`);
-    const url = URL.createObjectURL(await response.blob());
-    const a = el("a");
-    a.href = url;
-    a.download = filename;
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    await offload.save(id, filename || undefined);
   } catch (err) {
-    notice(`Could not download: ${err.message}`, "error");
+    notice(`Could not download: ${explain(err)}`, "error");
   }
 }
 
@@ -455,11 +381,11 @@ function setUpForm() {
     button.disabled = true;
     const payload = sampleInvoice(count, priority);
     try {
-      const answer = await api("POST", "/api/jobs", payload);
+      const answer = await offload.submit(payload.type, payload.data, payload.options);
       notice(`Submitted invoice ${payload.data.order.number} (${count} items) as ${answer.jobId}.`, "ok");
       if (!jobs.has(answer.jobId)) fetchJob(answer.jobId); // in case the socket is down
     } catch (err) {
-      notice(err.message, "error");
+      notice(explain(err), "error");
     } finally {
       button.disabled = false;
     }
@@ -470,4 +396,4 @@ setUpToken();
 setUpForm();
 loadRecent();
 refreshStats();
-connect();
+watchJobs();

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, WATCH_VIOLATIONS
 from tests.users import ALICE, TOKENS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -24,10 +25,12 @@ async def test_root_serves_the_demo_page(start_server):
 
 async def test_static_files_are_served_with_their_content_types(start_server):
     client = await start_server()
-    response = await client.get("/static/app.js")
-    assert response.status == 200
-    assert response.content_type in ("application/javascript", "text/javascript")
-    assert "/api/ws" in await response.text()
+    for path, needle in (("/static/app.js", "./offload.js"), ("/static/offload.js", "/api/ws"),
+                         ("/static/offload-react.js", "useBackgroundJob")):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert response.content_type in ("application/javascript", "text/javascript"), path
+        assert needle in await response.text(), path
     response = await client.get("/static/style.css")
     assert response.status == 200
     assert response.content_type == "text/css"
@@ -48,7 +51,8 @@ async def test_every_page_asset_is_local_and_served(start_server):
 
 def test_page_script_builds_the_dom_without_inner_html():
     # Job data (names, messages, errors) reaches the page only through textContent.
-    assert "innerHTML" not in (STATIC / "app.js").read_text()
+    for name in ("app.js", "offload.js", "offload-react.js"):
+        assert "innerHTML" not in (STATIC / name).read_text(), name
 
 
 # ---- the page's security headers ------------------------------------------------------------------
@@ -83,16 +87,6 @@ def test_page_has_no_inline_script_or_style():
 
 
 # ---- the page in a real browser -------------------------------------------------------------------
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-#: Recorded in the page before its own script runs: every CSP violation the browser reports.
-WATCH_VIOLATIONS = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation",
-  (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
-"""
-
 
 @pytest.mark.parametrize("mode", ["single-user", "tokens"])
 async def test_the_page_renders_an_invoice_under_its_policy_in_a_real_browser(start_server, mode):
