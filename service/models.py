@@ -23,6 +23,7 @@ class JobStatus(str, Enum):
 
     @property
     def terminal(self) -> bool:
+        """True once the job will not change any more (completed, failed or cancelled)."""
         return self in TERMINAL
 
 
