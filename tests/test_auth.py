@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -141,13 +140,6 @@ async def test_single_user_mode_owner_is_local_and_tokens_are_ignored(start_serv
     response = await client.get(f"/api/jobs/{job_id}", headers={"Authorization": "Bearer whatever"})
     assert response.status == 200
     assert (await client.server.app[STORE].get(job_id)).owner == "local"
-
-
-def test_page_script_sends_a_saved_token_and_opens_the_websocket_with_a_ticket():
-    script = (Path(__file__).resolve().parent.parent / "static" / "app.js").read_text()
-    assert "localStorage" in script and "Authorization: `Bearer ${token()}`" in script
-    assert '"/api/ws-ticket"' in script and "?ticket=${encodeURIComponent(ticket)}" in script
-    assert "?token=" not in script  # the long-lived token never goes into a URL
 
 
 # ---- WebSocket tickets ----------------------------------------------------------------------------
