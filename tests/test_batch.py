@@ -138,8 +138,13 @@ async def test_subscribe_all_sees_every_job_of_a_batch_complete(start_server):
         await ws.send_json({"op": "subscribe", "all": True})
         answers = (await post_batch(client, [{"type": "test.echo", "data": {"n": n}} for n in range(50)]))["jobs"]
         waiting = {a["jobId"] for a in answers}
+        statuses: dict[str, list[str]] = {job_id: [] for job_id in waiting}
         async with asyncio.timeout(30):
             while waiting:
                 event = await ws.receive_json()
-                if event.get("event") == "status" and event["status"] == "completed":
-                    waiting.discard(event["jobId"])
+                if event.get("event") == "status" and event["jobId"] in statuses:
+                    statuses[event["jobId"]].append(event["status"])
+                    if event["status"] == "completed":
+                        waiting.discard(event["jobId"])
+    # each job's whole life, from its commit in the batch (pending) to its completion
+    assert all(seen == ["pending", "running", "completed"] for seen in statuses.values()), statuses
