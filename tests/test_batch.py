@@ -4,11 +4,14 @@ batch's size, idempotency keys honoured per job, every job's events on `subscrib
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SAMPLE_INVOICE, eventually
+from tests.server_process import ServerProcess, post, until
 
 HOUR_MS = 3_600_000
 
@@ -121,6 +124,35 @@ async def test_the_per_user_pending_cap_counts_the_whole_batch(start_server):
     assert len(await stored_jobs(client)) == 6
     await post_batch(client, [waiting] * 4)  # 6 + 4 fits
     assert len(await stored_jobs(client)) == 10
+
+
+async def test_the_global_pending_cap_counts_the_whole_batch(start_server):
+    client = await start_server(jobs={"max_pending": 10})
+    waiting = {"type": "test.echo", "data": {}, "options": {"delay": HOUR_MS}}
+    await post_batch(client, [waiting] * 6)
+    response = await client.post("/api/jobs/batch", json={"jobs": [waiting] * 5})
+    assert response.status == 429 and int(response.headers["Retry-After"]) >= 1
+    assert "queue is full" in (await response.json())["error"]["message"]
+    assert len(await stored_jobs(client)) == 6
+
+
+async def test_a_batch_is_refused_with_503_while_the_service_shuts_down(tmp_path: Path):
+    with ServerProcess(tmp_path / "server", processes=1, shutdown_grace=3.0) as server:
+        await server.start()
+        async with server.session() as http:
+            spinning = await post(http, "test.spin", {})  # keeps the service draining
+            await until(http, spinning, lambda j: j["status"] == "running", "to run")
+            server.send(signal.SIGTERM)
+
+            async def refused() -> tuple[int, Any, str] | None:
+                async with http.post("/api/jobs/batch", json={"jobs": [{"type": "test.echo", "data": {}}]}) as response:
+                    if response.status == 201:
+                        return None  # sent before the signal was handled
+                    return response.status, await response.json(), response.headers.get("Retry-After", "")
+
+            status, body, retry_after = await eventually(refused, 5, "a batch to be refused")
+            assert status == 503 and body["error"]["code"] == "shutting_down", body
+            assert retry_after.isdigit() and int(retry_after) >= 1
 
 
 async def test_the_submission_rate_counts_each_job_of_a_batch(start_server):
