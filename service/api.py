@@ -94,6 +94,20 @@ async def submit(request: web.Request) -> web.Response:
     return json_response(answer, 201 if created else 200)
 
 
+@routes.post("/api/jobs/batch")
+async def submit_batch(request: web.Request) -> web.Response:
+    """Many jobs in one request and one transaction, all or none (`Submissions.submit_many`):
+    one answer per job, in order; 201 when any is new, 200 when each answers an earlier job."""
+    submissions = request.app[SUBMISSIONS]
+    submissions.accepting()
+    bodies = submissions.batch_jobs(await read_json(request))
+    await submissions.admit(owner_of(request), len(bodies))
+    answers = await submissions.submit_many(owner_of(request), bodies)
+    jobs = [{"jobId": job.id, "status": job.status.value, "createdAt": iso(job.created_at), "created": created}
+            for job, created in answers]
+    return json_response({"jobs": jobs}, 201 if any(created for _, created in answers) else 200)
+
+
 @routes.get("/api/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query

@@ -71,6 +71,7 @@ class Invalid(OffloadError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+        self.problem = problem
 
 
 class TooManyRequests(OffloadError):

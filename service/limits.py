@@ -36,8 +36,11 @@ class TokenBucket:
         self.rate, self.burst, self.clock = rate, burst, clock
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, key: str) -> float:
-        """Take a token for `key`; 0 when granted, else seconds until one is available."""
+    def take(self, key: str, count: int = 1) -> float:
+        """Take `count` tokens for `key` (a batch takes one per job, at most `burst`, so
+        any batch the service accepts can pass once the bucket is full); 0 when granted,
+        else seconds until they are available. Nothing is taken when refused."""
+        need = float(min(count, self.burst))
         now = self.clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -46,10 +49,10 @@ class TokenBucket:
             bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
         bucket.at = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+        if bucket.tokens >= need:
+            bucket.tokens -= need
             return 0.0
-        return (1 - bucket.tokens) / self.rate
+        return (need - bucket.tokens) / self.rate
 
     def _prune(self, now: float) -> None:
         for key in [k for k, b in self._buckets.items() if now - b.at > _IDLE_SECONDS]:
@@ -76,12 +79,12 @@ class PendingCounts:
             self._counts[owner] = (count, now)
         return count
 
-    def add(self, owner: str) -> None:
-        """A job of `owner` was stored: count it, in all and for `owner`, until the next read."""
+    def add(self, owner: str, jobs: int = 1) -> None:
+        """`jobs` jobs of `owner` were stored: count them, in all and for `owner`, until the next read."""
         for key in (None, owner):
             if key in self._counts:
                 count, read_at = self._counts[key]
-                self._counts[key] = (count + 1, read_at)
+                self._counts[key] = (count + jobs, read_at)
 
     def forget(self, owner: str) -> None:
         """Read `owner`'s count afresh next time."""

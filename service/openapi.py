@@ -119,6 +119,20 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"jobId": {"type": "string", "pattern": JOB_ID_PATTERN}, "status": {"type": "string"},
                        "createdAt": _ref("schemas", "Time")},
     },
+    "Batch": {
+        "type": "object", "required": ["jobs"],
+        "description": "1 to `[limits] max_batch_jobs` jobs (see `build_spec`); all are stored or none",
+        "properties": {"jobs": {"type": "array", "minItems": 1, "items": _ref("schemas", "Submission")}},
+    },
+    "BatchAccepted": {
+        "type": "object", "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "description": "one answer per job, in the order sent",
+                                "items": {"allOf": [_ref("schemas", "Accepted"), {
+                                    "type": "object", "required": ["created"],
+                                    "properties": {"created": {
+                                        "type": "boolean",
+                                        "description": "false: the job this idempotency key made before"}}}]}}},
+    },
     "Stats": {
         "type": "object", "required": ["scope", "jobs"],
         "properties": {
@@ -194,6 +208,22 @@ SPEC: dict[str, Any] = {
                 "responses": {"200": _ok("a page of jobs", _ref("schemas", "Page")), "401": UNAUTHORIZED,
                               "403": FORBIDDEN, "422": _error("a bad filter, limit or cursor"),
                               "503": _error("the store is unavailable", retry_after=True)},
+            },
+        },
+        "/api/jobs/batch": {
+            "post": {
+                "summary": "Submit many jobs in one transaction; all are durable when answered, or none is stored",
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ref("schemas", "Batch")}}},
+                "responses": {
+                    "201": _ok("the jobs are stored; one answer per job, in order", _ref("schemas", "BatchAccepted")),
+                    "200": _ok("every job is one its idempotency key made before", _ref("schemas", "BatchAccepted")),
+                    "400": _error("not JSON"), "401": UNAUTHORIZED, "403": FORBIDDEN_WRITE,
+                    "413": _error("the body is too large"), "415": _error("not sent as Content-Type: application/json"),
+                    "422": _error("too many or no jobs, or a job fails validation (the message names jobs[i] and "
+                                  "the field); nothing is stored"),
+                    "429": _error("too many submissions, or the jobs would exceed a pending cap", retry_after=True),
+                    "503": _error("shutting down, or the store is unavailable", retry_after=True),
+                },
             },
         },
         "/api/jobs/{jobId}": {
@@ -304,6 +334,7 @@ def _branch(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
 def build_spec(config: Config, registry: Registry) -> dict[str, Any]:
     spec = copy.deepcopy(SPEC)
     spec["components"]["schemas"]["Submission"]["oneOf"] = submission_branches(config, registry)
+    spec["components"]["schemas"]["Batch"]["properties"]["jobs"]["maxItems"] = config.limits.max_batch_jobs
     return spec
 
 

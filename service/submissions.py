@@ -6,6 +6,13 @@ checked before the body is read, so a client hammering the service costs no pars
 the request is parsed and validated (422), then the global `[jobs] max_pending` (429).
 Both pending caps count through one cache (`limits.PendingCounts`). A job that passes is
 committed in the store before its answer; then the scheduler hears of it.
+
+A batch (`POST /api/jobs/batch`) meets the same rules, counted by its size: 503 while
+draining, then its shape and `[limits] max_batch_jobs` (422; the count is in the body, so it
+is read first), then the rate (one token per job) and the owner's pending cap (the batch
+must fit), then every job is validated (422 naming `jobs[i].…`), then the global cap, and
+all of them are stored in one transaction. All or nothing: one invalid job, or one
+idempotency key reused with another request, refuses the whole batch and stores nothing.
 """
 from __future__ import annotations
 
@@ -34,21 +41,26 @@ class Submissions:
         self.limits = limits
         self.registry = registry
 
-    async def admit(self, owner: str) -> None:
-        """Raise unless `owner` may submit now: 503 while shutting down, 429 (with
-        Retry-After) when it submits too fast or has too many jobs waiting. The pending
-        count is read before the insert, so concurrent submissions may overshoot the cap
-        by the number in flight."""
+    def accepting(self) -> None:
+        """503 while the service drains."""
         if not self.scheduler.accepting:
             raise ShuttingDown("the service is shutting down and takes no new jobs; try again shortly")
+
+    async def admit(self, owner: str, jobs: int = 1) -> None:
+        """Raise unless `owner` may submit `jobs` jobs now: 503 while shutting down, 429
+        (with Retry-After) when it submits too fast or they would not fit under its pending
+        cap. The pending count is read before the insert, so concurrent submissions may
+        overshoot the cap by the number in flight."""
+        self.accepting()
         limits = self.limits.config
-        wait = self.limits.submissions.take(owner)
+        wait = self.limits.submissions.take(owner, jobs)
         if wait > 0:
-            raise TooManyRequests(f"too many submissions: at most {limits.submit_rate:g} per second "
+            raise TooManyRequests(f"too many submissions: at most {limits.submit_rate:g} jobs per second "
                                   f"(bursts of {limits.submit_burst}); retry later", math.ceil(wait))
         cap = limits.max_pending_per_user
-        if cap and await self.limits.pending.count(self.store, owner) >= cap:
-            raise TooManyRequests(f"you have {cap:,} pending jobs, the most allowed; submit more as they start",
+        if cap and await self.limits.pending.count(self.store, owner) + jobs > cap:
+            more = "" if jobs == 1 else f" and these {jobs:,} would not fit"
+            raise TooManyRequests(f"you may have {cap:,} pending jobs at most{more}; submit more as they start",
                                   PENDING_RETRY_AFTER)
 
     async def submit(self, owner: str, body: Any, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -67,3 +79,41 @@ class Submissions:
             self.limits.pending.add(job.owner)
             self.scheduler.submitted(job)
         return job, created
+
+    def batch_jobs(self, body: Any) -> list[Any]:
+        """The job bodies of a batch request: 422 unless `{"jobs": [...]}` with 1 to
+        `[limits] max_batch_jobs` of them."""
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if not isinstance(jobs, list):
+            raise Invalid("jobs", 'must be an array of jobs: {"jobs": [{"type", "data", "options"?}, ...]}')
+        most = self.limits.config.max_batch_jobs
+        if not 1 <= len(jobs) <= most:
+            raise Invalid("jobs", f"holds {len(jobs):,} jobs; a batch holds 1 to {most:,} "
+                                  "([limits] max_batch_jobs)")
+        return jobs
+
+    async def submit_many(self, owner: str, bodies: list[Any]) -> list[tuple[Job, bool]]:
+        """Validate every job, check the queue's room for all of them, store them in one
+        transaction: each job and whether it is new. Call `admit(owner, len(bodies))` first."""
+        now = self.scheduler.clock.now()
+        submissions = []
+        for index, body in enumerate(bodies):
+            try:
+                submissions.append(parse_submission(body, owner, self.config, now=now, registry=self.registry))
+            except Invalid as exc:
+                field = f"jobs[{index}]" if exc.field == "body" else f"jobs[{index}].{exc.field}"
+                raise Invalid(field, exc.problem) from None
+        cap = self.config.jobs.max_pending
+        if await self.limits.pending.count(self.store) + len(submissions) > cap:
+            raise TooManyRequests(f"the queue is full ({cap} pending jobs at most); try again shortly", retry_after=1)
+        try:
+            answers = await self.store.create_many([(s.job, s.request_hash) for s in submissions])
+        except IdempotencyMismatch as exc:
+            raise Invalid(f"jobs[{exc.index}].options.idempotencyKey",
+                          f"was already used for job {exc.job.id} with a different request") from None
+        created = [job for job, new in answers if new]
+        if created:
+            self.limits.pending.add(owner, len(created))
+            for job in created:
+                self.scheduler.submitted(job)
+        return answers

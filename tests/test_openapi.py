@@ -120,6 +120,21 @@ def _rules_beyond_the_schema(case: Any, used_keys: set[str]) -> bool:
     return reused
 
 
+def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
+    """The batch's form of the same rule: a job's key used before (in this batch or an
+    earlier request) with another body is refused, and nothing of the batch is stored."""
+    jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+    keys = []
+    for job in jobs if isinstance(jobs, list) else []:
+        options = job.get("options") if isinstance(job, dict) else None
+        key = options.get("idempotencyKey") if isinstance(options, dict) else None
+        if isinstance(key, str):
+            keys.append(key)
+    reused = len(set(keys)) < len(keys) or bool(set(keys) & used_keys)
+    used_keys.update(keys)
+    return reused
+
+
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_server, live_config):
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
@@ -131,7 +146,7 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     schema = schemathesis.openapi.from_dict(served, config=SchemathesisConfig.from_dict(
         {"auth": {"openapi": {"bearer": {"bearer": ALICE}}}}))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12
+    assert len(operations) == 13
     session = requests.Session()
     seen: dict[str, set[int]] = {}
     used_keys: set[str] = set()
@@ -148,6 +163,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
         def check(case: Any) -> None:
             if operation.label == "POST /api/jobs":  # noqa: B023 (called at once, below)
                 beyond = _rules_beyond_the_schema(case, used_keys)
+            elif operation.label == "POST /api/jobs/batch":  # noqa: B023
+                beyond = _batch_reuses_keys(case, used_keys)
             else:  # a cursor is opaque: only one this server gave out is one (tests/test_api.py)
                 beyond = bool((case.query or {}).get("cursor"))
             excluded = [st_checks.positive_data_acceptance] if beyond else []
@@ -158,4 +175,5 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     assert requests.get(f"{live_server}/api/health", headers=A, timeout=10).status_code == 200
     # the fuzzing reached the handlers, not only the error paths, in both modes
     assert 201 in seen["POST /api/jobs positive"] and 422 in seen["POST /api/jobs negative"], seen
+    assert 201 in seen["POST /api/jobs/batch positive"] and 422 in seen["POST /api/jobs/batch negative"], seen
     assert 200 in seen["GET /api/jobs positive"] and 404 in seen["GET /api/jobs/{jobId} positive"], seen

@@ -91,6 +91,43 @@ async def test_idempotency_key_answers_the_first_job_per_owner(store: Store) -> 
 
 
 # ---- claims ------------------------------------------------------------------------------------
+async def test_create_many_stores_all_in_one_commit_and_emits_them_in_order(store: Store) -> None:
+    heard = Heard(store)
+    earlier, _ = await store.create(new("alice", idempotency_key="old"), "hash-old")
+    jobs = [new("alice", data={"n": n}) for n in range(5)]
+    keyed = [new("alice", idempotency_key="old"), new("alice", idempotency_key="twice"),
+             new("alice", idempotency_key="twice")]
+    answers = await store.create_many([(job, None) for job in jobs] + [(keyed[0], "hash-old"),
+                                       (keyed[1], "hash-2"), (keyed[2], "hash-2")])
+    # one answer per job, in order; a key used before (also earlier in the same call) answers that job
+    assert [(job.id, created) for job, created in answers[:5]] == [(job.id, True) for job in jobs]
+    assert [(job.id, created) for job, created in answers[5:]] == [
+        (earlier.id, False), (keyed[1].id, True), (keyed[1].id, False)]
+    # emitted before the call returned, in the order given, once each
+    assert [c.id for c in heard.changes if isinstance(c, Job)] == [earlier.id, *(j.id for j in jobs), keyed[1].id]
+    for job, _ in answers:
+        assert await store.get(job.id, "alice") == job
+    claimed = await store.claim("n1", now_ms(), LEASE, types=["t"], limit=20)
+    assert {j.id: j.data for j in claimed if j.id in {job.id for job in jobs}} == {j.id: j.data for j in jobs}
+    assert await store.create_many([]) == []
+
+
+async def test_create_many_is_all_or_none_and_a_clash_spares_the_writes_beside_it(store: Store) -> None:
+    first, _ = await store.create(new("alice", idempotency_key="k"), "hash-1")
+    heard = Heard(store)
+    before, clash, after = new("alice"), new("alice", idempotency_key="k"), new("alice")
+    beside = new("bob")
+    # queued together, so that a backend with group commit writes them in one transaction
+    results = await asyncio.gather(store.create_many([(before, None), (clash, "hash-2"), (after, None)]),
+                                   store.create(beside), return_exceptions=True)
+    refused, (kept, created) = results
+    assert isinstance(refused, IdempotencyMismatch) and refused.index == 1 and refused.job.id == first.id
+    assert await store.get(before.id) is None and await store.get(after.id) is None
+    assert created and await store.get(beside.id) == kept
+    assert [c.id for c in heard.changes if isinstance(c, Job)] == [beside.id]  # nothing of the refused call
+    assert await store.count_pending_of("alice") == 1
+
+
 async def test_claim_order_is_priority_then_due_time_then_submission(store: Store) -> None:
     now = now_ms()
     low = await make(store, priority=Priority.LOW, due_at=now - 3000)

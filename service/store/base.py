@@ -129,11 +129,13 @@ class ChangeSink:
 
 
 class IdempotencyMismatch(Exception):
-    """The idempotency key was used before with a different request."""
+    """The idempotency key was used before with a different request. `index`: the place of
+    the clashing job in a `create_many` call (None for `create`)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, index: int | None = None) -> None:
         super().__init__(job.id)
         self.job = job
+        self.index = index
 
 
 # ---- the rules, as pure functions -------------------------------------------------------------
@@ -255,6 +257,18 @@ class Store(ABC):
             raise ValueError("a new job must be pending")
         return await self._insert(job, request_hash)
 
+    async def create_many(self, jobs: list[tuple[Job, str | None]]) -> list[tuple[Job, bool]]:
+        """Store new pending jobs (each with its request hash) in one transaction, all or
+        none: durable together when this returns, their changes emitted in the given order.
+        Each answer is `create`'s for its job (an idempotency key used before answers the
+        earlier job, also one used earlier in the same call). A key used with a different
+        request raises `IdempotencyMismatch` (with its `index`) and stores none of them."""
+        if any(job.status is not JobStatus.PENDING for job, _ in jobs):
+            raise ValueError("a new job must be pending")
+        if not jobs:
+            return []
+        return await self._insert_many(jobs)
+
     async def claim(self, node: str, now: int, lease_ms: int, types: Iterable[str] | None = None,
                     limit: int = 1, per_owner: int = 0) -> list[Job]:
         """Take up to `limit` due pending jobs and mark them running on `node`, counting an
@@ -365,6 +379,10 @@ class Store(ABC):
     @abstractmethod
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
         """Insert the row (a change, emitted) unless the owner used its idempotency key."""
+
+    @abstractmethod
+    async def _insert_many(self, jobs: list[tuple[Job, str | None]]) -> list[tuple[Job, bool]]:
+        """`_insert` for each job, in order, in one transaction; nothing on a mismatch."""
 
     @abstractmethod
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,

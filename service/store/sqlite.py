@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
@@ -490,29 +491,47 @@ class SQLiteStore(Store):
 
     # ---- write hooks ----------------------------------------------------------------------------
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
+        return await self._write(lambda db: self._insert_row(db, job, request_hash))
+
+    async def _insert_many(self, jobs: list[tuple[Job, str | None]]) -> list[tuple[Job, bool]]:
+        def op(db: sqlite3.Connection) -> list[tuple[Job, bool]]:
+            # A savepoint: a clash undoes this op's rows alone, not the other writes of its batch.
+            emitted = len(self._changes)
+            db.execute("SAVEPOINT create_many")
+            try:
+                answers = []
+                for index, (job, request_hash) in enumerate(jobs):
+                    try:
+                        answers.append(self._insert_row(db, job, request_hash))
+                    except IdempotencyMismatch as exc:
+                        raise IdempotencyMismatch(exc.job, index) from None
+            except BaseException:
+                db.execute("ROLLBACK TO create_many")
+                db.execute("RELEASE create_many")
+                del self._changes[emitted:]
+                raise
+            db.execute("RELEASE create_many")
+            return answers
+
+        return await self._write(op)
+
+    def _insert_row(self, db: sqlite3.Connection, job: Job, request_hash: str | None) -> tuple[Job, bool]:
+        """In the writer's transaction: insert `job`, or find the owner's job with its key."""
         values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
         values["data"] = _encode("data", job.data)
         values["request_hash"] = request_hash
-        columns = ", ".join(values)
-        sql = (f"INSERT INTO jobs ({columns}) VALUES ({', '.join('?' * len(values))}) "
-               "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-               f"RETURNING {_COLS}")
-
-        def op(db: sqlite3.Connection) -> tuple[Job, bool]:
-            rows = db.execute(sql, tuple(values.values())).fetchall()
-            if rows:
-                created = _job(rows[0])
-                self._changes.append(created)
-                return created, True
-            existing = db.execute(
-                f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                (job.owner, job.idempotency_key)).fetchall()
-            found = _decode_or_mark(db, existing[0], self._changes)
-            if existing[0]["request_hash"] != request_hash:
-                raise IdempotencyMismatch(found)
-            return found, False
-
-        return await self._write(op)
+        rows = db.execute(_insert_sql(tuple(values)), tuple(values.values())).fetchall()
+        if rows:
+            created = _job(rows[0])
+            self._changes.append(created)
+            return created, True
+        existing = db.execute(
+            f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
+            (job.owner, job.idempotency_key)).fetchall()
+        found = _decode_or_mark(db, existing[0], self._changes)
+        if existing[0]["request_hash"] != request_hash:
+            raise IdempotencyMismatch(found)
+        return found, False
 
     async def _claim(self, node: str, now: int, lease_ms: int, types: tuple[str, ...] | None,
                      change: Change, limit: int, per_owner: int) -> list[Job]:
@@ -597,6 +616,13 @@ class SQLiteStore(Store):
                            "WHERE id = ? AND status = 'pending' AND lease_owner = ?", [(i, node) for i in job_ids])
 
         await self._write(op)
+
+
+@functools.lru_cache(maxsize=4)
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+            f"RETURNING {_COLS}")
 
 
 def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
