@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from offload.service.app import create_app
 from offload.service.config import Config, load_config
+from offload.service.store.sqlite import SQLiteStore
 
 SAMPLE_INVOICE = {
     "type": "invoice",
@@ -117,3 +119,13 @@ async def ws_events_until(ws: Any, job_id: str, terminal: tuple[str, ...] = ("co
             status = event.get("status") or (event["job"]["status"] if event["event"] == "snapshot" else None)
             if status in terminal:
                 return events
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """An open SQLite store on a fresh file, for tests of the store alone (the contract suite
+    parametrises its own over every backend)."""
+    db = SQLiteStore(tmp_path / "store.db")
+    await db.open()
+    yield db
+    await db.close()

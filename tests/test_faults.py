@@ -589,14 +589,6 @@ async def test_same_key_with_different_body_is_422(start_server):
 
 
 # ---- 11. fencing ----------------------------------------------------------------------------------------
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    db = SQLiteStore(tmp_path / "fence.db")
-    await db.open()
-    yield db
-    await db.close()
-
-
 async def lose_lease(store: SQLiteStore, job_id: str, type: str = "test.echo") -> tuple[Job, Job]:
     """Claim `job_id`, let the lease run out, claim it again: (stale attempt 1, attempt 2)."""
     now = now_ms()

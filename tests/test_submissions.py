@@ -3,22 +3,11 @@
 on a real SQLite store."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 
 from offload.service.limits import PENDING_FRESH, PendingCounts
 from offload.service.models import Job
 from offload.service.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    db = SQLiteStore(tmp_path / "pending.db")
-    await db.open()
-    yield db
-    await db.close()
 
 
 async def add_job(store: SQLiteStore, n: int, owner: str) -> None:
