@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from offload.job import Event, Job, JobStatus, Progress, Snapshot, Status, parse_event
+from offload.job import Event, Job, JobStatus, Progress, Snapshot, Status, parse_event, wire_time
 
 log = logging.getLogger("offload.client")
 
@@ -269,11 +269,16 @@ class AsyncClient:
         async with self._request(method, path, **kwargs) as response:
             return orjson.loads(await response.read())
 
-    async def submit(self, type: str, data: Any, *, priority: str | None = None, max_retries: int | None = None,
-                     retry_delay: float | None = None, timeout: float | None = None, delay: float | None = None,
-                     run_at: datetime | str | None = None, idempotency_key: str | None = None) -> Job:
-        """Submit a job; returns it as stored. `retry_delay`, `timeout` and `delay` are in
-        seconds; `run_at` a datetime (naive means UTC) or an ISO string."""
+    async def submit(self, type: str, data: Any, **options: Any) -> Job:
+        """Submit a job; returns it as stored. Keywords: `priority`, `max_retries`,
+        `retry_delay`, `timeout` and `delay` (seconds), `run_at` (a datetime, naive means
+        UTC, or an ISO string), `idempotency_key`."""
+        return await self.get(await self.submit_id(type, data, **options))
+
+    async def submit_id(self, type: str, data: Any, *, priority: str | None = None, max_retries: int | None = None,
+                        retry_delay: float | None = None, timeout: float | None = None, delay: float | None = None,
+                        run_at: datetime | str | None = None, idempotency_key: str | None = None) -> str:
+        """`submit` without reading the stored job back: the new job's id, one request."""
         options: dict[str, Any] = {"idempotencyKey": idempotency_key or f"client-{uuid.uuid4().hex}"}
         if priority is not None:
             options["priority"] = priority
@@ -285,7 +290,7 @@ class AsyncClient:
         if run_at is not None:
             options["runAt"] = _iso(run_at)
         answer = await self._json("POST", "/api/jobs", json={"type": type, "data": data, "options": options})
-        return await self.get(answer["jobId"])
+        return str(answer["jobId"])
 
     async def get(self, job_id: str) -> Job:
         return Job.from_wire(await self._json("GET", f"/api/jobs/{job_id}"))
@@ -401,16 +406,13 @@ class AsyncClient:
     async def run(self, type: str, data: Any, *, on_progress: OnProgress | None = None,
                   wait_timeout: float | None = None, **options: Any) -> Any:
         """`submit` then `wait`; `options` are `submit`'s keywords."""
-        job = await self.submit(type, data, **options)
-        return await self.wait(job.id, on_progress, timeout=wait_timeout)
+        return await self.wait(await self.submit_id(type, data, **options), on_progress, timeout=wait_timeout)
 
 
 def _iso(value: datetime | str) -> str:
     if isinstance(value, str):
         return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(wire_time(value if value.tzinfo else value.replace(tzinfo=timezone.utc)))
 
 
 def _status_of(event: Event) -> JobStatus | None:
@@ -518,6 +520,9 @@ class Client:
         """See `AsyncClient.submit`."""
         return self._call(self._client.submit(type, data, **options))
 
+    def submit_id(self, type: str, data: Any, **options: Any) -> str:
+        return self._call(self._client.submit_id(type, data, **options))
+
     def get(self, job_id: str) -> Job:
         return self._call(self._client.get(job_id))
 
@@ -555,8 +560,7 @@ class Client:
 
     def run(self, type: str, data: Any, *, on_progress: Callable[[int, str | None], Any] | None = None,
             wait_timeout: float | None = None, **options: Any) -> Any:
-        job = self.submit(type, data, **options)
-        return self.wait(job.id, on_progress, timeout=wait_timeout)
+        return self.wait(self.submit_id(type, data, **options), on_progress, timeout=wait_timeout)
 
 
 async def _next(iterator: AsyncIterator[T]) -> T:

@@ -86,9 +86,9 @@ class Job:
         wire: dict[str, Any] = {
             "id": self.id, "type": self.type, "status": self.status.value, "priority": self.priority,
             "progress": self.progress, "message": self.message, "attempts": self.attempts,
-            "maxRetries": self.max_retries, "seq": self.seq, "createdAt": _wire_time(self.created_at),
-            "startedAt": _wire_time(self.started_at), "completedAt": _wire_time(self.completed_at),
-            "runAt": _wire_time(self.run_at),
+            "maxRetries": self.max_retries, "seq": self.seq, "createdAt": wire_time(self.created_at),
+            "startedAt": wire_time(self.started_at), "completedAt": wire_time(self.completed_at),
+            "runAt": wire_time(self.run_at),
             "error": {"type": self.error.type, "message": self.error.message} if self.error else None,
             "result": _wire_result(self.result) if self.result is not None else None,
             "cancelRequested": self.cancel_requested,
@@ -103,7 +103,8 @@ def _wire_result(result: JobResult) -> dict[str, Any]:
     return {"value": result.value}
 
 
-def _wire_time(value: datetime | None) -> str | None:
+def wire_time(value: datetime | None) -> str | None:
+    """A time as the wire writes it: ISO-8601 UTC with milliseconds and `Z`."""
     if value is None:
         return None
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
