@@ -154,7 +154,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
                       stop_grace=config.workers.stop_grace)
     try:
         await pool.start()
-        scheduler = Scheduler(config, app[STORE], app[HUB], pool, app[CLOCK], registry=app[REGISTRY])
+        scheduler = Scheduler(config, app[STORE], pool, app[CLOCK], registry=app[REGISTRY])
         await scheduler.start()
     except BaseException:  # no teardown runs for a setup that failed: stop the processes here
         await pool.close()

@@ -28,6 +28,16 @@ class CancelAnswer:
     done: bool
 
 
+async def _unfinished(store: Store, job_id: str, owner: str | None) -> Job:
+    """The job as it is now: 404 when it is not the caller's, 409 once it finished."""
+    job = await store.get(job_id, owner)
+    if job is None:
+        raise job_not_found(job_id)
+    if job.status.terminal:
+        raise _already(job)
+    return job
+
+
 def _already(job: Job) -> Conflict:
     return already_finished(job.id, job.status.value)
 
@@ -52,18 +62,9 @@ async def cancel(store: Store, job_id: str, owner: str | None, now: int, wait: f
             requested = await store.request_cancel(job_id, owner)
             if requested is not None:
                 break
-            job = await store.get(job_id, owner)
-            if job is None:
-                raise job_not_found(job_id)
-            if job.status.terminal:
-                raise _already(job)
+            job = await _unfinished(store, job_id, owner)
         if requested is None:  # it keeps moving: report what it is now, the request not recorded
-            job = await store.get(job_id, owner)
-            if job is None:
-                raise job_not_found(job_id)
-            if job.status.terminal:
-                raise _already(job)
-            return CancelAnswer(job, job.status is JobStatus.CANCELLED)
+            return CancelAnswer(job, False)
         try:
             ended = await asyncio.wait_for(asyncio.shield(final), wait)
         except asyncio.TimeoutError:

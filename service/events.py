@@ -300,7 +300,12 @@ class EventHub:
 
     def on_change(self, change: StoreChange) -> None:
         """The store's change sink, subscribed at start: every committed transition is a
-        `status` event, every committed progress write a `progress` event."""
+        `status` event, every committed progress write a `progress` event. A change nobody
+        watches is counted and not encoded: most jobs have no watcher at all."""
+        job_id, owner = (change.id, change.owner) if isinstance(change, Job) else (change.job_id, change.owner)
+        if job_id not in self._by_job and owner not in self._by_owner and None not in self._by_owner:
+            self.published += 1
+            return
         if isinstance(change, Job):
             self.status(change)
         else:

@@ -96,7 +96,6 @@ class Limits:
         self.config = config
         self.submissions = TokenBucket(config.submit_rate, config.submit_burst, clock)
         self.sockets: dict[str, int] = {}
-        self.clock = clock
         self.pending = PendingCounts(clock)
 
     def forget_pending(self, owner: str) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from offload.service.config import Config
 from offload.service.errors import OffloadError, StoreUnavailable
-from offload.service.events import EventHub
 from offload.service.models import Clock, Job, JobStatus
 from offload.service.endings import EndingKind, Outcome, StopReason, decide
 from offload.service.pool import Slot, WorkerPool
@@ -43,6 +42,7 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 class Running:
     job: Job
     runner: Runner
+    #: Held so the loop keeps the attempt's task alive (it keeps only weak references).
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,14 +52,13 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, config: Config, store: Store, hub: EventHub, pool: WorkerPool, clock: Clock | None = None, *,
+    def __init__(self, config: Config, store: Store, pool: WorkerPool, clock: Clock | None = None, *,
                  registry: Registry | None = None, async_runner: AsyncRunner | None = None) -> None:
         self.config = config
         #: Every time this scheduler records or compares (due times, claims, leases); it never
         #: goes back, so a wall clock stepped back does not stall the queue.
         self.clock = clock or Clock()
         self.store = store
-        self.hub = hub
         self.pool = pool
         self.node = "node_" + secrets.token_hex(6)
         self.running: dict[str, Running] = {}
@@ -71,7 +70,7 @@ class Scheduler:
         self.reserved: list[Job] = []
         self._reservations_stale = False
         #: Cancel requests (recorded by any node) reach the attempt through the store's changes.
-        self._unsubscribe = store.changes.subscribe(self._on_change)
+        store.changes.subscribe(self._on_change)  # for as long as the store: they stop together
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop. Each runner runs the types it can: `async def` ones on
         # the loop, the others in the pool's processes.
@@ -141,10 +140,6 @@ class Scheduler:
         is free."""
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
-        self._wake.set()
-
-    def notify(self) -> None:
-        """Something changed (a job was submitted, a slot freed): look for work now."""
         self._wake.set()
 
     # ---- the loop ------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from offload.service.events import EventHub
 from offload.service.models import Job, JobStatus, now_ms
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import LEASE_LOST, Scheduler
@@ -636,8 +635,7 @@ async def test_scheduler_discards_the_stale_attempts_result_file(store, make_con
     results = config.results_path
     pool = WorkerPool(1, modules=config.workers.modules)
     await pool.start()
-    hub = EventHub()
-    scheduler = Scheduler(config, store, hub, pool)  # its loop is not started: the test drives it
+    scheduler = Scheduler(config, store, pool)  # its loop is not started: the test drives it
     try:
         created, _ = await store.create(Job(id="job_fencepdf", type="pdf", owner="local",
                                             data=invoice(3, "INV-FENCE")))

@@ -121,7 +121,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._types: dict[str, JobType] = {}
-        self._modules: dict[str, list[JobType]] = {}
+        #: The modules loaded, in load order (a dict for order and quick membership).
+        self._modules: dict[str, None] = {}
 
     @classmethod
     def from_modules(cls, modules: tuple[str, ...] | list[str] = ()) -> Registry:
@@ -145,14 +146,13 @@ class Registry:
                 module = importlib.import_module(name)
             except Exception as exc:  # whatever the module's own code raises while it is imported
                 raise ModuleLoadError(name, exc) from exc
-            declared = list(getattr(module, DECLARED, ()))
-            for declared_type in declared:
+            for declared_type in getattr(module, DECLARED, ()):
                 try:
                     self.add(declared_type)
                 except ValueError as exc:
                     code = declared_type.handler.__code__
                     raise ModuleLoadError(name, exc, f"{code.co_filename}, line {code.co_firstlineno}") from exc
-            self._modules[name] = declared
+            self._modules[name] = None
 
     def add(self, declared: JobType | Callable[..., Any]) -> None:
         """Register a job type, or a function `@job_type` marked. A name taken by another
@@ -174,3 +174,7 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._types)
+
+    def types(self) -> list[JobType]:
+        """Every registered type, by name."""
+        return [self._types[name] for name in self.names()]

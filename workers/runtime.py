@@ -88,9 +88,9 @@ def warm_up(types: Registry) -> None:
     (`offload.workers.prewarm`): the workers forked from it inherit the warmed state, share
     its pages, and find nothing left to do here. A hook that fails is logged and skipped
     (it only saves time; the type's first job meets the same problem and reports it)."""
-    for name in types.names():
-        job_type = types.get(name)
-        if job_type is None or job_type.warm_up is None or name in _warmed:
+    for job_type in types.types():
+        name = job_type.name
+        if job_type.warm_up is None or name in _warmed:
             continue
         try:
             job_type.warm_up()
