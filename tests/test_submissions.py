@@ -3,8 +3,6 @@
 on a real SQLite store."""
 from __future__ import annotations
 
-
-
 from offload.service.limits import PENDING_FRESH, PendingCounts
 from offload.service.models import Job
 from offload.service.store.sqlite import SQLiteStore
