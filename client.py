@@ -41,6 +41,8 @@ safe from several threads at once; `on_progress` and iteration run in the callin
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import inspect
 import itertools
 import logging
@@ -49,6 +51,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -474,6 +477,10 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="offload-client", daemon=True)
         self._thread.start()
         self._closed = False
+        # A script that never closes its client still closes it at exit (no "Unclosed client
+        # session" warning); a weak reference, so registering keeps no client alive.
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def __enter__(self) -> Client:
         return self
@@ -485,6 +492,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._at_exit)
         try:
             self._call(self._client.aclose())
         finally:
@@ -561,6 +569,12 @@ class Client:
     def run(self, type: str, data: Any, *, on_progress: Callable[[int, str | None], Any] | None = None,
             wait_timeout: float | None = None, **options: Any) -> Any:
         return self.wait(self.submit_id(type, data, **options), on_progress, timeout=wait_timeout)
+
+
+def _close_at_exit(ref: weakref.ref[Client]) -> None:
+    client = ref()
+    if client is not None:
+        client.close()
 
 
 async def _next(iterator: AsyncIterator[T]) -> T:

@@ -8,6 +8,7 @@ import io
 import logging
 import signal
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,17 @@ async def test_generate_invoice_falls_back_while_the_service_shuts_down(tmp_path
                 await agenerate_invoice(ORDER, ITEMS, url=server.url, fallback=False, max_attempts=1)
         gate.write_text("go")
         assert server.wait() == 0
+
+
+async def test_a_blocking_client_never_closed_is_closed_at_exit(start_server):
+    """A script that drops its client without `close()` exits without aiohttp's "Unclosed
+    client session" warning: the client closes itself at interpreter exit."""
+    server = await start_server()
+    script = ("import sys\nfrom offload import Client\n"
+              "client = Client(sys.argv[1])\nprint(len(list(client.jobs())))\n")
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, url_of(server),
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip() == "0"
+    assert "Unclosed" not in err.decode(), err.decode()
