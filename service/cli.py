@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="path to config.toml (default: ./config.toml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--access-log", action="store_true", default=None,
+                       help="log one line per HTTP request ([server] access_log; off by default)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
     commands.add_commands(subparsers)
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands.run(args)
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}}
+    overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port), ("access_log", args.access_log))
+                            if v is not None}}
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
@@ -90,7 +93,8 @@ async def _serve(config: Config) -> int:
         print(f"offload: cannot start: [workers] modules: {exc}{looked}", file=sys.stderr, flush=True)
         return 1
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=config.server.shutdown_grace + 5,
-                           access_log_class=RedactingAccessLogger)
+                           access_log_class=RedactingAccessLogger,
+                           access_log=logging.getLogger("aiohttp.access") if config.server.access_log else None)
     shutdown = _Shutdown(app, config.server.shutdown_grace)
     shutdown.install(asyncio.get_running_loop())
     try:

@@ -41,6 +41,9 @@ class ServerConfig:
     #: send POST/DELETE, e.g. ("https://app.example.com",). Needed behind a proxy that
     #: changes scheme or port.
     allowed_origins: tuple[str, ...] = ()
+    #: One line per HTTP request (credentials in URLs redacted). Off by default: a line per
+    #: submission cost as much of the event loop as storing the job (see README, "Performance").
+    access_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,12 @@ _SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base_dir"}
 def _coerce(where: str, value: Any, kind: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
+        if kind_name in ("bool", bool):
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+                return value.strip().lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if kind_name in ("int", int):
             if isinstance(value, bool):
                 raise ValueError

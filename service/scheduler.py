@@ -69,6 +69,15 @@ class Scheduler:
         #: Pending jobs reserved as the next ones for this node's workers, best first.
         self.reserved: list[Job] = []
         self._reservations_stale = False
+        #: Jobs that became pending, as heard from the store's changes: new, retried, rescued,
+        #: handed back. A claim (or reservation) queued at a count that found too few jobs is
+        #: not made again until the count moves, a delayed job falls due, or the lease timer
+        #: passes (`_dry`): otherwise every finished job would cost a claim that finds nothing.
+        self._pending_seen = 0
+        self._dry: dict[object, int] = {}
+        #: `store.next_due` as read at a count of `_due_seen`, while the count stays there.
+        self._next_due: int | None = None
+        self._due_seen = -1
         #: Cancel requests (recorded by any node) reach the attempt through the store's changes.
         store.changes.subscribe(self._on_change)  # for as long as the store: they stop together
         # The job types are registered before the service starts: sort them out once, not
@@ -161,7 +170,7 @@ class Scheduler:
                     # Counted from before the claims: a job that fell due while they ran (a
                     # retry with a short backoff) is still ahead of `looked_at`, so the loop
                     # comes back at once instead of sleeping until the next lease renewal.
-                    due = await self.store.next_due(looked_at)
+                    due = await self._next_due_after(looked_at)
                     if due is not None:
                         timeout = min(timeout, max(0.0, (due - self.clock.now()) / 1000))
             except Exception:  # the store went away for a moment: try again soon
@@ -171,6 +180,18 @@ class Scheduler:
                 timer = loop.call_later(timeout, self._wake.set)
                 await self._wake.wait()
                 timer.cancel()
+
+    async def _next_due_after(self, now: int) -> int | None:
+        if self._due_seen != self._pending_seen or (self._next_due is not None and self._next_due <= now):
+            self._due_seen = self._pending_seen
+            self._next_due = await self.store.next_due(now)
+        return self._next_due
+
+    def _is_dry(self, key: object) -> bool:
+        """No job became pending since a claim for `key` found too few, and none fell due."""
+        if self._dry.get(key) != self._pending_seen or self._due_seen != self._pending_seen:
+            return False  # a job became pending since, or nobody knows when the next one falls due
+        return self._next_due is None or self._next_due > self.clock.now()
 
     async def _fill(self) -> bool:
         """Claim jobs for every free slot of every runner; True when a slot stayed free for
@@ -189,6 +210,10 @@ class Scheduler:
                 if not slots:
                     continue
                 room = True
+                if self._is_dry(runner):
+                    runner.unreserve(slots)
+                    continue
+                seen = self._pending_seen
                 jobs: list[Job] = []
                 try:
                     jobs = await self.store.claim(self.node, self.clock.now(), self.config.jobs.lease_ms, types,
@@ -197,6 +222,8 @@ class Scheduler:
                         self._start(job, slot, runner)
                 finally:
                     runner.unreserve(slots[len(jobs):])
+                if len(jobs) < len(slots):
+                    self._dry[runner] = seen
                 filled = filled or len(jobs) == len(slots)
             if not room:  # every slot busy
                 return False
@@ -217,13 +244,17 @@ class Scheduler:
 
     async def _top_up(self, process_types: list[str]) -> None:
         want = self.pool.size - len(self.reserved)
-        if want <= 0 or not self._reserving or self._reservations_stale:
+        if want <= 0 or not self._reserving or self._reservations_stale or self._is_dry("reserve"):
             return
+        seen = self._pending_seen
         jobs = await self.store.reserve(self.node, self.clock.now(), self.config.jobs.lease_ms, process_types, want)
         self.reserved.extend(jobs)
+        if len(jobs) < want:
+            self._dry["reserve"] = seen
 
     async def _drop_reservations(self) -> None:
         self._reservations_stale = False
+        self._dry.clear()  # the jobs handed back can be claimed again
         dropped, self.reserved = self.reserved, []
         await self.store.unreserve(self.node, [job.id for job in dropped])
 
@@ -262,6 +293,9 @@ class Scheduler:
         return entry
 
     async def _renew(self) -> None:
+        # Claims are made again at least this often, whatever was heard: a reservation that
+        # ran out (`rescue_expired` hands it back without a change) is found this way.
+        self._dry.clear()
         if self.running or self.reserved:
             await self.store.renew_leases(self.node, self.clock.now() + self.config.jobs.lease_ms)
         await self.store.rescue_expired(self.clock.now(), LEASE_LOST)
@@ -352,10 +386,14 @@ class Scheduler:
 
     # ---- cancellation ---------------------------------------------------------------------------
     def _on_change(self, change: StoreChange) -> None:
-        """Act on committed changes that concern this node: a cancel request of an attempt it
-        runs stops that attempt ("cancelled"); a reserved job cancelled meanwhile is dropped."""
+        """Act on committed changes that concern this node: a job that became pending may be
+        claimed; a cancel request of an attempt it runs stops that attempt ("cancelled"); a
+        reserved job cancelled meanwhile is dropped."""
         if not isinstance(change, Job):
             return
+        if change.status is JobStatus.PENDING or (self.config.limits.max_running_per_user
+                                                   and change.status is not JobStatus.RUNNING):
+            self._pending_seen += 1  # with a per-user cap, a job that stops running frees a turn
         if change.status is JobStatus.CANCELLED and self.reserved:
             self.reserved = [held for held in self.reserved if held.id != change.id]
         if not change.cancel_requested or change.status is not JobStatus.RUNNING:

@@ -224,7 +224,8 @@ async def test_unused_tickets_per_user_are_capped_until_they_expire(start_server
 # ---- the log ------------------------------------------------------------------------------------
 async def test_the_access_log_never_shows_a_token_or_ticket(tmp_path):
     (tmp_path / "tokens.toml").write_text(f'"{hashlib.sha256(ALICE.encode()).hexdigest()}" = "alice"\n')
-    with ServerProcess(tmp_path, processes=1, sections={"auth": {"tokens_file": "tokens.toml"}}) as server:
+    with ServerProcess(tmp_path, processes=1, sections={"auth": {"tokens_file": "tokens.toml"}},
+                       env={"OFFLOAD_SERVER_ACCESS_LOG": "true"}) as server:
         server.spawn()
         await eventually(lambda: _answers(server), 30, "the server to answer")
         async with server.session() as http:
@@ -251,6 +252,17 @@ async def test_the_access_log_never_shows_a_token_or_ticket(tmp_path):
         assert '"GET /api/ws?token=*** HTTP/1.1" 101' in lines[0]
         assert '"GET /api/ws?ticket=*** HTTP/1.1" 101' in lines[1]
         assert '"GET /api/jobs?token=*** HTTP/1.1" 401' in lines[2] and "/?x=1&token=***" in lines[2]
+
+
+async def test_the_access_log_is_off_unless_asked_for(tmp_path):
+    for folder, env in ((tmp_path / "default", {}), (tmp_path / "on", {"OFFLOAD_SERVER_ACCESS_LOG": "true"})):
+        with ServerProcess(folder, processes=1, env=env) as server:
+            await server.start()
+            async with server.session() as http, http.get("/api/jobs") as response:
+                assert response.status == 200
+            server.stop()  # every line the server wrote is in its log once it has exited
+        logged = [line for line in server.log.read_text().splitlines() if "aiohttp.access" in line]
+        assert ('"GET /api/jobs HTTP/1.1" 200' in " ".join(logged)) == bool(env), logged
 
 
 @pytest.mark.parametrize("line, expected", [

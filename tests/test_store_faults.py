@@ -3,6 +3,7 @@ store_unavailable without half-written jobs, and the service heals when the faul
 a corrupt row fails its own job and no other."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.service.models import Job, new_job_id
 from tests.conftest import eventually, submit, wait_status
 from tests.test_faults import watch
 
@@ -292,3 +294,31 @@ async def test_a_transition_on_a_corrupt_row_fails_that_job_in_one_seq_step(tmp_
         assert await store.get(bad.id) == failed
     finally:
         await store.close()
+
+
+async def test_a_write_waiting_for_another_process_lock_leaves_the_loop_free(start_server):
+    """The writer runs on the event loop's thread: a lock held elsewhere is waited out
+    between retries (up to busy_timeout_ms), so reads and other requests go on meanwhile."""
+    client = await start_server(store={"busy_timeout_ms": 20000})
+    kept = await submit(client, "test.echo", {"before": 1})
+    await wait_status(client, kept, "completed")
+    with write_locked(db_path(client)):
+        waiting = asyncio.ensure_future(post(client, {"while": "locked"}))
+        for _ in range(3):  # answered while the write waits for the lock
+            assert (await client.get("/api/health/live")).status == 200
+            assert (await (await client.get(f"/api/jobs/{kept}")).json())["status"] == "completed"
+        assert not waiting.done()
+    status, body = await waiting
+    assert status == 201, body
+    await wait_status(client, body["jobId"], "completed")
+
+
+async def test_the_log_is_checkpointed_as_commits_go_by(store):
+    """Checkpoints run on their own connection (none at commit): the log file stays the
+    size of a few hundred commits however many are made."""
+    wal = Path(store.path + "-wal")
+    for n in range(8 * store.checkpoint_every):  # a log that never started over: 16x `early`
+        await store.create(Job(id=new_job_id(), type="t", owner="o", data={"n": n}), None)
+        if n == store.checkpoint_every // 2:
+            early = wal.stat().st_size
+    assert wal.stat().st_size < 8 * early, (early, wal.stat().st_size)
