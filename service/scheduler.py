@@ -75,7 +75,9 @@ class Scheduler:
         #: passes (`_dry`): otherwise every finished job would cost a claim that finds nothing.
         self._pending_seen = 0
         self._dry: dict[object, int] = {}
-        #: `store.next_due` as read at a count of `_due_seen`, while the count stays there.
+        #: Of those, the ones not due yet when heard (delayed, or retried after a backoff), and
+        #: `store.next_due` as read at a count of `_due_seen`, good while the count stays there.
+        self._delayed_seen = 0
         self._next_due: int | None = None
         self._due_seen = -1
         #: Cancel requests (recorded by any node) reach the attempt through the store's changes.
@@ -145,8 +147,13 @@ class Scheduler:
         self._hurry.set()
 
     def submitted(self, job: Job) -> None:
-        """A new job was stored (its watchers heard it from the store): run it if a slot
-        is free."""
+        """A job is about to be stored: called just before its insert is queued, so that a
+        claim this wakes up is queued right behind the insert and commits with it (one
+        transaction stores and starts the job). Should the insert not happen after all (an
+        idempotent repeat), the claim finds nothing, as any claim may."""
+        self._pending_seen += 1  # claim again, even if the last claim found nothing
+        if job.due_at > self.clock.now():
+            self._delayed_seen += 1
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
         self._wake.set()
@@ -182,14 +189,14 @@ class Scheduler:
                 timer.cancel()
 
     async def _next_due_after(self, now: int) -> int | None:
-        if self._due_seen != self._pending_seen or (self._next_due is not None and self._next_due <= now):
-            self._due_seen = self._pending_seen
+        if self._due_seen != self._delayed_seen or (self._next_due is not None and self._next_due <= now):
+            self._due_seen = self._delayed_seen
             self._next_due = await self.store.next_due(now)
         return self._next_due
 
     def _is_dry(self, key: object) -> bool:
         """No job became pending since a claim for `key` found too few, and none fell due."""
-        if self._dry.get(key) != self._pending_seen or self._due_seen != self._pending_seen:
+        if self._dry.get(key) != self._pending_seen or self._due_seen != self._delayed_seen:
             return False  # a job became pending since, or nobody knows when the next one falls due
         return self._next_due is None or self._next_due > self.clock.now()
 
@@ -394,6 +401,8 @@ class Scheduler:
         if change.status is JobStatus.PENDING or (self.config.limits.max_running_per_user
                                                    and change.status is not JobStatus.RUNNING):
             self._pending_seen += 1  # with a per-user cap, a job that stops running frees a turn
+            if change.status is JobStatus.PENDING and change.due_at > self.clock.now():
+                self._delayed_seen += 1
         if change.status is JobStatus.CANCELLED and self.reserved:
             self.reserved = [held for held in self.reserved if held.id != change.id]
         if not change.cancel_requested or change.status is not JobStatus.RUNNING:

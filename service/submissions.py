@@ -71,13 +71,13 @@ class Submissions:
         cap = self.config.jobs.max_pending
         if await self.limits.pending.count(self.store) >= cap:
             raise TooManyRequests(f"the queue is full ({cap} pending jobs); try again shortly", retry_after=1)
+        self.scheduler.submitted(submission.job)  # before the insert is queued: see `submitted`
         try:
             job, created = await self.store.create(submission.job, submission.request_hash)
         except IdempotencyMismatch as exc:
             raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
         if created:
             self.limits.pending.add(job.owner)
-            self.scheduler.submitted(job)
         return job, created
 
     def batch_jobs(self, body: Any) -> list[Any]:
@@ -106,6 +106,8 @@ class Submissions:
         cap = self.config.jobs.max_pending
         if await self.limits.pending.count(self.store) + len(submissions) > cap:
             raise TooManyRequests(f"the queue is full ({cap} pending jobs at most); try again shortly", retry_after=1)
+        for submission in submissions:
+            self.scheduler.submitted(submission.job)
         try:
             answers = await self.store.create_many([(s.job, s.request_hash) for s in submissions])
         except IdempotencyMismatch as exc:
@@ -114,6 +116,4 @@ class Submissions:
         created = [job for job, new in answers if new]
         if created:
             self.limits.pending.add(owner, len(created))
-            for job in created:
-                self.scheduler.submitted(job)
         return answers
