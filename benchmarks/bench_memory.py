@@ -5,9 +5,11 @@ waits until every worker runs, and reads `/proc/<pid>/smaps_rollup` of the serve
 worker, and of the helpers `multiprocessing` starts (the fork server, the resource tracker).
 PSS divides each shared page between the processes that map it, so the figures add up to
 what the service costs the machine; RSS counts shared pages again in every process. Then
-one invoice per worker, and the same figures again.
+one invoice per worker, and the same figures again; then `--jobs` no-op jobs (submitted in
+batches of 1,000) and the figures once more, to show that memory stays flat as jobs go by.
 
-    .venv/bin/python benchmarks/bench_memory.py [--processes 2] [--items 500] [--start-method forkserver]
+    .venv/bin/python benchmarks/bench_memory.py [--processes 2] [--items 500] [--jobs 50000 --rounds 4]
+                                                [--start-method forkserver]
 
 Linux only (`/proc`).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -83,11 +86,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--items", type=int, default=500, help="items of the invoice each worker renders")
+    parser.add_argument("--jobs", type=int, default=0, help="no-op jobs to run after the invoices")
+    parser.add_argument("--rounds", type=int, default=1, help="times to run --jobs, with the figures after each")
     parser.add_argument("--start-method", default="forkserver", choices=("forkserver", "spawn", "fork"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, ServerProcess(
-            Path(folder), processes=args.processes, modules=(), log_level="WARNING",
-            env={"OFFLOAD_WORKERS_START_METHOD": args.start_method}) as server:
+            Path(folder), processes=args.processes, modules=("benchmarks.noop",), log_level="WARNING",
+            env={"OFFLOAD_WORKERS_START_METHOD": args.start_method},
+            sections={"limits": {"submit_rate": 1e9, "submit_burst": 10**9, "max_pending_per_user": 0}}) as server:
         await server.start()
         async with server.session() as http:
             workers = await worker_pids(http, args.processes)
@@ -98,6 +104,31 @@ async def main() -> None:
                 await until(http, job_id, lambda job: job["status"] == "completed", "completed", timeout=60)
             print(f"\nidle again, after {len(jobs)} invoices of {args.items} items:")
             table(server.pid, await worker_pids(http, args.processes))
+            for done in range(1, args.rounds + 1 if args.jobs else 1):
+                await run_noops(http, args.jobs)
+                print(f"\nidle again, after {done * args.jobs:,} more jobs:")
+                table(server.pid, await worker_pids(http, args.processes))
+
+
+async def run_noops(http: aiohttp.ClientSession, count: int) -> None:
+    """Submit `count` no-op jobs in batches, and wait until the store counts them completed."""
+    async def completed() -> int:
+        async with http.get("/api/stats") as response:
+            return int((await response.json())["jobs"]["completed"])
+
+    before, sent = await completed(), 0
+    while sent < count:
+        size = min(1000, count - sent)
+        async with http.post("/api/jobs/batch", json={"jobs": [{"type": "bench.noop", "data": {}}] * size}) as response:
+            assert response.status == 201, await response.text()
+        sent += size
+        if sent % 10_000 == 0:  # keep the backlog short, as an application's steady load would
+            await eventually(functools.partial(_at_least, completed, before + sent - 5000), 120, "the backlog to drain")
+    await eventually(functools.partial(_at_least, completed, before + count), 300, f"{count:,} jobs completed")
+
+
+async def _at_least(read, target: int) -> bool:  # type: ignore[no-untyped-def]
+    return await read() >= target
 
 
 if __name__ == "__main__":

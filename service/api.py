@@ -90,7 +90,7 @@ async def submit(request: web.Request) -> web.Response:
     await submissions.admit(owner_of(request))
     job, created = await submissions.submit(owner_of(request), await read_json(request),
                                             request.headers.get("Idempotency-Key"))
-    answer = {"jobId": job.id, "status": job.status.value, "createdAt": job.to_wire()["createdAt"]}
+    answer = {"jobId": job.id, "status": job.status.value, "createdAt": iso(job.created_at)}
     return json_response(answer, 201 if created else 200)
 
 
