@@ -1,0 +1,252 @@
+"""Fan-out: one job's progress to 1,000 WebSocket subscribers, beside a bare broadcast.
+
+In one run, side by side:
+  - offload: a real `offload serve` (2 worker processes); a `bench.ticks` job reports
+    progress at a fixed rate, each message the worker's monotonic ns at `ctx.progress()`;
+    every subscriber times worker -> receipt;
+  - bare: a bare aiohttp server (same event loop as `offload serve`) that, at the same rate,
+    builds a message of the same size and shape once and `send_str`s it to every socket,
+    the simplest correct broadcast; the stamp is taken when the message is built.
+The clients of both run in a process of their own (the servers in theirs) and read alike.
+The systems alternate within each repetition; p50/p99 are over every (event, subscriber)
+pair once all subscribers are in, and the ratio is offload / bare.
+
+    python benchmarks/bench_fanout.py [--subscribers 1000] [--rates 20,100] [--seconds 10] [--reps 2]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.server_process import ServerProcess, free_port  # noqa: E402
+
+SETTINGS = {"limits": {"submit_rate": 1e9, "submit_burst": 1_000_000, "max_pending_per_user": 0,
+                       "max_websockets_per_user": 100_000}}
+#: Worker clock digits, as offload's message carries them.
+STAMP_DIGITS = len(str(time.monotonic_ns()))
+#: Before the first event, for every subscriber to connect and get its snapshot.
+DELAY_MS = 3000
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+# ---- the bare broadcast server (a process of its own) --------------------------------------
+def bare_server(port: int) -> None:
+    sockets: set[web.WebSocketResponse] = set()
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sockets.add(ws)
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            sockets.discard(ws)
+        return ws
+
+    async def broadcast(text: str) -> None:
+        for ws in list(sockets):
+            try:
+                await ws.send_str(text)
+            except ConnectionError:
+                pass
+
+    async def run(n: int, interval: float, job_id: str) -> None:
+        # The same fields and sizes as offload's progress event.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + DELAY_MS / 1000
+        for i in range(1, n + 1):
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await broadcast(json.dumps({"event": "progress", "jobId": job_id, "progress": i * 99 // n,
+                                        "message": str(time.monotonic_ns()), "seq": i + 1}, separators=(",", ":")))
+        await broadcast(json.dumps({"event": "status", "jobId": job_id, "status": "completed", "seq": n + 2}))
+
+    async def start(request: web.Request) -> web.Response:
+        body = await request.json()
+        request.app["runs"].add(asyncio.get_running_loop().create_task(
+            run(int(body["n"]), float(body["interval_ms"]) / 1000, body["jobId"])))
+        return web.json_response({"sockets": len(sockets)})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app["runs"] = set()
+    app.router.add_get("/ws", ws_handler)
+    app.router.add_post("/start", start)
+    app.router.add_get("/api/health", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, loop=_loop(), backlog=4096)
+
+
+# ---- the clients (a process of their own) ---------------------------------------------------
+async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
+    n = max(1, int(rate * seconds))
+    interval_ms = 1000 / rate
+    latencies: list[float] = []
+    ready = asyncio.Event()
+    first_ns = [0]  # stamps before this are not counted: not every subscriber was in yet
+    snapshots = 0
+    finished = 0
+    size = [0]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        path = "/api/ws" if mode == "offload" else "/ws"
+        sockets = await asyncio.gather(*(http.ws_connect(url + path, max_msg_size=0) for _ in range(subscribers)))
+        if mode == "offload":
+            job = {"type": "bench.ticks", "data": {"n": n, "interval_ms": interval_ms, "delay_ms": DELAY_MS}}
+            async with http.post(url + "/api/jobs", json=job) as r:
+                assert r.status == 201, await r.text()
+                job_id = (await r.json())["jobId"]
+        else:
+            job_id = "job_" + "0" * 24
+
+        async def read(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal snapshots, finished
+            async for message in ws:
+                now = time.monotonic_ns()
+                event = orjson.loads(message.data)
+                kind = event.get("event")
+                if kind == "progress":
+                    size[0] = len(message.data)
+                    stamp = int(event["message"])
+                    if stamp >= first_ns[0] and ready.is_set():
+                        latencies.append((now - stamp) / 1e6)
+                elif kind == "snapshot":
+                    snapshots += 1
+                    if snapshots == subscribers:
+                        first_ns[0] = time.monotonic_ns()
+                        ready.set()
+                    if event["job"]["status"] == "completed":
+                        break
+                elif kind == "status" and event["status"] == "completed":
+                    break
+            finished += 1
+
+        readers = [asyncio.create_task(read(ws)) for ws in sockets]
+        if mode == "offload":
+            for ws in sockets:
+                await ws.send_str(json.dumps({"op": "subscribe", "jobId": job_id}))
+        else:
+            first_ns[0] = time.monotonic_ns()
+            ready.set()
+            async with http.post(url + "/start", json={"n": n, "interval_ms": interval_ms, "jobId": job_id}) as r:
+                assert (await r.json())["sockets"] == subscribers
+        await asyncio.wait_for(asyncio.gather(*readers), timeout=seconds * 3 + 60)
+        for ws in sockets:
+            await ws.close()
+    expected = subscribers * n
+    return {"mode": mode, "subscribers": subscribers, "rate": rate, "samples": len(latencies),
+            "per_socket_events": n, "message_bytes": size[0], "complete": finished == subscribers,
+            "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "max_ms": max(latencies),
+            "received_share": len(latencies) / expected}
+
+
+def run_clients(mode: str, url: str, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--clients", mode, "--url", url, "--subscribers", str(subscribers),
+                          "--rate", str(rate), "--seconds", str(seconds)], capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise RuntimeError(f"{mode} clients failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def wait_http(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            try:
+                async with http.get(url + "/api/health") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not start")
+
+
+async def main(args: argparse.Namespace) -> None:
+    rates = [float(r) for r in args.rates.split(",")]
+    folder = Path(tempfile.mkdtemp(prefix="offload-fanout-"))
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)], start_new_session=True)
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    try:
+        with ServerProcess(folder, processes=2, lease_ms=60_000, modules=("benchmarks.ticks",),
+                           log_level="WARNING", sections=SETTINGS) as server:
+            await server.start()
+            await wait_http(bare_url)
+            if args.pid_file:
+                Path(args.pid_file).write_text(str(server.pid))
+            print(f"{args.subscribers} subscribers, {args.seconds:g} s per measurement, {args.reps} repetitions; "
+                  f"latency from the message's stamp to its receipt, ms")
+            print(f"{'rate/s':>6} {'rep':>3} | {'offload p50':>11} {'p99':>7} {'max':>7} | "
+                  f"{'bare p50':>8} {'p99':>7} {'max':>7} | {'p99 ratio':>9}")
+            for rate in rates:
+                for rep in range(args.reps):
+                    mine = run_clients("offload", server.url, args.subscribers, rate, args.seconds)
+                    base = run_clients("bare", bare_url, args.subscribers, rate, args.seconds)
+                    for result in (mine, base):
+                        if not result["complete"] or result["received_share"] < 0.5:
+                            print(f"  ({result['mode']}: complete={result['complete']}, "
+                                  f"received {result['received_share']:.0%} of the events: some were coalesced)")
+                    if not rep and rate == rates[0]:
+                        print(f"  (progress message: offload {mine['message_bytes']} bytes, "
+                              f"bare {base['message_bytes']} bytes)")
+                    print(f"{rate:>6g} {rep + 1:>3} | {mine['p50_ms']:>11.2f} {mine['p99_ms']:>7.2f} "
+                          f"{mine['max_ms']:>7.1f} | {base['p50_ms']:>8.2f} {base['p99_ms']:>7.2f} "
+                          f"{base['max_ms']:>7.1f} | {mine['p99_ms'] / base['p99_ms']:>9.2f}", flush=True)
+    finally:
+        os.killpg(bare.pid, signal.SIGTERM)
+        bare.wait(10)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rates", default="20,100")
+    parser.add_argument("--rate", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--pid-file", help="write offload's server pid here (to attach a profiler)")
+    parser.add_argument("--clients", choices=("offload", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server)
+    elif args.clients:
+        result = _loop().run_until_complete(clients(args.clients, args.url, args.subscribers, args.rate, args.seconds))
+        print(json.dumps(result))
+    else:
+        asyncio.run(main(args))
+
+
+if __name__ == "__main__":
+    cli()
