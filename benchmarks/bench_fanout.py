@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -120,7 +119,13 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         path = "/api/ws" if mode == "offload" else "/ws"
-        sockets = await asyncio.gather(*(http.ws_connect(url + path, max_msg_size=0) for _ in range(subscribers)))
+        gate = asyncio.Semaphore(32)  # not a thousand SYNs at once: the listen backlog is finite
+
+        async def connect() -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                return await http.ws_connect(url + path, max_msg_size=0)
+
+        sockets = await asyncio.gather(*(connect() for _ in range(subscribers)))
         if mode == "offload":
             job = {"type": "bench.ticks", "data": {"n": n, "interval_ms": interval_ms, "delay_ms": DELAY_MS}}
             async with http.post(url + "/api/jobs", json=job) as r:
@@ -139,6 +144,8 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
                     size[0] = len(message.data)
                     stamp = int(event["message"])
                     if stamp >= first_ns[0] and ready.is_set():
+                        if not latencies:
+                            print("ready", flush=True)  # the server's CPU is counted from here
                         latencies.append((now - stamp) / 1e6)
                 elif kind == "snapshot":
                     snapshots += 1
@@ -161,6 +168,7 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
             async with http.post(url + "/start", json={"n": n, "interval_ms": interval_ms, "jobId": job_id}) as r:
                 assert (await r.json())["sockets"] == subscribers
         await asyncio.wait_for(asyncio.gather(*readers), timeout=seconds * 3 + 60)
+        print("done", flush=True)
         for ws in sockets:
             await ws.close()
     expected = subscribers * n
@@ -170,12 +178,31 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
             "received_share": len(latencies) / expected}
 
 
-def run_clients(mode: str, url: str, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--clients", mode, "--url", url, "--subscribers", str(subscribers),
-                          "--rate", str(rate), "--seconds", str(seconds)], capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(f"{mode} clients failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_clients(mode: str, url: str, subscribers: int, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+    """The clients' figures, and the CPU the server process used per event while the events
+    flowed (from every subscriber in to the last event received)."""
+    clients = subprocess.Popen([sys.executable, __file__, "--clients", mode, "--url", url, "--subscribers",
+                                str(subscribers), "--rate", str(rate), "--seconds", str(seconds)],
+                               stdout=subprocess.PIPE, text=True)
+    assert clients.stdout is not None
+    marks = {}
+    for line in clients.stdout:
+        if line.strip() in ("ready", "done"):
+            marks[line.strip()] = (time.monotonic(), cpu_s(pid))
+        else:
+            last = line
+    if clients.wait() or len(marks) != 2:
+        raise RuntimeError(f"{mode} clients failed")
+    result: dict[str, Any] = json.loads(last)
+    (start, cpu_start), (end, cpu_end) = marks["ready"], marks["done"]
+    result["server_cpu_ms_per_event"] = (cpu_end - cpu_start) * 1000 / (rate * (end - start))
+    return result
 
 
 async def wait_http(url: str) -> None:
@@ -207,11 +234,11 @@ async def main(args: argparse.Namespace) -> None:
             print(f"{args.subscribers} subscribers, {args.seconds:g} s per measurement, {args.reps} repetitions; "
                   f"latency from the message's stamp to its receipt, ms")
             print(f"{'rate/s':>6} {'rep':>3} | {'offload p50':>11} {'p99':>7} {'max':>7} | "
-                  f"{'bare p50':>8} {'p99':>7} {'max':>7} | {'p99 ratio':>9}")
+                  f"{'bare p50':>8} {'p99':>7} {'max':>7} | {'p99 ratio':>9} | server CPU ms/event: offload, bare")
             for rate in rates:
                 for rep in range(args.reps):
-                    mine = run_clients("offload", server.url, args.subscribers, rate, args.seconds)
-                    base = run_clients("bare", bare_url, args.subscribers, rate, args.seconds)
+                    mine = run_clients("offload", server.url, args.subscribers, rate, args.seconds, server.pid)
+                    base = run_clients("bare", bare_url, args.subscribers, rate, args.seconds, bare.pid)
                     for result in (mine, base):
                         if not result["complete"] or result["received_share"] < 0.5:
                             print(f"  ({result['mode']}: complete={result['complete']}, "
@@ -221,7 +248,8 @@ async def main(args: argparse.Namespace) -> None:
                               f"bare {base['message_bytes']} bytes)")
                     print(f"{rate:>6g} {rep + 1:>3} | {mine['p50_ms']:>11.2f} {mine['p99_ms']:>7.2f} "
                           f"{mine['max_ms']:>7.1f} | {base['p50_ms']:>8.2f} {base['p99_ms']:>7.2f} "
-                          f"{base['max_ms']:>7.1f} | {mine['p99_ms'] / base['p99_ms']:>9.2f}", flush=True)
+                          f"{base['max_ms']:>7.1f} | {mine['p99_ms'] / base['p99_ms']:>9.2f} | "
+                          f"{mine['server_cpu_ms_per_event']:>6.2f} {base['server_cpu_ms_per_event']:>6.2f}", flush=True)
     finally:
         os.killpg(bare.pid, signal.SIGTERM)
         bare.wait(10)
