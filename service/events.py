@@ -165,6 +165,9 @@ class Subscriber:
             item = [event.job_id, event.payload]
             self._progress_items[event.job_id] = item
         else:
+            # Progress queued before this status stays before it: a later one is queued after
+            # it, not folded back into the earlier place (the client's seq never goes back).
+            self._progress_items.pop(event.job_id, None)
             item = [None, event.payload]
         self._push(item)
 
@@ -292,9 +295,10 @@ class Subscriber:
                 break
             self._ready.clear()
             await self._ready.wait()
-        job_id, payload = self._queue.popleft()
+        item = self._queue.popleft()
+        job_id, payload = item
         self.queued_bytes -= len(payload)
-        if job_id is not None:
+        if job_id is not None and self._progress_items.get(job_id) is item:
             del self._progress_items[job_id]
         return payload
 
