@@ -6,8 +6,9 @@ handed to each interested subscriber in one loop. A subscriber whose connection 
 no task, no await and no copy per connection. Only a subscriber that falls behind queues
 the event in its outbox, which its connection drains at the client's pace. An outbox
 keeps `status` and `snapshot` events in order and never drops them; `progress` events of
-one job are coalesced in place (the latest value wins), so a slow client costs memory
-proportional to the jobs it watches, not to the events they produce. An outbox counts the
+one job are coalesced in place (the latest value wins) until a status of that job is queued
+after them (later progress queues after the status: a job's `seq` never goes back), so a
+slow client costs memory proportional to the jobs it watches, not to the events they produce. An outbox counts the
 bytes it holds, so its connection can bound what a client leaves unread. Publishing never
 awaits: the scheduler is never held up by a client.
 
