@@ -117,6 +117,7 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
     snapshots = 0
     finished = 0
     size = [0]
+    first: dict[int, int] = {}  # each event's stamp -> its earliest receipt
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         path = "/api/ws" if mode == "offload" else "/ws"
@@ -148,6 +149,7 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
                         if not latencies:
                             print("ready", flush=True)  # the server's CPU is counted from here
                         latencies.append((now - stamp) / 1e6)
+                        first[stamp] = min(first.get(stamp, now), now)
                 elif kind == "snapshot":
                     snapshots += 1
                     if snapshots == subscribers:
@@ -173,10 +175,12 @@ async def clients(mode: str, url: str, subscribers: int, rate: float, seconds: f
         for ws in sockets:
             await ws.close()
     expected = subscribers * n
+    firsts = [(receipt - stamp) / 1e6 for stamp, receipt in first.items()]
     return {"mode": mode, "subscribers": subscribers, "rate": rate, "samples": len(latencies),
             "per_socket_events": n, "message_bytes": size[0], "complete": finished == subscribers,
             "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "max_ms": max(latencies),
-            "received_share": len(latencies) / expected}
+            "received_share": len(latencies) / expected,
+            "first_p50_ms": pct(firsts, 0.5), "first_p99_ms": pct(firsts, 0.99)}
 
 
 def cpu_s(pid: int) -> float:
@@ -235,7 +239,8 @@ async def main(args: argparse.Namespace) -> None:
             print(f"{args.subscribers} subscribers, {args.seconds:g} s per measurement, {args.reps} repetitions; "
                   f"latency from the message's stamp to its receipt, ms")
             print(f"{'subs':>5} {'rate/s':>6} {'rep':>3} | {'offload p50':>11} {'p99':>7} {'max':>7} | "
-                  f"{'bare p50':>8} {'p99':>7} {'max':>7} | {'p99 ratio':>9} | server CPU ms/event: offload, bare")
+                  f"{'bare p50':>8} {'p99':>7} {'max':>7} | {'p99 ratio':>9} | server CPU ms/event: offload, bare "
+                  f"| first receipt p50 p99: offload, bare")
             # First one subscriber: the floor of each path (offload's includes the worker's
             # pipe and the store's commit of the progress, which come before any fan-out).
             runs = [(1, rates[0], 0), *((args.subscribers, rate, rep) for rate in rates for rep in range(args.reps))]
@@ -256,7 +261,9 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"{subscribers:>5} {rate:>6g} {rep + 1:>3} | {mine['p50_ms']:>11.2f} {mine['p99_ms']:>7.2f} "
                       f"{mine['max_ms']:>7.1f} | {base['p50_ms']:>8.2f} {base['p99_ms']:>7.2f} "
                       f"{base['max_ms']:>7.1f} | {mine['p99_ms'] / base['p99_ms']:>9.2f} | "
-                      f"{mine['server_cpu_ms_per_event']:>6.2f} {base['server_cpu_ms_per_event']:>6.2f}", flush=True)
+                      f"{mine['server_cpu_ms_per_event']:>6.2f} {base['server_cpu_ms_per_event']:>6.2f} | "
+                      f"{mine['first_p50_ms']:>5.1f} {mine['first_p99_ms']:>5.1f}  {base['first_p50_ms']:>5.1f} "
+                      f"{base['first_p99_ms']:>5.1f}", flush=True)
     finally:
         os.killpg(bare.pid, signal.SIGTERM)
         bare.wait(10)
