@@ -6,7 +6,9 @@ In one run, side by side:
     every subscriber times worker -> receipt;
   - bare: a bare aiohttp server (same event loop as `offload serve`) that, at the same rate,
     builds a message of the same size and shape once and `send_str`s it to every socket,
-    the simplest correct broadcast; the stamp is taken when the message is built.
+    the simplest correct broadcast; the stamp is taken when the message is built (with
+    --bare-stamp-due: when it was due, so that its latency, like offload's, includes the
+    wait for a loop still busy with the previous broadcast).
 The clients of both run in a process of their own (the servers in theirs) and read alike.
 A first row with one subscriber gives each path's floor. The systems alternate within
 each repetition; p50/p99 are over every (event, subscriber)
@@ -58,7 +60,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 # ---- the bare broadcast server (a process of its own) --------------------------------------
-def bare_server(port: int) -> None:
+def bare_server(port: int, stamp_due: bool) -> None:
     sockets: set[web.WebSocketResponse] = set()
 
     async def ws_handler(request: web.Request) -> web.WebSocketResponse:
@@ -80,14 +82,16 @@ def bare_server(port: int) -> None:
                 pass
 
     async def run(n: int, interval: float, job_id: str) -> None:
-        # The same fields and sizes as offload's progress event.
-        loop = asyncio.get_running_loop()
-        due = loop.time() + DELAY_MS / 1000
+        # The same fields and sizes as offload's progress event. The stamp: when the message
+        # is built (the loop free to send it), or with `stamp_due` when it was due, as the
+        # worker's clock, which never waits for the server's loop, stamps offload's.
+        due = time.monotonic_ns() + DELAY_MS * 1_000_000
         for i in range(1, n + 1):
-            due += interval
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            due += int(interval * 1e9)
+            await asyncio.sleep(max(0.0, (due - time.monotonic_ns()) / 1e9))
+            stamp = due if stamp_due else time.monotonic_ns()
             await broadcast(json.dumps({"event": "progress", "jobId": job_id, "progress": i * 99 // n,
-                                        "message": str(time.monotonic_ns()), "seq": i + 1}, separators=(",", ":")))
+                                        "message": str(stamp), "seq": i + 1}, separators=(",", ":")))
         await broadcast(json.dumps({"event": "status", "jobId": job_id, "status": "completed", "seq": n + 2}))
 
     async def start(request: web.Request) -> web.Response:
@@ -227,7 +231,8 @@ async def main(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="offload-fanout-"))
     bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)], start_new_session=True)
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port),
+                             *(["--bare-stamp-due"] if args.bare_stamp_due else [])], start_new_session=True)
     bare_url = f"http://127.0.0.1:{bare_port}"
     try:
         with ServerProcess(folder, processes=2, lease_ms=60_000, modules=("benchmarks.ticks",),
@@ -279,10 +284,13 @@ def cli() -> None:
     parser.add_argument("--pid-file", help="write offload's server pid here (to attach a profiler)")
     parser.add_argument("--clients", choices=("offload", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-stamp-due", action="store_true",
+                        help="stamp the bare broadcast's message with the time it was due, not the time it is "
+                             "built: its latency then includes waiting for its own busy loop, as offload's does")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
-        bare_server(args.bare_server)
+        bare_server(args.bare_server, args.bare_stamp_due)
     elif args.clients:
         result = _loop().run_until_complete(clients(args.clients, args.url, args.subscribers, args.rate, args.seconds))
         print(json.dumps(result))
