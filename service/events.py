@@ -1,9 +1,14 @@
 """The events hub: job events in, per-connection outboxes out.
 
-Every event is encoded once and handed to each interested subscriber's outbox. An outbox
+Every event is encoded once, into JSON and into the WebSocket frame that carries it, and
+handed to each interested subscriber in one loop. A subscriber whose connection keeps up
+(nothing queued, its transport not backed up) writes the frame at once (`Subscriber.direct`):
+no task, no await and no copy per connection. Only a subscriber that falls behind queues
+the event in its outbox, which its connection drains at the client's pace. An outbox
 keeps `status` and `snapshot` events in order and never drops them; `progress` events of
-one job are coalesced in place (the latest value wins), so a slow client costs memory
-proportional to the jobs it watches, not to the events they produce. An outbox counts the
+one job are coalesced in place (the latest value wins) until a status of that job is queued
+after them (later progress queues after the status: a job's `seq` never goes back), so a
+slow client costs memory proportional to the jobs it watches, not to the events they produce. An outbox counts the
 bytes it holds, so its connection can bound what a client leaves unread. Publishing never
 awaits: the scheduler is never held up by a client.
 
@@ -20,10 +25,12 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
 
+from offload.service.frames import text_frame
 from offload.service.models import Job
 from offload.service.store.base import StoreChange
 
@@ -37,6 +44,11 @@ class Event:
     payload: bytes
     #: A status event with a final status (completed, failed, cancelled).
     terminal: bool = False
+
+    @cached_property
+    def frame(self) -> bytes:
+        """The WebSocket frame of `payload`, built once for every connection that writes it."""
+        return text_frame(self.payload)
 
 
 def status_event(job: Job) -> Event:
@@ -91,6 +103,10 @@ class Subscriber:
         self.queued_bytes = 0
         #: Called whenever the outbox grows (the connection checks its unsent bytes).
         self.on_grow: Callable[[], None] | None = None
+        #: The connection's direct write: takes a ready frame and writes it now if the
+        #: connection keeps up (True), or declines (False) and the event is queued. Only
+        #: offered an event when nothing is queued before it, so the order stays the same.
+        self.direct: Callable[[bytes], bool] | None = None
         self.stream: SnapshotStream | None = None
         self._last_seq: dict[str, int] = {}
         self._queue: deque[list[Any]] = deque()
@@ -144,9 +160,15 @@ class Subscriber:
                 self.queued_bytes += len(event.payload) - len(item[1])
                 item[1] = event.payload
                 return
+        if not self._queue and not self.overflowed and self.direct is not None and self.direct(event.frame):
+            return
+        if event.kind == "progress":
             item = [event.job_id, event.payload]
             self._progress_items[event.job_id] = item
         else:
+            # Progress queued before this status stays before it: a later one is queued after
+            # it, not folded back into the earlier place (the client's seq never goes back).
+            self._progress_items.pop(event.job_id, None)
             item = [None, event.payload]
         self._push(item)
 
@@ -274,9 +296,10 @@ class Subscriber:
                 break
             self._ready.clear()
             await self._ready.wait()
-        job_id, payload = self._queue.popleft()
+        item = self._queue.popleft()
+        job_id, payload = item
         self.queued_bytes -= len(payload)
-        if job_id is not None:
+        if job_id is not None and self._progress_items.get(job_id) is item:
             del self._progress_items[job_id]
         return payload
 
@@ -288,14 +311,17 @@ class EventHub:
         self.published = 0
 
     def publish(self, event: Event) -> None:
+        """Hand `event` to every subscriber watching its job, in one loop that never awaits:
+        each one that keeps up writes it at once, the others queue it."""
         self.published += 1
         targets = self._by_job.get(event.job_id, ())
         everyone = self._by_owner.get(event.owner, ())
         admins = self._by_owner.get(None, ())
+        job_id, owner = event.job_id, event.owner
         for subscriber in (*targets, *everyone, *admins):
-            if subscriber.owner is not None and subscriber.owner != event.owner:
+            if subscriber.owner is not None and subscriber.owner != owner:
                 continue  # watching another user's job id (the lookup is about to say 404)
-            if subscriber.all or event.job_id in subscriber.jobs:
+            if subscriber.all or job_id in subscriber.jobs:
                 subscriber.deliver(event)
 
     def on_change(self, change: StoreChange) -> None:

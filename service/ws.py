@@ -2,8 +2,13 @@
 
 Reading and writing are separate tasks: the reader handles the client's ops, the writer
 drains the connection's `Subscriber` outbox (and pages the snapshots of `subscribe all` in
-from the store as the client takes them). A client that stops reading only fills its own
-outbox (progress coalesced, status kept); once what it leaves unsent (outbox plus what
+from the store as the client takes them). While the client keeps up (nothing queued, the
+transport under its high-water mark), the hub's events skip the outbox and the writer:
+the hub writes each event's ready frame to the transport itself (`_Guard.offer`), so a
+thousand subscribers of one job cost one loop, not a thousand task wake-ups. A client that
+falls behind has its events queued instead; its writer waits for the transport to drain
+before each frame, and meanwhile the outbox coalesces progress. A client that stops reading
+only fills its own outbox (progress coalesced, status kept); once what it leaves unsent (outbox plus what
 the transport could not write) stays over `ws_max_unsent_bytes` for `ws_slow_close_s`,
 or the outbox overflows, the connection is closed with 1013 and its memory freed at once.
 Nobody else waits, and the event loop never does.
@@ -46,7 +51,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _serve(request: web.Request, owner: str, limits: LimitsConfig) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.max_ws_message_bytes)
+    # writer_limit 0: the writer waits for a backed-up transport after every frame, so what
+    # a slow client cannot take yet stays in the outbox, where progress is coalesced.
+    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.max_ws_message_bytes,
+                               writer_limit=0)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     hub, store = request.app[HUB], request.app[STORE]
@@ -85,7 +93,28 @@ class _Guard:
         self.writing = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task[None] | None = None
+        #: Above this many bytes in the transport's buffer the client is behind: the
+        #: transport's own high-water mark, where it stops taking more from aiohttp's writer.
+        self.behind = transport.get_write_buffer_limits()[1] if transport is not None else 0
         subscriber.on_grow = self.check
+        subscriber.direct = self.offer
+
+    def offer(self, frame: bytes) -> bool:
+        """Write the ready `frame` now if the connection keeps up: not closed, its writer
+        idle (the subscriber offers nothing while its outbox holds anything) and its
+        transport not backed up. False: the subscriber queues the event instead."""
+        transport = self.transport
+        if self.writing or self.ws.closed or transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > self.behind:
+            return False
+        try:
+            transport.write(frame)
+        except (OSError, RuntimeError):  # the connection just failed: the writer finds out
+            return False
+        if transport.get_write_buffer_size():  # the kernel took less than all of it
+            self.check()
+        return True
 
     def unsent(self) -> int:
         buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0

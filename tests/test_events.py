@@ -137,3 +137,123 @@ def test_times_are_iso_utc_with_milliseconds():
     assert iso(1764345600123) == "2025-11-28T16:00:00.123Z"
     assert iso(951782400999) == "2000-02-29T00:00:00.999Z"
     assert iso(None) is None
+
+
+class Connection:
+    """A subscriber's direct write, as a connection offers it: takes frames while it keeps
+    up (`behind` False), declines them while it is behind."""
+
+    def __init__(self, subscriber: Subscriber) -> None:
+        self.frames: list[bytes] = []
+        self.behind = False
+        subscriber.direct = self.offer
+
+    def offer(self, frame: bytes) -> bool:
+        if self.behind:
+            return False
+        self.frames.append(frame)
+        return True
+
+    def events(self) -> list[dict]:
+        out = []
+        for frame in self.frames:
+            assert frame[0] == 0x81  # one final text frame, unmasked
+            size, start = frame[1], 2
+            if size == 126:
+                size, start = int.from_bytes(frame[2:4], "big"), 4
+            elif size == 127:
+                size, start = int.from_bytes(frame[2:10], "big"), 10
+            assert len(frame) == start + size
+            out.append(orjson.loads(frame[start:]))
+        return out
+
+
+def kinds(events: list[dict]) -> list[tuple[str, int]]:
+    return [(e["event"], e["seq"] if "seq" in e else e["job"]["seq"]) for e in events]
+
+
+async def test_a_subscriber_that_keeps_up_gets_every_event_written_at_once_and_nothing_queued():
+    hub, sub = EventHub(), Subscriber("u")
+    connection = Connection(sub)
+    hub.watch_job(sub, "job_a")
+    hub.status(job(1))
+    for seq in range(2, 6):
+        hub.progress("job_a", "u", seq * 10, None, seq)
+    hub.status(job(6, JobStatus.COMPLETED))
+    assert kinds(connection.events()) == [("status", 1), ("progress", 2), ("progress", 3), ("progress", 4),
+                                          ("progress", 5), ("status", 6)]
+    assert not sub._queue and sub.queued_bytes == 0
+
+
+async def test_one_event_is_framed_once_for_every_subscriber():
+    hub = EventHub()
+    subscribers = [Subscriber("u") for _ in range(3)]
+    connections = [Connection(sub) for sub in subscribers]
+    for sub in subscribers:
+        hub.watch_job(sub, "job_a")
+    hub.progress("job_a", "u", 10, "x" * 200, 2)  # a 2-byte length in its header
+    frames = [connection.frames[0] for connection in connections]
+    assert frames[0] is frames[1] is frames[2]
+    assert connections[0].events()[0]["message"] == "x" * 200
+
+
+async def test_a_subscriber_that_falls_behind_queues_and_coalesces_and_catches_up_in_order():
+    hub, sub = EventHub(), Subscriber("u")
+    connection = Connection(sub)
+    hub.watch_job(sub, "job_a")
+    hub.progress("job_a", "u", 10, None, 2)
+    connection.behind = True
+    hub.progress("job_a", "u", 20, None, 3)
+    hub.status(job(4))
+    hub.progress("job_a", "u", 30, None, 5)
+    hub.progress("job_a", "u", 40, None, 6)  # coalesced with 5, while it is behind
+    connection.behind = False
+    # It keeps up again, but what is queued goes first: nothing is written past it.
+    hub.progress("job_a", "u", 50, None, 7)
+    hub.status(job(8, JobStatus.COMPLETED))
+    assert kinds(connection.events()) == [("progress", 2)]
+    assert kinds(await drain(sub)) == [("progress", 3), ("status", 4), ("progress", 7), ("status", 8)]
+    hub.progress("job_b", "u", 10, None, 1)  # not watched
+    hub.watch_job(sub, "job_b")
+    hub.progress("job_b", "u", 20, None, 2)  # the outbox is empty again: written at once
+    assert kinds(connection.events()) == [("progress", 2), ("progress", 2)]
+
+
+async def test_a_final_status_declined_by_a_connection_behind_is_queued_not_lost():
+    hub, sub = EventHub(), Subscriber("u")
+    connection = Connection(sub)
+    hub.watch_job(sub, "job_a")
+    connection.behind = True
+    hub.status(job(9, JobStatus.FAILED))
+    assert kinds(await drain(sub)) == [("status", 9)]
+    assert connection.frames == []
+
+
+async def test_events_of_a_job_being_read_wait_for_its_snapshot_even_when_the_connection_keeps_up():
+    hub, sub = EventHub(), Subscriber("u")
+    connection = Connection(sub)
+    sub.hold("job_a")
+    hub.watch_job(sub, "job_a")
+    hub.progress("job_a", "u", 10, None, 3)  # reflected by the snapshot
+    hub.progress("job_a", "u", 20, None, 5)
+    assert connection.frames == []
+    sub.release("job_a", job(4))
+    hub.progress("job_a", "u", 30, None, 6)  # behind the snapshot still queued
+    assert connection.frames == []
+    assert kinds(await drain(sub)) == [("snapshot", 4), ("progress", 6)]  # 5, then 6 in its place
+    hub.progress("job_a", "u", 40, None, 7)
+    assert kinds(connection.events()) == [("progress", 7)]
+
+
+async def test_an_overflowed_subscriber_is_written_nothing_more():
+    hub, sub = EventHub(), Subscriber("u", limit=2)
+    connection = Connection(sub)
+    watch_all(hub, sub)
+    connection.behind = True
+    for i in range(3):
+        hub.status(job(1, job_id=f"job_{i}"))
+    assert sub.overflowed
+    sub.discard()  # its connection is being closed: the outbox is empty, yet nothing is written
+    connection.behind = False
+    hub.status(job(1, job_id="job_x"))
+    assert connection.frames == []

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from offload.service.keys import SOCKETS, STORE
+from offload.service.keys import HUB, SOCKETS, STORE
 from offload.service.models import Job, new_job_id, now_ms
 from tests.conftest import eventually, submit, wait_status, ws_events_until
 
@@ -68,6 +68,32 @@ class RawClient:
         assert len(payload) < 126
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    def read_events_until(self, last: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Read the server's text frames (unmasked, one frame per message) until `last`
+        says an event is the last one wanted; returns the events in order."""
+        self.sock.settimeout(30)
+        events: list[dict[str, Any]] = []
+        while not events or not last(events[-1]):
+            first, size = self._exactly(2)
+            assert first & 0x0F == 0x1 and first & 0x80 and not size & 0x80, (first, size)
+            if size == 126:
+                size = struct.unpack("!H", self._exactly(2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", self._exactly(8))[0]
+            payload = self._exactly(size)
+            if first & 0x40:
+                raise AssertionError("a compressed frame on a connection that negotiated no compression")
+            events.append(orjson.loads(payload))
+        return events
 
     def read_to_end(self) -> int:
         """Read until the server has closed the connection; returns the bytes read."""
@@ -276,3 +302,79 @@ async def test_shutdown_does_not_wait_for_a_stalled_client(start_server, tmp_pat
     finally:
         stalled.sock.close()
         (tmp_path / "gate").touch()
+
+
+def _seqs(events: list[dict[str, Any]]) -> list[int]:
+    return [e["seq"] if e["event"] != "snapshot" else e["job"]["seq"] for e in events]
+
+
+async def test_readers_that_keep_up_get_every_event_while_a_stalled_one_gets_them_coalesced(start_server, tmp_path):
+    client = await start_server()
+    hub = client.server.app[HUB]
+    gate = tmp_path / "gate"
+    job_id = await submit(client, "test.chatty", {"gate": str(gate), "size": 1000})
+
+    def completed(event: dict[str, Any]) -> bool:
+        return event.get("status") == "completed"
+
+    async def keep_reading(ws: Any) -> list[dict[str, Any]]:
+        events = [await ws.receive_json()]
+        while not completed(events[-1]):
+            events.append(await ws.receive_json())
+        return events
+
+    readers = [await client.ws_connect("/api/ws") for _ in range(5)]
+    stalled = await asyncio.to_thread(RawClient, client.port)
+    try:
+        for ws in readers:
+            await ws.send_json({"op": "subscribe", "jobId": job_id})
+        reading = [asyncio.get_running_loop().create_task(keep_reading(ws)) for ws in readers]
+        stalled.send_json({"op": "subscribe", "jobId": job_id})  # ... and reads nothing for now
+
+        def stalled_is_behind() -> bool:  # its events wait in its outbox: it is no longer written at once
+            return any(subscriber._queue for subscriber in hub._by_job.get(job_id, ()))
+
+        await eventually(lambda: asyncio.sleep(0, stalled_is_behind()), what="the stalled reader to fall behind")
+        behind_at = hub.published
+        await eventually(lambda: asyncio.sleep(0, hub.published > behind_at + 200), what="200 more events")
+        gate.touch()
+        async with asyncio.timeout(30):
+            kept_up = await asyncio.gather(*reading)
+        late = await asyncio.to_thread(stalled.read_events_until, completed)
+    finally:
+        gate.touch()
+        stalled.sock.close()
+        for ws in readers:
+            await ws.close()
+    for events in kept_up:
+        assert events[0]["event"] == "snapshot"
+        seqs = _seqs(events)
+        assert seqs == list(range(seqs[0], seqs[-1] + 1))  # every event, in order, none coalesced
+        assert all(e["event"] == "progress" for e in events[1:-1]) and completed(events[-1])
+    final = kept_up[0][-1]
+    assert late[0]["event"] == "snapshot" and late[-1] == final  # the final status all the same
+    seqs = _seqs(late)
+    assert seqs == sorted(set(seqs))  # in order, never going back
+    assert len(seqs) < seqs[-1] - seqs[0] + 1 - 100  # the progress it could not take was coalesced
+
+
+async def test_a_client_that_negotiated_compression_reads_the_frames_written_at_once(start_server, tmp_path):
+    client = await start_server()
+    hold, gate = tmp_path / "hold", tmp_path / "gate"
+    job_id = await submit(client, "test.steps", {"n": 3, "hold": str(hold), "gate": str(gate)})
+    await wait_status(client, job_id, "running")
+    async with client.ws_connect("/api/ws", compress=15) as ws:
+        assert ws.compress == 15  # permessage-deflate: aiohttp's own frames are compressed
+        await ws.send_json({"op": "subscribe", "jobId": job_id})
+        snapshot = await ws.receive_json()  # written by the connection's writer
+        assert snapshot["event"] == "snapshot"
+        hold.touch()
+        gate.touch()
+        events = await ws_events_until(ws, job_id)  # written by the hub, uncompressed
+        assert [e["event"] for e in events[:-1]] == ["progress"] * (len(events) - 1)
+        assert events[-2]["progress"] == 100 and events[-1]["status"] == "completed"
+        assert _seqs(events) == list(range(snapshot["job"]["seq"] + 1, snapshot["job"]["seq"] + len(events) + 1))
+        await ws.send_json({"op": "ping"})  # compressed again, after them: the stream is intact
+        assert await ws.receive_json() == {"event": "pong"}
+        await ws.send_json({"op": "subscribe", "jobId": job_id})
+        assert (await ws.receive_json())["job"]["status"] == "completed"
