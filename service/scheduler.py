@@ -403,6 +403,7 @@ class Scheduler:
             self._pending_seen += 1  # with a per-user cap, a job that stops running frees a turn
             if change.status is JobStatus.PENDING and change.due_at > self.clock.now():
                 self._delayed_seen += 1
+            self._wake.set()  # stored by any path (a batch, another node): claim it
         if change.status is JobStatus.CANCELLED and self.reserved:
             self.reserved = [held for held in self.reserved if held.id != change.id]
         if not change.cancel_requested or change.status is not JobStatus.RUNNING:

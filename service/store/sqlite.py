@@ -456,7 +456,7 @@ class SQLiteStore(Store):
         with the loop free (SQLite's own busy wait would hold the loop's thread); then the
         error is raised as a busy wait's would be."""
         loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + self.busy_timeout_ms / 1000, 0.001
+        deadline, pause = loop.time() + self.busy_timeout_ms / 1000, 0.00025
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -465,7 +465,7 @@ class SQLiteStore(Store):
                 if _error_name(exc) != "SQLITE_BUSY" or loop.time() >= deadline:
                     raise
             await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.01)
 
     def _committed(self) -> None:
         self._commits += 1
