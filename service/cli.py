@@ -87,6 +87,9 @@ async def _serve(config: Config) -> int:
     prints one line, closes what was opened and returns 1."""
     try:
         app = create_app(config)
+    except ConfigError as exc:  # a schedule whose type or data the loaded job types refuse
+        print(f"offload: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except ModuleLoadError as exc:  # a module named in [workers] modules: nothing has started yet
         looked = f"; looked in {config.base_dir} (the config file's folder) and the Python path" \
             if exc.not_found else ""
