@@ -167,7 +167,8 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         open_store(config.store_url)  # the URL's scheme names a backend; nothing is opened
     except ValueError as exc:
-        return _fail(f"offload check: configuration error: [store] url: {exc}")
+        problem = str(exc).replace(config.store.url, mask("store.url", config.store.url))
+        return _fail(f"offload check: configuration error: [store] url: {problem}")
     on_import_path(config.base_dir)
     try:
         registry = Registry.from_modules(config.workers.modules)
