@@ -97,9 +97,9 @@ def render(config: Config, sources: Sources, file: str | None) -> list[tuple[str
     for job_type, settings in config.jobs.settings.items():
         lines.append(("", ""))
         lines.append((f"[jobs.settings.{_key(job_type)}]", ""))
-        for key, value in settings.items():
-            dotted = f"jobs.settings.{job_type}.{key}"
-            lines.append((f"{_key(key)} = {toml(mask(dotted, value))}", source_of(dotted, sources)))
+        for name, value in settings.items():
+            dotted = f"jobs.settings.{job_type}.{name}"
+            lines.append((f"{_key(name)} = {toml(mask(dotted, value))}", source_of(dotted, sources)))
     for schedule in config.schedules:
         lines.append(("", ""))
         lines.append(("[[schedules]]", source_of("schedules", sources)))
