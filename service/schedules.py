@@ -36,7 +36,7 @@ from offload.service.keys import SCHEDULES
 from offload.service.limits import Limits
 from offload.service.models import Clock, iso
 from offload.service.scheduler import Scheduler
-from offload.service.store import SlotRecord, Store
+from offload.service.store import IdempotencyMismatch, SlotRecord, Store
 from offload.service.validation import Submission, parse_submission
 from offload.workers.registry import Registry
 
@@ -257,7 +257,12 @@ class Schedules:
         if todo.run:
             submission = schedule.submission(self.config, self.registry, todo.slot, now)
             job, request_hash = submission.job, submission.request_hash
-        answer = await self._store.fire_slot(schedule.name, todo.slot, job, request_hash)
+        try:
+            answer = await self._store.fire_slot(schedule.name, todo.slot, job, request_hash)
+        except IdempotencyMismatch as exc:  # the user submitted a job under this slot's key by hand
+            log.error("schedule %s: slot %s passed over: its idempotency key was used for job %s with another "
+                      "request", schedule.name, iso(todo.slot), exc.job.id)
+            answer = await self._store.fire_slot(schedule.name, todo.slot, None)
         if answer is None:  # recorded already, by another node: take its record
             self.last = await self._store.last_slots()
             return None

@@ -81,7 +81,7 @@ def test_config_names_each_values_source_and_masks_every_secret(config_file: Pat
     assert "\x1b[" not in out  # not a terminal: no escape codes
 
 
-def test_config_without_a_file_shows_the_defaults() -> None:
+def test_config_of_a_missing_file_exits_2_and_load_config_answers_as_before() -> None:
     result = offload("config", "--config", "/nonexistent/config.toml")
     assert result.returncode == 2 and "does not exist" in result.stderr
     sources = load_config_sources(None, environ={})[1]

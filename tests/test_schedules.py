@@ -262,3 +262,15 @@ def test_a_schedule_its_job_type_refuses_stops_start_up(make_config: Any, change
     with pytest.raises(ConfigError) as caught:
         create_app(config)
     assert message in str(caught.value)
+
+
+async def test_a_slot_whose_key_a_user_took_by_hand_is_passed_over_not_retried(make_config: Any) -> None:
+    wall = Wall("2026-06-01T05:59:00Z")
+    async with service(config_with(make_config, schedule("daily", "0 6 * * *")), wall) as (client, schedules):
+        response = await client.post("/api/jobs", json={"type": "test.echo", "data": {"by": "hand"}, "options": {
+            "idempotencyKey": "schedule:daily:2026-06-01T06:00:00.000Z"}})
+        assert response.status == 201
+        wall.move("2026-06-01T06:00:00.100Z")
+        (record,) = await schedules.run_once()
+        assert (record.slot, record.job_id) == (ms("2026-06-01T06:00:00Z"), None)
+        assert await schedules.run_once() == []
