@@ -274,3 +274,22 @@ async def test_a_slot_whose_key_a_user_took_by_hand_is_passed_over_not_retried(m
         (record,) = await schedules.run_once()
         assert (record.slot, record.job_id) == (ms("2026-06-01T06:00:00Z"), None)
         assert await schedules.run_once() == []
+
+
+async def test_the_page_lists_the_schedules_in_a_real_browser(make_config: Any, tmp_path: Any) -> None:
+    from playwright.async_api import expect
+
+    from tests.browser import Tab, chromium
+
+    wall = Wall("2026-06-01T05:59:00Z")
+    config = config_with(make_config, schedule("daily", "0 6 * * *", timezone="Europe/Berlin"))
+    async with service(config, wall) as (client, _), chromium() as browser:
+        tab = Tab(await browser.new_page())
+        await tab.page.goto(f"http://127.0.0.1:{client.port}/")
+        row = tab.page.locator("#schedule-rows tr").first
+        await expect(row).to_contain_text("daily", timeout=20_000)
+        await expect(row).to_contain_text("0 6 * * * (Europe/Berlin)")
+        await expect(row).to_contain_text("passed over")
+        assert await tab.page.locator("#schedules").is_visible()
+        await tab.page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True)
+        assert not [line for line in tab.console if line.startswith(("error", "pageerror"))], tab.console
