@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from offload.service.app import create_app
-from offload.service.config import Config, ConfigError, ScheduleConfig, load_config
+from offload.service.config import Config, ConfigError, ScheduleConfig, load_config, validate
 from offload.service.keys import SCHEDULES
 from offload.service.models import Clock
 from offload.service.schedules import LATE_MS, Schedules, due, parse_cron
@@ -293,3 +293,27 @@ async def test_the_page_lists_the_schedules_in_a_real_browser(make_config: Any, 
         assert await tab.page.locator("#schedules").is_visible()
         await tab.page.screenshot(path=str(tmp_path / "schedules.png"), full_page=True)
         assert not [line for line in tab.console if line.startswith(("error", "pageerror"))], tab.console
+
+
+async def test_operators_see_every_schedule_and_users_their_own(make_config: Any) -> None:
+    tokens = {"alice-token-0123456789": "alice", "bob-token-0123456789ab": "bob", "carol-token-0123456789": "carol"}
+    config = make_config(workers={"processes": 1}, auth={"tokens": tokens, "admins": ("alice",)}).replace(
+        schedules=(schedule("bobs", "0 6 * * *", user="bob"), schedule("carols", "0 7 * * *", user="carol")))
+    async with service(config, Wall("2026-06-01T05:59:00Z")) as (client, _):
+        async def names(token: str) -> list[str]:
+            response = await client.get("/api/schedules", headers={"Authorization": f"Bearer {token}"})
+            return [entry["name"] for entry in (await response.json())["schedules"]]
+
+        assert await names("alice-token-0123456789") == ["bobs", "carols"]
+        assert await names("bob-token-0123456789ab") == ["bobs"]
+        assert await names("carol-token-0123456789") == ["carols"]
+        assert (await client.get("/api/schedules")).status == 401
+
+
+def test_a_schedule_needs_a_user_with_a_token_once_tokens_are_configured(make_config: Any) -> None:
+    tokens = {"alice-token-0123456789": "alice"}
+    for user, message in (("", "user: is required when [auth] tokens are configured"),
+                          ("mallory", "user: no token is configured for 'mallory'")):
+        with pytest.raises(ConfigError) as caught:
+            validate(make_config(auth={"tokens": tokens}).replace(schedules=(schedule("s", "0 6 * * *", user=user),)))
+        assert f"[[schedules]] 's': {message}" in str(caught.value)
