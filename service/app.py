@@ -1,6 +1,6 @@
 """`create_app(config)`: the whole service as one aiohttp application.
 
-Start order (cleanup contexts): store → worker pool → scheduler; stop order is the reverse,
+Start order (cleanup contexts): store → worker pool → scheduler → schedules; stop order is the reverse,
 so running jobs are handed back before the pool stops and the store closes last.
 """
 from __future__ import annotations
@@ -19,13 +19,15 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, SCHEDULER, SOCKETS, STORE, SUBMISSIONS
+from offload.service.keys import (AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, SCHEDULER, SCHEDULES, SOCKETS, STORE,
+                                  SUBMISSIONS)
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
 from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
 from offload.service.scheduler import Scheduler
+from offload.service.schedules import Schedules, check as check_schedules, list_schedules
 from offload.service.store import open_store
 from offload.service.submissions import Submissions
 from offload.workers.registry import BUILTIN_MODULES, Registry
@@ -109,7 +111,10 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
     app[HUB] = EventHub()
     app[SOCKETS] = WeakSet()
     app[CLOCK] = clock or Clock()
+    # ConfigError naming the schedule and the field (an unknown type, data its type refuses)
+    app[SCHEDULES] = Schedules(check_schedules(config, app[REGISTRY]), config, app[REGISTRY], app[CLOCK])
     app.add_routes(api.routes)
+    app.router.add_get("/api/schedules", list_schedules)
     app.router.add_get("/api/ws", ws.websocket)
     app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/", _index)
@@ -117,6 +122,7 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
         app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_scheduler)
+    app.cleanup_ctx.append(_schedules)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -165,6 +171,15 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
     yield
     await scheduler.stop(config.server.shutdown_grace)
     await pool.close()
+
+
+async def _schedules(app: web.Application):  # type: ignore[no-untyped-def]
+    """After the scheduler: the slots missed while the service was down are dealt with before
+    it answers; stopped first, so no slot fires into a stopping service."""
+    schedules = app[SCHEDULES]
+    await schedules.start(app[STORE], app[SCHEDULER], app[LIMITS])
+    yield
+    await schedules.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -1,5 +1,6 @@
-"""The `offload` command: `serve` runs the service (here); the client commands (submit,
-jobs, get, cancel, download, watch) live in `offload.commands`."""
+"""The `offload` command: `serve` runs the service (here); `config` and `check` look at its
+configuration (`config_command`); the client commands (submit, jobs, get, cancel, download,
+watch) live in `offload.commands`."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from offload import __version__, commands
+from offload.service import config_command
 from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
@@ -45,14 +47,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="log one line per HTTP request ([server] access_log; off by default)")
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
+    config_command.add_commands(subparsers)
     commands.add_commands(subparsers)
     args = parser.parse_args(argv)
+    if hasattr(args, "run_config"):  # offload config, offload check
+        code: int = args.run_config(args)
+        return code
     if args.command != "serve":
         return commands.run(args)
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {"server": {k: v for k, v in (("host", args.host), ("port", args.port), ("access_log", args.access_log))
-                            if v is not None}}
+    overrides = config_command.serve_overrides(args)
     try:
         config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
@@ -87,6 +92,9 @@ async def _serve(config: Config) -> int:
     prints one line, closes what was opened and returns 1."""
     try:
         app = create_app(config)
+    except ConfigError as exc:  # a schedule whose type or data the loaded job types refuse
+        print(f"offload: configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except ModuleLoadError as exc:  # a module named in [workers] modules: nothing has started yet
         looked = f"; looked in {config.base_dir} (the config file's folder) and the Python path" \
             if exc.not_found else ""

@@ -138,6 +138,30 @@ class LimitsConfig:
     ws_slow_close_s: float = 5.0
 
 
+#: How a schedule treats the slots that passed while the service was down (or reached them
+#: more than a minute late): "one" runs the latest of them once; "skip" runs none.
+CATCH_UP = ("one", "skip")
+_SCHEDULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """One `[[schedules]]` table: a job of `type` with `data` and `options`, submitted at each
+    time `cron` names in `timezone`. `name` identifies it in the store (its fired slots) and
+    in `/api/schedules`; renaming a schedule starts it afresh."""
+
+    name: str
+    cron: str
+    type: str
+    data: Any = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: An IANA zone (zoneinfo), e.g. "Europe/Berlin": the cron fields are read as its wall time.
+    timezone: str = "UTC"
+    catch_up: str = "one"
+    #: Who owns its jobs; "" means the one user "local" of single-user mode (required with tokens).
+    user: str = ""
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -146,6 +170,8 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: `[[schedules]]`: recurring jobs (`offload.service.schedules`).
+    schedules: tuple[ScheduleConfig, ...] = ()
     #: The folder relative paths resolve against: the config file's folder.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -174,12 +200,17 @@ class Config:
         return self.workers.processes or os.cpu_count() or 1
 
     def replace(self, **sections: Any) -> Config:
-        """A copy with some keys changed: `cfg.replace(workers={"processes": 1})`."""
-        changes = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        """A copy with some keys changed: `cfg.replace(workers={"processes": 1})`; `schedules`
+        takes the whole new tuple of `ScheduleConfig`s."""
+        changes = {name: values if name == "schedules" else dataclasses.replace(getattr(self, name), **values)
+                   for name, values in sections.items()}
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base_dir"}
+_SECTIONS = {f.name: f.type for f in fields(Config) if f.name not in ("base_dir", "schedules")}
+#: Where each value came from, by dotted key ("server.port", "jobs.settings.pdf.currency"):
+#: "file PATH", "environment VAR", "flag" or, for a key absent here, the default.
+Sources = dict[str, str]
 
 
 def _coerce(where: str, value: Any, kind: Any) -> Any:
@@ -249,7 +280,8 @@ def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
     return out
 
 
-def _from_environment(environ: Mapping[str, str], layers: dict[str, dict[str, Any]]) -> None:
+def _from_environment(environ: Mapping[str, str], layers: dict[str, dict[str, Any]],
+                      sources: Sources | None = None) -> None:
     """Apply the `OFFLOAD_*` variables to `layers`. One that names no setting is logged as
     a warning and ignored (see the module's docstring); a setting with a bad value stops
     start-up."""
@@ -257,7 +289,9 @@ def _from_environment(environ: Mapping[str, str], layers: dict[str, dict[str, An
         if not var.startswith("OFFLOAD_") or var in CLIENT_VARIABLES:
             continue
         if var.startswith(_SETTINGS_PREFIX):
-            _job_setting(var, value, layers["jobs"])
+            where = _job_setting(var, value, layers["jobs"])
+            if sources is not None:
+                sources[f"jobs.settings.{where}"] = f"environment {var}"
             continue
         name, _, key = var[len("OFFLOAD_"):].lower().partition("_")
         if name not in _SECTIONS:
@@ -271,9 +305,11 @@ def _from_environment(environ: Mapping[str, str], layers: dict[str, dict[str, An
                         var, name, key, ", ".join(sorted(known)))
             continue
         layers[name].update(_section(name, {key: value}, f"environment {var}"))
+        if sources is not None:
+            sources[f"{name}.{key}"] = f"environment {var}"
 
 
-def _job_setting(var: str, value: str, jobs: dict[str, Any]) -> None:
+def _job_setting(var: str, value: str, jobs: dict[str, Any]) -> str:
     """`OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>`: one key of `[jobs.settings.<type>]`. The type is
     the longest one already configured whose name (`.` and `-` written as `_`) fits, else the
     first word; the value takes the type of the value it replaces."""
@@ -288,6 +324,7 @@ def _job_setting(var: str, value: str, jobs: dict[str, Any]) -> None:
     table = settings.setdefault(job_type, {})
     table[key] = _setting_value(f"environment {var}: [jobs.settings.{job_type}] {key}", value, table.get(key))
     jobs["settings"] = settings
+    return f"{job_type}.{key}"
 
 
 _BOOLEANS = {"true": True, "false": False}
@@ -319,8 +356,21 @@ def load_config(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
     """Build the configuration. `path` defaults to `./config.toml` when that exists."""
+    return load_config_sources(path, environ=environ, overrides=overrides)[0]
+
+
+def load_config_sources(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Config, Sources]:
+    """`load_config`, and where each value set anywhere came from (`Sources`; a key it does
+    not name has its default). For `offload config`."""
     environ = os.environ if environ is None else environ
     layers: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    sources: Sources = {}
+    schedules: tuple[ScheduleConfig, ...] = ()
     base_dir = Path.cwd()
     if path is None and Path("config.toml").is_file():
         path = "config.toml"
@@ -334,12 +384,23 @@ def load_config(
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
         base_dir = file.parent
         for name, values in raw.items():
+            if name == "schedules":
+                schedules = _schedules(values, str(file))
+                sources["schedules"] = f"file {file}"
+                continue
             if name not in _SECTIONS or not isinstance(values, dict):
-                raise ConfigError(f"{file}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
+                raise ConfigError(f"{file}: unknown section [{name}] (known: {', '.join(_SECTIONS)}, [[schedules]])")
             layers[name].update(_section(name, values, str(file)))
-    _from_environment(environ, layers)
+            for key, value in values.items():
+                if name == "jobs" and key == "settings" and isinstance(value, Mapping):
+                    sources.update({f"jobs.settings.{t}.{k}": f"file {file}"
+                                    for t, table in value.items() if isinstance(table, Mapping) for k in table})
+                else:
+                    sources[f"{name}.{key}"] = f"file {file}"
+    _from_environment(environ, layers, sources)
     for name, values in (overrides or {}).items():
         layers[name].update(_section(name, values, "command line"))
+        sources.update({f"{name}.{key}": "flag" for key in values})
     try:
         cfg = Config(
             server=ServerConfig(**layers["server"]),
@@ -348,12 +409,58 @@ def load_config(
             jobs=JobsConfig(**layers["jobs"]),
             auth=AuthConfig(**layers["auth"]),
             limits=LimitsConfig(**layers["limits"]),
+            schedules=schedules,
             base_dir=base_dir,
         )
     except TypeError as exc:  # pragma: no cover - guarded by _section
         raise ConfigError(str(exc)) from None
     validate(cfg)
-    return cfg
+    return cfg, sources
+
+
+_SCHEDULE_KEYS = {f.name for f in fields(ScheduleConfig)}
+_SCHEDULE_REQUIRED = ("name", "cron", "type")
+
+
+def _schedules(raw: Any, origin: str) -> tuple[ScheduleConfig, ...]:
+    """`[[schedules]]`: each table's shape, its cron line and its time zone. The job type and
+    its data are checked against the loaded job types later (`schedules.check`), since the
+    types are known only once `[workers] modules` are imported."""
+    from offload.service.schedules import CronError, parse_cron  # the schedules own their cron rules
+
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        raise ConfigError(f"{origin}: schedules must be written as [[schedules]] tables")
+    out: list[ScheduleConfig] = []
+    for index, table in enumerate(raw):
+        label = f"{origin}: [[schedules]] #{index + 1}"
+        name = table.get("name")
+        if isinstance(name, str) and _SCHEDULE_NAME.match(name):
+            label = f"{origin}: [[schedules]] {name!r}"
+        elif "name" in table:
+            raise ConfigError(f"{label}: name: must be 1 to 64 letters, digits, '.', '_' or '-', got {name!r}")
+        unknown = sorted(set(table) - _SCHEDULE_KEYS)
+        if unknown:
+            raise ConfigError(f"{label}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_SCHEDULE_KEYS))})")
+        for key in _SCHEDULE_REQUIRED:
+            if key not in table:
+                raise ConfigError(f"{label}: {key}: is required")
+        for key in ("name", "cron", "type", "timezone", "catch_up", "user"):
+            if key in table and not isinstance(table[key], str):
+                raise ConfigError(f"{label}: {key}: expected a string, got {table[key]!r}")
+        if "options" in table and not isinstance(table["options"], dict):
+            raise ConfigError(f"{label}: options: expected a table, got {table['options']!r}")
+        schedule = ScheduleConfig(**table)
+        if schedule.catch_up not in CATCH_UP:
+            raise ConfigError(f"{label}: catch_up: must be \"one\" (run the latest missed slot once) or \"skip\", "
+                              f"got {schedule.catch_up!r}")
+        try:
+            parse_cron(schedule.cron, schedule.timezone)
+        except CronError as exc:
+            raise ConfigError(f"{label}: {exc.field}: {exc}") from None
+        if any(s.name == schedule.name for s in out):
+            raise ConfigError(f"{label}: name: another schedule is called {schedule.name!r}")
+        out.append(schedule)
+    return tuple(out)
 
 
 def validate(cfg: Config) -> None:
@@ -395,6 +502,16 @@ def validate(cfg: Config) -> None:
     if unknown and not auth.single_user:
         raise ConfigError(f"[auth] admins: no token is configured for {', '.join(map(repr, unknown))} "
                           f"(users with tokens: {', '.join(sorted(auth.users))})")
+    for schedule in cfg.schedules:
+        label = f"[[schedules]] {schedule.name!r}: user"
+        if auth.single_user and schedule.user not in ("", "local"):
+            raise ConfigError(f"{label}: single-user mode (no [auth] tokens) has the one user \"local\"; "
+                              f"jobs of {schedule.user!r} would be seen by nobody")
+        if not auth.single_user and not schedule.user:
+            raise ConfigError(f"{label}: is required when [auth] tokens are configured: who owns its jobs")
+        if not auth.single_user and schedule.user not in auth.users:
+            raise ConfigError(f"{label}: no token is configured for {schedule.user!r} "
+                              f"(users with tokens: {', '.join(sorted(auth.users))})")
 
 
 def _validate_pdf_settings(cfg: Config) -> None:

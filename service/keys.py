@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from offload.service.limits import Limits
     from offload.service.models import Clock
     from offload.service.scheduler import Scheduler
+    from offload.service.schedules import Schedules
     from offload.service.store import Store
     from offload.service.submissions import Submissions
     from offload.workers.registry import Registry
@@ -32,5 +33,7 @@ SUBMISSIONS: web.AppKey[Submissions] = web.AppKey("submissions")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 #: The job types this app knows (`workers.registry.Registry`).
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+#: The `[[schedules]]` and the task that fires their slots (`schedules.Schedules`).
+SCHEDULES: web.AppKey[Schedules] = web.AppKey("schedules")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)

@@ -262,6 +262,23 @@ SPEC: dict[str, Any] = {
             "responses": {
                 "200": _ok("statistics", _ref("schemas", "Stats")),
                 "401": UNAUTHORIZED, "403": FORBIDDEN, "503": _error("the store is unavailable", retry_after=True)}}},
+        "/api/schedules": {"get": {
+            "summary": "The [[schedules]] of config.toml with their next run and latest slot",
+            "description": "Operators see every schedule; other users the ones whose jobs they own.",
+            "responses": {
+                "200": _ok("the schedules", {"type": "object", "required": ["schedules"], "properties": {
+                    "schedules": {"type": "array", "items": {"type": "object", "required": [
+                        "name", "cron", "timezone", "type", "user", "catchUp", "nextRunAt", "lastSlot", "lastJobId"],
+                        "properties": {
+                            "name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string"},
+                            "type": {"type": "string"}, "user": {"type": "string"},
+                            "catchUp": {"type": "string", "enum": ["one", "skip"]},
+                            "nextRunAt": {"type": "string", "format": "date-time", "nullable": True},
+                            "lastSlot": {"type": "string", "format": "date-time", "nullable": True,
+                                         "description": "the latest slot fired or passed over"},
+                            "lastJobId": {"type": "string", "nullable": True,
+                                          "description": "the job of lastSlot; null when it was passed over"}}}}}}),
+                "401": UNAUTHORIZED, "403": FORBIDDEN}}},
         "/api/health": {"get": {
             "summary": "Health: the store takes writes and the workers run (with a token)",
             "responses": {

@@ -392,8 +392,38 @@ function setUpForm() {
   });
 }
 
+// ---------------------------------------------------------------- schedules
+
+// The [[schedules]] of config.toml (GET /api/schedules), read at load and every 30 s; the
+// card stays hidden when there are none. Text reaches the DOM via textContent only.
+const SCHEDULES_EVERY_MS = 30000;
+
+function localTime(iso) {
+  return iso ? new Date(iso).toLocaleString() : "–";
+}
+
+async function loadSchedules() {
+  try {
+    const { schedules } = await offload.schedules();
+    const body = $("schedule-rows");
+    body.replaceChildren(...schedules.map((s) => {
+      const tr = el("tr");
+      const cells = [s.name, `${s.cron} (${s.timezone})`, s.type, localTime(s.nextRunAt), localTime(s.lastSlot),
+        s.lastJobId ? shortId(s.lastJobId) : (s.lastSlot ? "passed over" : "–")];
+      for (const text of cells) tr.append(el("td", "", text));
+      return tr;
+    }));
+    $("schedules").hidden = schedules.length === 0;
+  } catch {
+    // no token yet, or the service is away: the stats strip says so already
+  } finally {
+    setTimeout(loadSchedules, SCHEDULES_EVERY_MS);
+  }
+}
+
 setUpToken();
 setUpForm();
 loadRecent();
 refreshStats();
 watchJobs();
+loadSchedules();

@@ -130,6 +130,11 @@ export class Offload {
     return this._json("GET", "/api/stats");
   }
 
+  /** The [[schedules]] of config.toml with their next run, as `GET /api/schedules`. */
+  schedules() {
+    return this._json("GET", "/api/schedules");
+  }
+
   /** The result file of a completed job, as a Blob (`blob.type` is its content type). */
   async download(id) {
     return (await this._download(id)).blob;

@@ -370,3 +370,51 @@ def test_sqlite_errors_are_classified_by_their_result_code_not_their_text(name: 
     error = sqlite3.OperationalError("a message that names no cause (locked? full?)")
     error.sqlite_errorname = name  # type: ignore[attr-defined]
     assert reason in _translate(error).message
+
+
+# ---- schedules: a slot fires once ----------------------------------------------------------------
+async def test_fire_slot_records_the_slot_with_its_job_once_and_refuses_it_again(store: Store) -> None:
+    heard = Heard(store)
+    job = new("alice", idempotency_key="schedule:daily:1000")
+    answer = await store.fire_slot("daily", 1000, job, "hash-1")
+    assert answer is not None
+    fired, created = answer
+    assert created and fired is not None and fired.id == job.id and fired.status is JobStatus.PENDING
+    assert [c.id for c in heard.changes if isinstance(c, Job)] == [job.id]  # a change like any created job
+    assert await store.get(job.id, "alice") == fired
+    # the same slot again (this node after a restart, or another node): nothing is stored
+    again = new("alice", idempotency_key="schedule:daily:1000")
+    assert await store.fire_slot("daily", 1000, again, "hash-1") is None
+    assert await store.fire_slot("daily", 999, new("alice", idempotency_key="schedule:daily:999"), "h") is None
+    assert await store.get(again.id) is None
+    assert (await store.last_slots())["daily"].job_id == job.id
+    # a later slot fires, and becomes the latest; other schedules keep their own
+    later = new("alice", idempotency_key="schedule:daily:2000")
+    assert await store.fire_slot("daily", 2000, later, "hash-2") is not None
+    assert await store.fire_slot("weekly", 500, None) == (None, False)  # passed over: no job
+    slots = await store.last_slots()
+    assert {name: (r.slot, r.job_id) for name, r in slots.items()} == {"daily": (2000, later.id),
+                                                                         "weekly": (500, None)}
+    assert (await store.count_by_status("alice"))["pending"] == 2
+
+
+async def test_fire_slot_stores_neither_the_slot_nor_the_job_when_the_job_is_refused(store: Store) -> None:
+    taken, _ = await store.create(new("alice", idempotency_key="schedule:daily:1000"), "other request")
+    heard = Heard(store)
+    with pytest.raises(IdempotencyMismatch):
+        await store.fire_slot("daily", 1000, new("alice", idempotency_key="schedule:daily:1000"), "hash-1")
+    assert await store.last_slots() == {}
+    assert heard.changes == []
+    # the key used before with the same request answers that job, and the slot is recorded
+    answer = await store.fire_slot("daily", 1000, new("alice", idempotency_key="schedule:daily:1000"),
+                                   "other request")
+    assert answer == (taken, False)
+    assert (await store.last_slots())["daily"].job_id == taken.id
+
+
+async def test_concurrent_fires_of_one_slot_store_one_job(store: Store) -> None:
+    """Two nodes (here two calls queued together) firing the same slot: one job."""
+    jobs = [new("alice", idempotency_key=f"schedule:daily:1000:{n}") for n in range(5)]
+    answers = await asyncio.gather(*(store.fire_slot("daily", 1000, job, None) for job in jobs))
+    assert sum(answer is not None for answer in answers) == 1
+    assert (await store.count_by_status("alice"))["pending"] == 1

@@ -2,7 +2,7 @@
 only when it is used."""
 from __future__ import annotations
 
-from offload.service.store.base import Fence, IdempotencyMismatch, Page, Store
+from offload.service.store.base import Fence, IdempotencyMismatch, Page, SlotRecord, Store
 
 
 def open_store(url: str, **options: object) -> Store:
@@ -15,4 +15,4 @@ def open_store(url: str, **options: object) -> Store:
     raise ValueError(f"unsupported store URL {url!r} (supported: sqlite:///path/to/file.db)")
 
 
-__all__ = ["Fence", "IdempotencyMismatch", "Page", "Store", "open_store"]
+__all__ = ["Fence", "IdempotencyMismatch", "Page", "SlotRecord", "Store", "open_store"]

@@ -128,6 +128,17 @@ class ChangeSink:
                     log.exception("a change listener failed")
 
 
+@dataclass(frozen=True)
+class SlotRecord:
+    """The latest slot (milliseconds since the epoch) a schedule dealt with, and the job it
+    created; `job_id` is None for a slot passed over (skipped after a downtime, or the one a
+    new schedule started from)."""
+
+    schedule: str
+    slot: int
+    job_id: str | None
+
+
 class IdempotencyMismatch(Exception):
     """The idempotency key was used before with a different request. `index`: the place of
     the clashing job in a `create_many` call (None for `create`)."""
@@ -248,7 +259,23 @@ class Store(ABC):
         page. Each page is read on its own, so a job that finished before its page is left
         out and one queued after the first page is still met."""
 
+    @abstractmethod
+    async def last_slots(self) -> dict[str, SlotRecord]:
+        """The latest recorded slot of every schedule, by schedule name."""
+
     # ---- writes --------------------------------------------------------------------------
+    async def fire_slot(self, schedule: str, slot: int, job: Job | None,
+                        request_hash: str | None = None) -> tuple[Job | None, bool] | None:
+        """Record `slot` as the latest one of `schedule` and store `job` (as `create` does), in
+        one transaction: both or neither. None, storing nothing, when this slot or a later
+        one is recorded already (an earlier run of this service, or another node, fired it):
+        a unique `(schedule, slot)` makes that hold across nodes. Otherwise `create`'s answer
+        for the job, or `(None, False)` for `job=None`, which records the slot as passed
+        over. Earlier slots of the schedule may be forgotten once a later one is recorded."""
+        if job is not None and job.status is not JobStatus.PENDING:
+            raise ValueError("a new job must be pending")
+        return await self._fire_slot(schedule, slot, job, request_hash)
+
     async def create(self, job: Job, request_hash: str | None = None) -> tuple[Job, bool]:
         """Store a new pending job; durable when this returns. With an idempotency key that
         the owner used before, returns `(existing, False)` instead, or raises
@@ -402,6 +429,12 @@ class Store(ABC):
         matches `fence`, after the transitions queued before it."""
 
     @abstractmethod
+    async def _fire_slot(self, schedule: str, slot: int, job: Job | None,
+                         request_hash: str | None) -> tuple[Job | None, bool] | None:
+        """In one transaction: unless a slot >= `slot` of `schedule` is recorded, record it
+        (with the job's id) and `_insert` the job; a clash stores neither."""
+
+    @abstractmethod
     async def _renew(self, node: str, until: int) -> int: ...
 
     @abstractmethod
@@ -413,5 +446,5 @@ class Store(ABC):
         to every running row whose lease did, in one transaction."""
 
 
-__all__ = ["BUMP", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange", "Store",
+__all__ = ["BUMP", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange", "SlotRecord", "Store",
            "StoreChange", "claim_change", "ending_change", "progress_fence", "rescue_change"]

@@ -35,3 +35,12 @@ CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, pos);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, pos);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- Schedules ([[schedules]]): the latest slot each one fired or passed over (ms since the
+-- epoch), written in the same transaction as the job it created, so a slot runs once across
+-- restarts; the unique pair makes it once across nodes sharing a database too.
+CREATE TABLE IF NOT EXISTS schedule_slots (
+    schedule TEXT    NOT NULL,
+    slot     INTEGER NOT NULL,
+    job_id   TEXT,
+    UNIQUE (schedule, slot)
+);

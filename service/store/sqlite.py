@@ -34,7 +34,7 @@ import orjson
 from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.store.base import (
-    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Store, StoreChange,
+    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, SlotRecord, Store, StoreChange,
 )
 from offload.service.store.fairness import Served, round_robin
 
@@ -757,6 +757,37 @@ class SQLiteStore(Store):
                            "WHERE id = ? AND status = 'pending' AND lease_owner = ?", [(i, node) for i in job_ids])
 
         await self._write(op)
+
+    # ---- schedules ------------------------------------------------------------------------------
+    async def last_slots(self) -> dict[str, SlotRecord]:
+        rows = await self._read("SELECT schedule, MAX(slot) AS slot, job_id FROM schedule_slots GROUP BY schedule")
+        return {r["schedule"]: SlotRecord(r["schedule"], r["slot"], r["job_id"]) for r in rows}
+
+    async def _fire_slot(self, schedule: str, slot: int, job: Job | None,
+                         request_hash: str | None) -> tuple[Job | None, bool] | None:
+        def op(db: sqlite3.Connection) -> tuple[Job | None, bool] | None:
+            latest = db.execute("SELECT MAX(slot) FROM schedule_slots WHERE schedule = ?", (schedule,)).fetchone()[0]
+            if latest is not None and latest >= slot:
+                return None
+            emitted = len(self._changes)
+            db.execute("SAVEPOINT fire_slot")  # the job and its slot, or neither
+            try:
+                answer: tuple[Job | None, bool] = (None, False) if job is None \
+                    else self._insert_row(db, job, request_hash)
+                db.execute("INSERT INTO schedule_slots (schedule, slot, job_id) VALUES (?, ?, ?)",
+                           (schedule, slot, None if answer[0] is None else answer[0].id))
+                db.execute("DELETE FROM schedule_slots WHERE schedule = ? AND slot < ?", (schedule, slot))
+            except BaseException as exc:
+                db.execute("ROLLBACK TO fire_slot")
+                db.execute("RELEASE fire_slot")
+                del self._changes[emitted:]
+                if isinstance(exc, sqlite3.IntegrityError):  # recorded meanwhile: fired elsewhere
+                    return None
+                raise
+            db.execute("RELEASE fire_slot")
+            return answer
+
+        return await self._write(op)
 
 
 @functools.lru_cache(maxsize=4)
