@@ -1,7 +1,7 @@
 """`create_app(config)`: the whole service as one aiohttp application.
 
-Start order (cleanup contexts): store → worker pool → scheduler; stop order is the reverse,
-so running jobs are handed back before the pool stops and the store closes last.
+Start order (cleanup contexts): store → worker pool → scheduler → retention; stop order is the
+reverse, so running jobs are handed back before the pool stops and the store closes last.
 """
 from __future__ import annotations
 
@@ -19,12 +19,15 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, SCHEDULER, SOCKETS, STORE, SUBMISSIONS
+from offload.service.keys import (
+    AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, RETENTION, SCHEDULER, SOCKETS, STORE, SUBMISSIONS,
+)
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
 from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
+from offload.service.retention import Retention
 from offload.service.scheduler import Scheduler
 from offload.service.store import open_store
 from offload.service.submissions import Submissions
@@ -117,6 +120,7 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
         app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_scheduler)
+    app.cleanup_ctx.append(_retention)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -165,6 +169,15 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
     yield
     await scheduler.stop(config.server.shutdown_grace)
     await pool.close()
+
+
+async def _retention(app: web.Application):  # type: ignore[no-untyped-def]
+    config = app[CONFIG]
+    retention = Retention(config.retention, app[STORE], app[CLOCK], config.results_path)
+    app[RETENTION] = retention
+    retention.start()
+    yield
+    await retention.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

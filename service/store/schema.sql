@@ -35,3 +35,6 @@ CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, pos);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, pos);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- Finished jobs by status and when they ended: retention deletes the oldest endings first,
+-- and result files expire in that order. Only finished jobs have a `completed_at`.
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (status, completed_at) WHERE completed_at IS NOT NULL;
