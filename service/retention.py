@@ -187,5 +187,5 @@ class Retention:
 
     @staticmethod
     async def _give_way(started: float) -> None:
-        """Let the other writes go for as long as the last batch held the store."""
-        await asyncio.sleep(min(0.2, time.monotonic() - started))
+        """Let the other writes go for as long as the last batch took (at most 50 ms)."""
+        await asyncio.sleep(min(0.05, time.monotonic() - started))

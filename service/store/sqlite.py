@@ -757,7 +757,8 @@ class SQLiteStore(Store):
 
     async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
                              cursor: str | None = None) -> Page:
-        where, params = ["status = 'pending'", "due_at > ?"], [now]
+        where = ["status = 'pending'", "due_at > ?"]
+        params: list[Any] = [now]
         for column, value in (("owner", owner), ("type", type)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -772,20 +773,26 @@ class SQLiteStore(Store):
         return Page([j for j in jobs if j.id in kept], encode_cursor(rows[limit - 1]["pos"]) if more else None)
 
     async def compact(self, pages: int) -> int:
-        """`PRAGMA incremental_vacuum` of up to `pages` pages, on the checkpointer's connection in
-        its own thread (moving pages costs ~0.1 ms each: never on the loop's thread). The
-        writer waits out its lock with the loop free (`_begin`), so keep `pages` small. The
-        file shrinks on disk at the next checkpoint."""
-        db = self._checkpointer if self._checkpointer is not None else self._writer
-        assert db is not None, "store is not open"
+        """`PRAGMA incremental_vacuum` of up to `pages` pages, on a connection of its own in its
+        own thread (moving pages costs ~0.1 ms each: never on the loop's thread, and never
+        beside a checkpoint on the checkpointer's). The writer waits out its lock with the
+        loop free (`_begin`), so keep `pages` small. The file shrinks on disk at the next
+        checkpoint. Where the writer works in its own thread (FULL, `:memory:`), it runs there."""
+        assert self._writer is not None, "store is not open"
+        own = self._on_loop
         try:
-            mode = list(await db.execute_fetchall("PRAGMA auto_vacuum"))[0][0]
-            if mode != 2:  # not INCREMENTAL: a file whose one-time VACUUM failed (`_migrate`)
-                return 0
-            if list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0]:
-                # executescript: `execute` would step the pragma once, which frees one page
-                await db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
-            return int(list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0])
+            db = await self._connect() if own else self._writer
+            try:
+                mode = list(await db.execute_fetchall("PRAGMA auto_vacuum"))[0][0]
+                if mode != 2:  # not INCREMENTAL: a file whose one-time VACUUM failed (`_migrate`)
+                    return 0
+                if list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0]:
+                    # executescript: `execute` would step the pragma once, which frees one page
+                    await db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+                return int(list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0])
+            finally:
+                if own:
+                    await db.close()
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
