@@ -942,9 +942,9 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
 
 async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
     """`auto_vacuum` of an existing file changes only with a VACUUM, which rewrites the whole
-    file once (it needs as much free disk as the file's size, and time in proportion: about
-    a second per 100 MB). It runs at the start of the first version that needs it, before
-    the service takes any request. When it fails (a full disk) the file keeps working as it
+    file once (it needs as much free disk as the file's size, and time in proportion: 0.4 s
+    for a 26 MB file of 100,000 jobs). It runs at the start of the first version that needs
+    it, before the service takes any request. When it fails (a full disk) the file keeps working as it
     was: space freed by deleted jobs is reused for new ones, but the file does not shrink
     (`compact` has nothing to do); the log says so, and the next start does not try again."""
     size = sum(row[0] for row in await db.execute_fetchall(
