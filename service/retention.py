@@ -90,6 +90,7 @@ class Retention:
         self._files_after: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._stopping = False
 
     @property
     def enabled(self) -> bool:
@@ -111,8 +112,12 @@ class Retention:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="offload-retention")
 
     async def stop(self) -> None:
+        """Stop after the batch in flight, if any: a batch cancelled half way could commit its
+        deletions and leave its files behind."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
+            if not self._lock.locked():  # between two passes: nothing to finish
+                self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
@@ -120,7 +125,7 @@ class Retention:
             self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.run_once()
@@ -136,9 +141,9 @@ class Retention:
             now = self.clock.now()
             cleaned = Cleaned()
             for status, age in self.ages.items():
-                if age is not None:
+                if age is not None and not self._stopping:
                     await self._purge(status, now - age, cleaned)
-            if self.results_ttl is not None:
+            if self.results_ttl is not None and not self._stopping:
                 await self._expire_results(now - self.results_ttl, cleaned)
             if sum(cleaned.jobs.values()):
                 await self._compact()
@@ -159,7 +164,7 @@ class Retention:
                      for p in [result_path(self.results, job.job_id, job.file)] if p is not None]
             if paths:
                 cleaned.files += await asyncio.to_thread(_unlink, paths)
-            if len(purged) < self.config.batch:
+            if len(purged) < self.config.batch or self._stopping:
                 return
             await self._give_way(started)
 
@@ -172,7 +177,7 @@ class Retention:
                 removed = await asyncio.to_thread(_unlink, paths)
                 cleaned.results += removed
                 cleaned.files += removed
-            if self._files_after == after:
+            if self._files_after == after or self._stopping:
                 return
             await self._give_way(started)
 
@@ -181,7 +186,7 @@ class Retention:
         while True:
             started, before = time.monotonic(), left
             left = await self.store.compact(COMPACT_PAGES)
-            if not left or left == before:  # done, or nothing moves (never loop on the spot)
+            if not left or left == before or self._stopping:  # done, or stuck: never loop on the spot
                 return
             await self._give_way(started)
 
