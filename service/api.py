@@ -15,6 +15,7 @@ from aiohttp import web
 from offload.service.cancels import cancel
 from offload.service.errors import (
     Conflict,
+    Gone,
     Invalid,
     MalformedJSON,
     NotFound,
@@ -23,13 +24,17 @@ from offload.service.errors import (
     Unavailable,
     UnsupportedMediaType,
     job_not_found,
+    not_retryable,
 )
-from offload.service.keys import AUTH, CONFIG, HUB, LIMITS, OWNER, SCHEDULER, STORE, SUBMISSIONS
+from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, OWNER, RETENTION, SCHEDULER, STORE, SUBMISSIONS
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
+from offload.service.store.base import RETRYABLE
 from offload.workers.filenames import safe_filename
 from offload.workers.runtime import is_media_type
 
 routes = web.RouteTableDef()
+#: `GET /api/jobs?status=scheduled`: the pending jobs not due yet (a filter, not a job status).
+SCHEDULED = "scheduled"
 JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_PAGE = 200
 
@@ -112,11 +117,13 @@ async def submit_batch(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query
     status = None
-    if query.get("status"):
+    scheduled = query.get("status") == SCHEDULED
+    if query.get("status") and not scheduled:
         try:
             status = JobStatus(query["status"])
         except ValueError:
-            raise Invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)}") from None
+            raise Invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)} "
+                                    f"or {SCHEDULED}") from None
     limit = 50
     if query.get("limit"):
         digits = query["limit"]  # ASCII digits only: int() would also take " 5", "+5", "1_0"
@@ -124,8 +131,14 @@ async def list_jobs(request: web.Request) -> web.Response:
         if not 1 <= limit <= MAX_PAGE:
             raise Invalid("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     try:
-        page = await request.app[STORE].list_jobs(owner_of(request), status=status, type=query.get("type") or None,
-                                             limit=limit, cursor=query.get("cursor") or None)
+        if scheduled:
+            page = await request.app[STORE].list_scheduled(owner_of(request), request.app[CLOCK].now(),
+                                                           type=query.get("type") or None, limit=limit,
+                                                           cursor=query.get("cursor") or None)
+        else:
+            page = await request.app[STORE].list_jobs(owner_of(request), status=status,
+                                                      type=query.get("type") or None, limit=limit,
+                                                      cursor=query.get("cursor") or None)
     except ValueError:
         raise Invalid("cursor", "is not a cursor this service gave out") from None
     return json_response({"jobs": [j.to_wire() for j in page.jobs], "nextCursor": page.next_cursor})
@@ -145,6 +158,27 @@ async def cancel_job(request: web.Request) -> web.Response:
                           request.app[SCHEDULER].clock.now(), wait=config.workers.stop_grace + 1)
     request.app[LIMITS].forget_pending(answer.job.owner)
     return json_response(answer.job.to_wire(), 200 if answer.done else 202)
+
+
+@routes.post("/api/jobs/{job_id}/retry")
+async def retry_job(request: web.Request) -> web.Response:
+    """Queue a failed or cancelled job again: the same id goes pending with its attempts from
+    zero (`Store.retry`), as a submission would (admission: 503 draining, 429 at a cap). 200
+    with the job; 409 for a pending, running or completed one; 404 for an unknown or foreign id."""
+    job = await own_job(request)
+    owner = owner_of(request)
+    if job.status not in RETRYABLE:
+        raise not_retryable(job.id, job.status.value)
+    await request.app[SUBMISSIONS].admit(owner)
+    retried = await request.app[STORE].retry(job.id, owner, request.app[SCHEDULER].clock.now())
+    if retried is None:  # it changed meanwhile: retried by another request, or deleted by retention
+        now = await request.app[STORE].get(job.id, owner)
+        if now is None:
+            raise job_not_found(job.id)
+        raise not_retryable(job.id, now.status.value)
+    request.app[LIMITS].pending.add(owner)
+    request.app[SCHEDULER].submitted(retried)
+    return json_response(retried.to_wire())
 
 
 #: Never part of a file name in any form: path separators and control characters.
@@ -179,6 +213,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     result = job.result or {}
     if "file" not in result:
         raise NotFound(f"job {job_id} has no file to download; its result is in the job's `result`")
+    expired = request.app[RETENTION].result_expired_at(job.completed_at)
+    if expired is not None and expired <= request.app[CLOCK].now():
+        raise Gone(f"the result file of job {job_id} expired at {iso(expired)} and was deleted "
+                   f"(result files are kept for {request.app[CONFIG].retention.results} after the job completed, "
+                   "[retention] results); the job itself is kept")
     name = str(result["file"])
     if not name.startswith(f"{job_id}-") or "/" in name or "\\" in name or "\x00" in name:
         raise NotFound(f"the result file of job {job_id} is gone")  # names are <job id>-<attempt><ext>

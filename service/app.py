@@ -1,7 +1,7 @@
 """`create_app(config)`: the whole service as one aiohttp application.
 
-Start order (cleanup contexts): store → worker pool → scheduler → schedules; stop order is the reverse,
-so running jobs are handed back before the pool stops and the store closes last.
+Start order (cleanup contexts): store → worker pool → scheduler → schedules → retention; stop
+order is the reverse, so running jobs are handed back before the pool stops and the store closes last.
 """
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
-from offload.service.keys import (AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, SCHEDULER, SCHEDULES, SOCKETS, STORE,
-                                  SUBMISSIONS)
+from offload.service.keys import (
+    AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, RETENTION, SCHEDULER, SCHEDULES, SOCKETS, STORE, SUBMISSIONS,
+)
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
 from offload.service.origins import refuse_foreign_origins
 from offload.service.pool import WorkerPool
+from offload.service.retention import Retention
 from offload.service.scheduler import Scheduler
 from offload.service.schedules import Schedules, check as check_schedules, list_schedules
 from offload.service.store import open_store
@@ -123,6 +125,7 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_scheduler)
     app.cleanup_ctx.append(_schedules)
+    app.cleanup_ctx.append(_retention)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -180,6 +183,15 @@ async def _schedules(app: web.Application):  # type: ignore[no-untyped-def]
     await schedules.start(app[STORE], app[SCHEDULER], app[LIMITS])
     yield
     await schedules.stop()
+
+
+async def _retention(app: web.Application):  # type: ignore[no-untyped-def]
+    config = app[CONFIG]
+    retention = Retention(config.retention, app[STORE], app[CLOCK], config.results_path)
+    app[RETENTION] = retention
+    retention.start()
+    yield
+    await retention.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

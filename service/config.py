@@ -162,6 +162,52 @@ class ScheduleConfig:
     user: str = ""
 
 
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+DURATION_EXAMPLES = '"90s", "15m", "24h" or "7d"'
+
+
+def parse_duration(text: str, where: str = "duration") -> int | None:
+    """A duration as the config writes it ("90s", "15m", "24h", "7d", also "1h30m" and
+    "500ms") in milliseconds; None for "0", "off" or "" (the feature is off). Raises
+    ConfigError naming `where` for anything else, a bare number included: "30" could mean
+    seconds or days."""
+    value = str(text).strip().lower()
+    if value in ("", "0", "off"):
+        return None
+    pos, total = 0, 0
+    while pos < len(value):
+        match = _DURATION.match(value, pos)
+        if match is None:
+            raise ConfigError(f"{where}: {text!r} is not a duration (write it like {DURATION_EXAMPLES}; "
+                              '"0" or "off" turns it off)')
+        total += int(match.group(1)) * _UNIT_MS[match.group(2)]
+        pos = match.end()
+    return total or None
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long finished jobs are kept, per status, as durations ("7d"); "0" or "off"
+    keeps them forever. Read through `ms()`, which turns them into milliseconds."""
+
+    completed: str = "7d"
+    failed: str = "30d"
+    cancelled: str = "1d"
+    #: Result files of completed jobs are deleted this long after the job completed; the job
+    #: stays and its download answers 410 Gone. "" (default): kept as long as the job.
+    results: str = ""
+    #: How often the cleanup runs.
+    interval: str = "5m"
+    #: Jobs deleted per transaction (~50 us each, on the store's writer); other writes go
+    #: between two batches.
+    batch: int = 200
+
+    def ms(self, key: str) -> int | None:
+        """The duration `key` in milliseconds, None when it is off."""
+        return parse_duration(getattr(self, key), f"[retention] {key}")
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -172,6 +218,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     #: `[[schedules]]`: recurring jobs (`offload.service.schedules`).
     schedules: tuple[ScheduleConfig, ...] = ()
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: The folder relative paths resolve against: the config file's folder.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -265,7 +312,8 @@ def _str_mapping(value: Any) -> dict[str, str]:
 
 
 _CLASSES: dict[str, type] = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig,
-                              "jobs": JobsConfig, "auth": AuthConfig, "limits": LimitsConfig}
+                              "jobs": JobsConfig, "auth": AuthConfig, "limits": LimitsConfig,
+                              "retention": RetentionConfig}
 
 
 def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
@@ -410,6 +458,7 @@ def load_config_sources(
             auth=AuthConfig(**layers["auth"]),
             limits=LimitsConfig(**layers["limits"]),
             schedules=schedules,
+            retention=RetentionConfig(**layers["retention"]),
             base_dir=base_dir,
         )
     except TypeError as exc:  # pragma: no cover - guarded by _section
@@ -494,6 +543,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_retention(cfg.retention)
     _validate_pdf_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
@@ -512,6 +562,16 @@ def validate(cfg: Config) -> None:
         if not auth.single_user and schedule.user not in auth.users:
             raise ConfigError(f"{label}: no token is configured for {schedule.user!r} "
                               f"(users with tokens: {', '.join(sorted(auth.users))})")
+
+
+def _validate_retention(retention: RetentionConfig) -> None:
+    for key in ("completed", "failed", "cancelled", "results"):
+        retention.ms(key)  # ConfigError naming the key
+    interval = retention.ms("interval")
+    if interval is None or interval < 1000:
+        raise ConfigError(f"[retention] interval must be at least 1s (write it like {DURATION_EXAMPLES})")
+    if retention.batch < 1:
+        raise ConfigError("[retention] batch must be >= 1")
 
 
 def _validate_pdf_settings(cfg: Config) -> None:

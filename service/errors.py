@@ -55,6 +55,12 @@ def already_finished(job_id: str, status: str) -> Conflict:
     return Conflict(f"job {job_id} already {status}; only pending or running jobs can be cancelled")
 
 
+class Gone(OffloadError):
+    """It existed and was deleted on purpose (an expired result file): asking again will not help."""
+
+    status, code = 410, "gone"
+
+
 class PayloadTooLarge(OffloadError):
     status, code = 413, "payload_too_large"
 
@@ -101,6 +107,11 @@ class StoreUnavailable(Unavailable):
 
     code = "store_unavailable"
     retry_after = 2
+
+
+def not_retryable(job_id: str, status: str) -> Conflict:
+    """The one wording of 409 for a retry of a job that did not fail and was not cancelled."""
+    return Conflict(f"job {job_id} is {status}; only failed or cancelled jobs can be retried")
 
 
 def job_not_found(job_id: str) -> NotFound:

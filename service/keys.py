@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from offload.service.events import EventHub
     from offload.service.limits import Limits
     from offload.service.models import Clock
+    from offload.service.retention import Retention
     from offload.service.scheduler import Scheduler
     from offload.service.schedules import Schedules
     from offload.service.store import Store
@@ -31,6 +32,8 @@ LIMITS: web.AppKey[Limits] = web.AppKey("limits")
 SUBMISSIONS: web.AppKey[Submissions] = web.AppKey("submissions")
 #: The service's time (`models.Clock`): due times, claims and submissions use it alone.
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+#: The cleanup of old jobs and result files (`retention.Retention`; `.stats()` for operators).
+RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 #: The job types this app knows (`workers.registry.Registry`).
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 #: The `[[schedules]]` and the task that fires their slots (`schedules.Schedules`).

@@ -198,7 +198,9 @@ SPEC: dict[str, Any] = {
                     # An empty value means "not given", as in an HTML form: any status, any type,
                     # the default limit (50), the first page.
                     {"name": "status", "in": "query", "schema": {
-                        "type": "string", "enum": ["", "pending", "running", "completed", "failed", "cancelled"]}},
+                        "type": "string",
+                        "enum": ["", "pending", "running", "completed", "failed", "cancelled", "scheduled"]},
+                     "description": "`scheduled`: the pending jobs not due yet (`delay`, `runAt`, a retry's backoff)"},
                     {"name": "type", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"anyOf": [
                         {"type": "integer", "minimum": 1, "maximum": 200}, {"type": "string", "enum": [""]}]}},
@@ -245,7 +247,18 @@ SPEC: dict[str, Any] = {
                 "200": _ok("the file, with Content-Type and Content-Disposition",
                            {"type": "string", "format": "binary"}, "*/*"),
                 "401": UNAUTHORIZED, "403": FORBIDDEN, "404": NOT_FOUND,
-                "409": _error("the job is not completed"), "503": _error("the store is unavailable", retry_after=True)}},
+                "409": _error("the job is not completed"),
+                "410": _error("the result file expired ([retention] results) and was deleted; the job is kept"),
+                "503": _error("the store is unavailable", retry_after=True)}},
+        },
+        "/api/jobs/{jobId}/retry": {
+            "parameters": [JOB_ID],
+            "post": {"summary": "Queue a failed or cancelled job again (same id, attempts from zero)", "responses": {
+                "200": _ok("the job, pending again with a new seq", _ref("schemas", "Job")),
+                "401": UNAUTHORIZED, "403": FORBIDDEN_WRITE, "404": NOT_FOUND,
+                "409": _error("the job is pending, running or completed (the message names its status)"),
+                "429": _error("too many submissions, or too many pending jobs", retry_after=True),
+                "503": _error("shutting down, or the store is unavailable", retry_after=True)}},
         },
         "/api/ws-ticket": {"post": {
             "summary": "A single-use WebSocket credential for browsers",

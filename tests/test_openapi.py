@@ -146,7 +146,7 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     schema = schemathesis.openapi.from_dict(served, config=SchemathesisConfig.from_dict(
         {"auth": {"openapi": {"bearer": {"bearer": ALICE}}}}))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 14  # with GET /api/schedules
+    assert len(operations) == 15  # with GET /api/schedules and POST /api/jobs/{id}/retry
     session = requests.Session()
     seen: dict[str, set[int]] = {}
     used_keys: set[str] = set()

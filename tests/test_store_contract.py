@@ -335,7 +335,182 @@ async def test_a_failing_listener_does_not_stop_the_others(store: Store) -> None
     assert heard.changes == [job]
 
 
+# ---- retry ----------------------------------------------------------------------------------------
+async def test_retry_makes_a_failed_or_cancelled_job_pending_again_as_new_under_its_id(store: Store) -> None:
+    heard = Heard(store)
+    job = await running(store, "alice", max_retries=0, data={"kept": [1]})
+    failed = await store.fail(job, {"type": "E", "message": "m"}, now_ms(), None)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert await store.retry(job.id, "bob", now_ms()) is None  # owner fenced
+    now = now_ms() + 5
+    retried = await store.retry(job.id, "alice", now)
+    assert retried is not None and retried.id == job.id
+    assert (retried.status, retried.attempts, retried.error, retried.result, retried.progress) == (
+        JobStatus.PENDING, 0, None, None, 0)
+    assert (retried.started_at, retried.completed_at, retried.due_at, retried.seq) == (None, None, now, failed.seq + 1)
+    assert (retried.created_at, retried.max_retries) == (job.created_at, job.max_retries)
+    assert heard.changes[-1] == retried == await store.get(job.id)
+    (again,) = await store.claim("n1", now, LEASE)
+    assert (again.id, again.attempts, again.data) == (job.id, 1, job.data)
+
+    cancelled = await store.cancel_pending((await make(store, "alice", cancel_requested=False)).id, "alice", now_ms())
+    assert cancelled is not None
+    back = await store.retry(cancelled.id, None, now_ms())
+    assert back is not None and back.status is JobStatus.PENDING and not back.cancel_requested
+
+
+async def test_retry_is_fenced_to_a_job_still_failed_or_cancelled(store: Store) -> None:
+    job = await running(store)
+    pending = await make(store, type="waiting")
+    assert await store.retry(pending.id, None, now_ms()) is None
+    assert await store.retry(job.id, None, now_ms()) is None
+    done = await store.complete(job, {"value": 1}, now_ms())
+    assert await store.retry(job.id, None, now_ms()) is None
+    assert await store.get(job.id) == done  # untouched
+    failed = await store.fail(await running(store, max_retries=0), {"type": "E", "message": "m"}, now_ms(), None)
+    assert failed is not None
+    first, second = await asyncio.gather(store.retry(failed.id, None, now_ms()), store.retry(failed.id, None, now_ms()))
+    assert (first is None) != (second is None)  # two retries at once: one new cycle, not two
+
+
+# ---- retention ----------------------------------------------------------------------------------
+async def ended(store: Store, status: JobStatus, at: int, file: str | None = None, owner: str = "u") -> Job:
+    job = await running(store, owner, max_retries=0)
+    if status is JobStatus.COMPLETED:
+        result = {"value": 1} if file is None else {"file": file, "filename": "r.txt", "contentType": "text/plain"}
+        final = await store.complete(job, result, at)
+    elif status is JobStatus.FAILED:
+        final = await store.fail(job, {"type": "E", "message": "m"}, at, None)
+    else:
+        final = await store.cancel_running(job, at)
+    assert final is not None and final.status is status
+    return final
+
+
+async def test_purge_deletes_the_oldest_finished_jobs_of_one_status_without_a_change(store: Store) -> None:
+    t = now_ms()
+    old = [await ended(store, JobStatus.COMPLETED, t - 3000 + i, file=None if i else "x-1.txt") for i in range(3)]
+    young = await ended(store, JobStatus.COMPLETED, t)
+    old_failed = await ended(store, JobStatus.FAILED, t - 5000)
+    alive = await running(store)
+    heard = Heard(store)
+    first = await store.purge_finished(JobStatus.COMPLETED, t - 1000, 2)
+    assert [(p.job_id, p.status, p.file) for p in first] == [(old[0].id, JobStatus.COMPLETED, "x-1.txt"),
+                                                               (old[1].id, JobStatus.COMPLETED, None)]
+    assert [p.job_id for p in await store.purge_finished(JobStatus.COMPLETED, t - 1000, 2)] == [old[2].id]
+    assert await store.purge_finished(JobStatus.COMPLETED, t - 1000, 2) == []
+    assert heard.changes == []  # a deletion is not a change of a job
+    for job in old:
+        assert await store.get(job.id) is None
+    for job in (young, old_failed, alive):
+        assert await store.get(job.id) is not None
+    assert [p.job_id for p in await store.purge_finished(JobStatus.FAILED, t, 10)] == [old_failed.id]
+    with pytest.raises(ValueError, match="finished"):
+        await store.purge_finished(JobStatus.RUNNING, t, 10)
+    assert (await store.get(alive.id)).status is JobStatus.RUNNING  # type: ignore[union-attr]
+
+
+async def test_a_job_retried_before_its_purge_commits_is_kept(store: Store) -> None:
+    t = now_ms()
+    failed = await ended(store, JobStatus.FAILED, t - 5000)
+    retry, purge = await asyncio.gather(store.retry(failed.id, None, t),
+                                        store.purge_finished(JobStatus.FAILED, t, 10))
+    assert retry is not None and purge == []  # queued first, the retry committed first
+    assert (await store.get(failed.id)).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+async def test_result_files_walks_completed_jobs_with_a_file_in_the_order_they_ended(store: Store) -> None:
+    t = now_ms()
+    a = await ended(store, JobStatus.COMPLETED, t - 3000, file="a-1.pdf")
+    await ended(store, JobStatus.COMPLETED, t - 2500)  # no file
+    await ended(store, JobStatus.FAILED, t - 2400)
+    b = await ended(store, JobStatus.COMPLETED, t - 2000, file="b-1.pdf")
+    c = await ended(store, JobStatus.COMPLETED, t, file="c-1.pdf")
+    files, marker = await store.result_files(t - 1000, limit=1)
+    assert [(f.job_id, f.file, f.completed_at) for f in files] == [(a.id, "a-1.pdf", t - 3000)]
+    seen = [f.job_id for f in files]
+    while True:
+        files, after = await store.result_files(t - 1000, limit=1, after=marker)
+        seen += [f.job_id for f in files]
+        if after == marker:
+            break
+        marker = after
+    assert seen == [a.id, b.id]
+    files, _ = await store.result_files(t + 1, limit=10, after=marker)  # later, from where it stopped
+    assert [f.job_id for f in files] == [c.id]
+    assert (await store.get(a.id)) is not None  # listing deletes nothing
+
+
+async def test_list_scheduled_lists_pending_jobs_not_due_yet_newest_first(store: Store) -> None:
+    now = now_ms()
+    await make(store, "alice", due_at=now - 10)
+    later = await make(store, "alice", due_at=now + 60_000)
+    latest = await make(store, "alice", due_at=now + 120_000, type="other")
+    await make(store, "bob", due_at=now + 60_000)
+    page = await store.list_scheduled("alice", now)
+    assert [j.id for j in page.jobs] == [latest.id, later.id] and page.next_cursor is None
+    assert [j.id for j in (await store.list_scheduled("alice", now, type="t")).jobs] == [later.id]
+    first = await store.list_scheduled("alice", now, limit=1)
+    assert [j.id for j in first.jobs] == [latest.id] and first.next_cursor
+    rest = await store.list_scheduled("alice", now, limit=1, cursor=first.next_cursor)
+    assert [j.id for j in rest.jobs] == [later.id]
+    assert [j.id for j in (await store.list_scheduled("alice", now + 90_000)).jobs] == [latest.id]
+    assert len((await store.list_scheduled(None, now)).jobs) == 3
+
+
 # ---- SQLite specifics ----------------------------------------------------------------------------
+async def test_a_new_sqlite_file_gives_the_space_of_deleted_jobs_back(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'small.db'}")
+    await store.open()
+    try:
+        t = now_ms()
+        for _ in range(4):
+            jobs = [(new(data={"blob": "x" * 4000}), None) for _ in range(250)]
+            await store.create_many(jobs)
+            while claimed := await store.claim("n1", now_ms() + 1000, LEASE, limit=250):
+                for job in claimed:
+                    await store.complete(job, {"value": 1}, t)
+        assert (await store.count_by_status())["completed"] == 1000
+        with sqlite3.connect(tmp_path / "small.db") as conn:
+            assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+            before = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.close()
+        while await store.purge_finished(JobStatus.COMPLETED, t + 1, 300):
+            pass
+        while await store.compact(100):
+            pass
+        with sqlite3.connect(tmp_path / "small.db") as conn:
+            after, free = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count"))
+        conn.close()
+        assert free == 0 and after < before / 10, (before, after)
+    finally:
+        await store.close()
+
+
+async def test_a_schema_2_file_is_converted_to_incremental_vacuum_once(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    schema = (Path(__file__).parent.parent / "service/store/schema.sql").read_text()
+    old = schema.split("-- Finished jobs by status")[0]  # before schema 3's index
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(old)
+        conn.execute("INSERT INTO jobs (id, owner, type, status, priority, data, max_retries, retry_delay_ms, "
+                     "created_at, due_at, completed_at) VALUES "
+                     "('job_old', 'u', 't', 'completed', 1, '{}', 3, 1000, 1, 1, 2)")
+        conn.execute("PRAGMA user_version=2")
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert (await store.get("job_old")) is not None
+        assert [p.job_id for p in await store.purge_finished(JobStatus.COMPLETED, 3, 10)] == ["job_old"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()
 async def test_a_schema_1_file_opens_and_gains_cancel_requests(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     schema = (Path(__file__).parent.parent / "service/store/schema.sql").read_text()

@@ -28,6 +28,8 @@ What a backend must guarantee
   transition, or a `ProgressChange`), before the writes' awaitables resolve. Every caller
   that awaits a write therefore finds its change already emitted; nothing outside the
   store publishes a status.
+- Deletion (retention): `purge_finished` removes finished rows for good. A deletion is not a
+  change of the job: it takes no `seq` and emits nothing (nobody is told a job is gone).
 - `exclusive`: True when this service alone uses the database (an SQLite file with its lock
   file): running jobs found at start were left by this service's previous run and can be
   taken back at once. A shared database (several nodes) says False: only expired leases
@@ -139,6 +141,26 @@ class SlotRecord:
     job_id: str | None
 
 
+@dataclass(frozen=True)
+class Purged:
+    """A finished job that `purge_finished` deleted, with its result file's name, if any
+    (the caller deletes the file once the deletion committed)."""
+
+    job_id: str
+    owner: str
+    status: JobStatus
+    file: str | None
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """The result file of a completed job, as `result_files` lists them."""
+
+    job_id: str
+    file: str
+    completed_at: int
+
+
 class IdempotencyMismatch(Exception):
     """The idempotency key was used before with a different request. `index`: the place of
     the clashing job in a `create_many` call (None for `create`)."""
@@ -171,6 +193,20 @@ def ending_change(job: Job, change: Change, now: int) -> Change:
     if job.cancel_requested and change.get("status") is not JobStatus.COMPLETED:
         return cancelled_change(now)
     return change
+
+
+#: What may be retried (`Store.retry`): a job that ended without its work done.
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def retry_change(now: int) -> Change:
+    """What a retry makes of a failed or cancelled job: pending again and due `now`, as if
+    new (no attempts, progress, error, result, times or cancel request), keeping its id,
+    data, options and `createdAt`. The change takes the next `seq`, so a client watching
+    the job sees it go pending again."""
+    return {"status": JobStatus.PENDING, "attempts": 0, "progress": 0, "message": None, "error": None,
+            "result": None, "started_at": None, "completed_at": None, "due_at": now, "lease_owner": None,
+            "lease_until": None, "cancel_requested": False}
 
 
 def rescue_change(job: Job, now: int, exhausted_error: dict[str, str]) -> Change:
@@ -251,6 +287,19 @@ class Store(ABC):
     async def latest_time(self) -> int | None:
         """The latest time recorded (the newest job's creation), if any: the service's clock
         starts no earlier, whatever the wall clock says."""
+
+    @abstractmethod
+    async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
+                             cursor: str | None = None) -> Page:
+        """`list_jobs` of the pending jobs that are not due at `now` (delayed with `delay` or
+        `runAt`, or waiting out a retry's backoff): newest first, paged the same way."""
+
+    @abstractmethod
+    async def result_files(self, ended_before: int, *, limit: int,
+                           after: str | None = None) -> tuple[list[ResultFile], str | None]:
+        """Up to `limit` result files of jobs completed before `ended_before`, in the order
+        they completed, after the place `after` (a marker this method returned) ended, and
+        the marker of the last one listed (`after` itself when none is). The rows stay."""
 
     @abstractmethod
     async def unfinished_page(self, owner: str | None, *, limit: int, cursor: str | None = None) -> Page:
@@ -391,6 +440,30 @@ class Store(ABC):
 
         return await self._rescue(now if expired_before is None else expired_before, decide)
 
+    async def retry(self, job_id: str, owner: str | None, now: int) -> Job | None:
+        """Queue a failed or cancelled job again as a new attempt cycle (`retry_change`):
+        the same id, pending and due `now`, attempts from zero. None unless the job is
+        still failed or cancelled (and `owner`'s, when given) as the change commits."""
+        return await self._transition(job_id, Fence(RETRYABLE, owner=owner), retry_change(now))
+
+    async def purge_finished(self, status: JobStatus, ended_before: int, limit: int) -> list[Purged]:
+        """Delete up to `limit` jobs of the finished `status` that ended before
+        `ended_before`, the oldest endings first, in one transaction of their own among the
+        other writes; returns them once it committed. A job that is no longer `status` when
+        it commits (retried meanwhile) is left alone. Not a change: nothing is emitted."""
+        if status not in TERMINAL:
+            raise ValueError(f"only finished jobs are deleted, not {status.value} ones")
+        if limit < 1:
+            return []
+        return await self._purge(status, ended_before, limit)
+
+    async def compact(self, pages: int) -> int:
+        """Give up to `pages` pages of the space freed by deleted jobs back to the file
+        system, without holding other writes back for long; returns how many pages are
+        still free for it afterwards (0: done). A backend that reclaims space by itself
+        has nothing to do."""
+        return 0
+
     async def _transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Job | None:
         return await self._begin_transition(job_id, fence, change)
 
@@ -441,10 +514,15 @@ class Store(ABC):
     async def _unreserve(self, node: str, job_ids: list[str]) -> None: ...
 
     @abstractmethod
+    async def _purge(self, status: JobStatus, ended_before: int, limit: int) -> list[Purged]:
+        """Delete the rows `purge_finished` describes, in one transaction queued with the other writes."""
+
+    @abstractmethod
     async def _rescue(self, expired_before: int, decide: Decide) -> list[Job]:
         """Free reservations whose lease ended before `expired_before`, and apply `decide(row)`
         to every running row whose lease did, in one transaction."""
 
 
-__all__ = ["BUMP", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange", "SlotRecord", "Store",
-           "StoreChange", "claim_change", "ending_change", "progress_fence", "rescue_change"]
+__all__ = ["BUMP", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange",
+           "Purged", "ResultFile", "SlotRecord", "Store", "StoreChange", "claim_change", "ending_change",
+           "progress_fence", "rescue_change", "retry_change"]

@@ -44,3 +44,7 @@ CREATE TABLE IF NOT EXISTS schedule_slots (
     job_id   TEXT,
     UNIQUE (schedule, slot)
 );
+
+-- Finished jobs by status and when they ended: retention deletes the oldest endings first,
+-- and result files expire in that order. Only finished jobs have a `completed_at`.
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (status, completed_at) WHERE completed_at IS NOT NULL;

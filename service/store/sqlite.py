@@ -34,14 +34,17 @@ import orjson
 from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.store.base import (
-    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, SlotRecord, Store, StoreChange,
+    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
+    StoreChange,
 )
 from offload.service.store.fairness import Served, round_robin
 
 log = logging.getLogger("offload.store")
 
-#: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files).
-SCHEMA_VERSION = 2
+#: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files);
+#: 3: `auto_vacuum = INCREMENTAL`, so that retention's deletions shrink the file (`compact`),
+#: and the `jobs_ended` index retention walks.
+SCHEMA_VERSION = 3
 _JOB_COLUMNS = (
     "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
     "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
@@ -341,8 +344,10 @@ class SQLiteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_file(Path(self.path + ".lock"))
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode=WAL")
         version = list(await self._writer.execute_fetchall("PRAGMA user_version"))[0][0]
+        if not version:  # a new file: only before its first table (and before WAL) does this take
+            await self._writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        await self._writer.execute("PRAGMA journal_mode=WAL")
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer offload (schema {version} > {SCHEMA_VERSION})")
         if version:
@@ -790,6 +795,87 @@ class SQLiteStore(Store):
         return await self._write(op)
 
 
+    # ---- retention (its own methods: the write path above is not touched) ---------------------
+    async def _purge(self, status: JobStatus, ended_before: int, limit: int) -> list[Purged]:
+        def op(db: sqlite3.Connection) -> list[Purged]:
+            rows = db.execute("DELETE FROM jobs WHERE pos IN (SELECT pos FROM jobs INDEXED BY jobs_ended "
+                              "WHERE status = ? AND completed_at < ? ORDER BY completed_at LIMIT ?) "
+                              "RETURNING id, owner, result", (status.value, ended_before, limit)).fetchall()
+            return [Purged(str(row[0]), str(row[1]), status, _result_file(row[2])) for row in rows]
+
+        return await self._write(op)
+
+    async def result_files(self, ended_before: int, *, limit: int,
+                           after: str | None = None) -> tuple[list[ResultFile], str | None]:
+        since, pos = (-1, 0) if after is None else _decode_marker(after)
+        rows = await self._read(
+            "SELECT pos, id, completed_at, CASE WHEN json_valid(result) THEN json_extract(result, '$.file') END "
+            "FROM jobs INDEXED BY jobs_ended WHERE status = 'completed' AND completed_at < ? "
+            "AND (completed_at, pos) > (?, ?) ORDER BY completed_at, pos LIMIT ?", (ended_before, since, pos, limit))
+        files = [ResultFile(str(r[1]), r[3], int(r[2])) for r in rows if isinstance(r[3], str)]
+        return files, (_encode_marker(rows[-1][2], rows[-1][0]) if rows else after)
+
+    async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
+                             cursor: str | None = None) -> Page:
+        where = ["status = 'pending'", "due_at > ?"]
+        params: list[Any] = [now]
+        for column, value in (("owner", owner), ("type", type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if cursor is not None:
+            where.append("pos < ?")
+            params.append(decode_cursor(cursor))
+        rows, jobs = await self._read_jobs(f"SELECT pos, {_COLS} FROM jobs WHERE {' AND '.join(where)} "
+                                           "ORDER BY pos DESC LIMIT ?", [*params, limit + 1])
+        more = len(rows) > limit
+        kept = {r["id"] for r in rows[:limit]}
+        return Page([j for j in jobs if j.id in kept], encode_cursor(rows[limit - 1]["pos"]) if more else None)
+
+    async def compact(self, pages: int) -> int:
+        """`PRAGMA incremental_vacuum` of up to `pages` pages, on a connection of its own in its
+        own thread (moving pages costs ~0.1 ms each: never on the loop's thread, and never
+        beside a checkpoint on the checkpointer's). The writer waits out its lock with the
+        loop free (`_begin`), so keep `pages` small. The file shrinks on disk at the next
+        checkpoint. Where the writer works in its own thread (FULL, `:memory:`), it runs there."""
+        assert self._writer is not None, "store is not open"
+        own = self._on_loop
+        try:
+            db = await self._connect() if own else self._writer
+            try:
+                mode = list(await db.execute_fetchall("PRAGMA auto_vacuum"))[0][0]
+                if mode != 2:  # not INCREMENTAL: a file whose one-time VACUUM failed (`_migrate`)
+                    return 0
+                if list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0]:
+                    # executescript: `execute` would step the pragma once, which frees one page
+                    await db.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+                return int(list(await db.execute_fetchall("PRAGMA freelist_count"))[0][0])
+            finally:
+                if own:
+                    await db.close()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+
+def _result_file(raw: Any) -> str | None:
+    """The `file` of a stored result, if it has one (a result that cannot be read has none)."""
+    try:
+        result = orjson.loads(raw) if raw is not None else None
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    file = result.get("file") if isinstance(result, dict) else None
+    return file if isinstance(file, str) else None
+
+
+def _encode_marker(completed_at: int, pos: int) -> str:
+    return f"{completed_at}.{pos}"
+
+
+def _decode_marker(marker: str) -> tuple[int, int]:
+    completed_at, _, pos = marker.partition(".")
+    return int(completed_at), int(pos)
+
+
 @functools.lru_cache(maxsize=4)
 def _insert_sql(columns: tuple[str, ...]) -> str:
     return (f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
@@ -914,6 +1000,29 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
     """Bring a file written by an older offload up to `SCHEMA_VERSION`, step by step."""
     if version < 2:
         await db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+    if version < 3:
+        await _enable_incremental_vacuum(db)
+
+
+async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
+    """`auto_vacuum` of an existing file changes only with a VACUUM, which rewrites the whole
+    file once (it needs as much free disk as the file's size, and time in proportion: 0.4 s
+    for a 26 MB file of 100,000 jobs). It runs at the start of the first version that needs
+    it, before the service takes any request. When it fails (a full disk) the file keeps working as it
+    was: space freed by deleted jobs is reused for new ones, but the file does not shrink
+    (`compact` has nothing to do); the log says so, and the next start does not try again."""
+    size = sum(row[0] for row in await db.execute_fetchall(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"))
+    log.warning("converting the job store to incremental vacuum (a one-time VACUUM of %.1f MB); "
+                "start-up waits for it", size / 1e6)
+    try:
+        await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        await db.execute("VACUUM")
+    except sqlite3.Error as exc:
+        log.error("could not convert the job store to incremental vacuum (%s); it keeps working, but its file "
+                  "will not shrink after old jobs are deleted (run `VACUUM` on it by hand to fix that)", exc)
+        return
+    log.warning("job store converted: deleted jobs now give their space back to the file system")
 
 
 def _probe_write(db: sqlite3.Connection) -> None:
