@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from offload.service.config import Config
     from offload.service.events import EventHub
     from offload.service.limits import Limits
+    from offload.service.metrics import Metrics
     from offload.service.models import Clock
     from offload.service.scheduler import Scheduler
+    from offload.service.stats import Statistics
     from offload.service.store import Store
     from offload.service.submissions import Submissions
     from offload.workers.registry import Registry
@@ -32,5 +34,8 @@ SUBMISSIONS: web.AppKey[Submissions] = web.AppKey("submissions")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 #: The job types this app knows (`workers.registry.Registry`).
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+#: The service's figures (`stats.Statistics`) and their Prometheus form (`metrics.Metrics`).
+STATS: web.AppKey[Statistics] = web.AppKey("stats")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)
