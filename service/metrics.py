@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from offload.service.models import Job, Priority
-from offload.service.stats import ProcessProbe, Statistics, observe
+from offload.service.stats import STARTED, ProcessProbe, Statistics, observe
 from offload.service.store.base import StoreChange
 
 #: Seconds: from a few milliseconds (no-op jobs) to the default five-minute timeout.
@@ -47,6 +47,7 @@ class Metrics:
                                         registry=self.registry)
         self.batch_size = Histogram("offload_store_batch_writes", "Writes (transitions, inserts, progress) "
                                     "committed together in one batch.", buckets=BATCH_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._gauges = _Gauges(stats)
         self.registry.register(self._gauges)
 
@@ -56,14 +57,22 @@ class Metrics:
         seen = observe(change)
         if seen is None:
             return
-        if seen.wait_ms is not None:
-            self.queue_wait.labels(change.type).observe(seen.wait_ms / 1000)
-        if seen.finished is not None:
-            self.jobs.labels(change.type, seen.finished).inc()
-            if seen.run_ms is not None:
-                self.run_time.labels(change.type).observe(seen.run_ms / 1000)
-        if seen.retried:
-            self.jobs.labels(change.type, "retried").inc()
+        what, ms = seen
+        if what is STARTED:
+            assert ms is not None
+            self._child(self.queue_wait, change.type).observe(ms / 1000)
+            return
+        self._child(self.jobs, change.type, what).inc()
+        if ms is not None:
+            self._child(self.run_time, change.type).observe(ms / 1000)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The labelled series, looked up once per label set (`labels()` costs more than the count)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def on_commit(self, seconds: float, writes: int) -> None:
         self.commit_latency.observe(seconds)

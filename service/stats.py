@@ -28,7 +28,7 @@ import psutil
 
 from offload.service.config import StatsConfig
 from offload.service.events import EventHub, Subscriber
-from offload.service.models import TERMINAL, Clock, Job, JobStatus, Priority, iso
+from offload.service.models import Clock, Job, JobStatus, Priority, iso
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
 
@@ -61,36 +61,37 @@ def error_rate(completed: int, failed: int) -> float | None:
     return round(failed / ended, 4) if ended else None
 
 
-@dataclass(frozen=True)
-class Observed:
-    """What one committed change says about a job's timings: an attempt started after
-    `wait_ms` in the queue (from due to start), or the job finished as `finished` (a
-    status) after `run_ms` of its last attempt (completed and failed ones), or it went back
-    to the queue after a failed attempt (`retried`)."""
-
-    wait_ms: int | None = None
-    finished: str | None = None
-    run_ms: int | None = None
-    retried: bool = False
+#: What `observe` makes of a change that started an attempt, and of one that queued a job
+#: again after a failed attempt; a finished job is its final status.
+STARTED, RETRIED = "started", "retried"
+_RUNNING, _PENDING, _CANCELLED = JobStatus.RUNNING, JobStatus.PENDING, JobStatus.CANCELLED
 
 
-def observe(change: Job) -> Observed | None:
-    """The one reading of changes that statistics and metrics share."""
+def observe(change: Job) -> tuple[str, int | None] | None:
+    """The one reading of changes that statistics and metrics share, cheap enough for every
+    committed change: `(STARTED, queue wait ms)` for an attempt that started (from due to
+    start), `(status, run ms)` for a job that finished (the run time of its last attempt:
+    None for a cancelled one), `(RETRIED, None)` for a job queued again after a failed
+    attempt; None for anything else (a submission, a cancel request, progress)."""
     status = change.status
-    if status is JobStatus.RUNNING:
-        if change.cancel_requested or change.started_at is None:
+    if status is _PENDING:
+        if change.error is not None and change.attempts > 0 and change.started_at is not None:
+            return RETRIED, None
+        return None
+    if status is _RUNNING:
+        started = change.started_at
+        if change.cancel_requested or started is None:
             return None  # a cancel request of a running attempt, not a start
-        return Observed(wait_ms=max(0, change.started_at - change.due_at))
-    if status in TERMINAL:
-        if change.completed_at is None:
-            return None
-        run = None
-        if status is not JobStatus.CANCELLED and change.started_at is not None:
-            run = max(0, change.completed_at - change.started_at)
-        return Observed(finished=status.value, run_ms=run)
-    if change.error is not None and change.attempts > 0 and change.started_at is not None:
-        return Observed(retried=True)
-    return None
+        wait = started - change.due_at
+        return STARTED, wait if wait > 0 else 0
+    completed = change.completed_at
+    if completed is None:
+        return None
+    started = change.started_at
+    if status is _CANCELLED or started is None:
+        return status.value, None
+    run = completed - started
+    return status.value, run if run > 0 else 0
 
 
 class FinishedMinutes:
@@ -101,7 +102,10 @@ class FinishedMinutes:
         self._by_owner: dict[str, dict[int, dict[str, int]]] = defaultdict(dict)
 
     def add(self, owner: str, status: str, at_ms: int, count: int = 1) -> None:
-        minute = self._by_owner[owner].setdefault(at_ms // MINUTE_MS, dict.fromkeys(FINISHED, 0))
+        minutes = self._by_owner[owner]
+        minute = minutes.get(at_ms // MINUTE_MS)
+        if minute is None:
+            minute = minutes[at_ms // MINUTE_MS] = dict.fromkeys(FINISHED, 0)
         minute[status] += count
 
     def prune(self, now: int) -> None:
@@ -243,14 +247,15 @@ class Statistics:
         seen = observe(change)
         if seen is None:
             return
-        if seen.wait_ms is not None:
-            assert change.started_at is not None
-            self.types.waited(change.owner, change.type, change.started_at, seen.wait_ms)
-        if seen.finished is not None:
+        what, ms = seen
+        if what is STARTED:
+            assert change.started_at is not None and ms is not None
+            self.types.waited(change.owner, change.type, change.started_at, ms)
+        elif what is not RETRIED:
             assert change.completed_at is not None
-            self.finished.add(change.owner, seen.finished, change.completed_at)
-            if seen.run_ms is not None:
-                self.types.ran(change.owner, change.type, change.completed_at, seen.run_ms)
+            self.finished.add(change.owner, what, change.completed_at)
+            if ms is not None:
+                self.types.ran(change.owner, change.type, change.completed_at, ms)
 
     # ---- store reads, shared for `cache_ms` ------------------------------------------------------
     async def _cached(self, what: str, owner: str | None, read: Callable[[], Awaitable[Any]]) -> Any:
