@@ -15,6 +15,7 @@ Times come from the service's `Clock`: a test steps it to move the hour and the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import defaultdict, deque
@@ -27,10 +28,13 @@ import orjson
 import psutil
 
 from offload.service.config import StatsConfig
+from offload.service.errors import OffloadError
 from offload.service.events import EventHub, Subscriber
 from offload.service.models import Clock, Job, JobStatus, Priority, iso
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
+
+log = logging.getLogger("offload.stats")
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -104,15 +108,20 @@ class FinishedMinutes:
     def add(self, owner: str, status: str, at_ms: int, count: int = 1) -> None:
         minutes = self._by_owner[owner]
         minute = minutes.get(at_ms // MINUTE_MS)
-        if minute is None:
+        if minute is None:  # a new minute (once a minute at most): forget the stale ones
+            self._prune(minutes, at_ms)
             minute = minutes[at_ms // MINUTE_MS] = dict.fromkeys(FINISHED, 0)
         minute[status] += count
 
     def prune(self, now: int) -> None:
-        oldest = min(now - 3_600_000, start_of_day(now)) // MINUTE_MS
         for minutes in self._by_owner.values():
-            for stale in [m for m in minutes if m < oldest]:
-                del minutes[stale]
+            self._prune(minutes, now)
+
+    @staticmethod
+    def _prune(minutes: dict[int, dict[str, int]], now: int) -> None:
+        oldest = min(now - 3_600_000, start_of_day(now)) // MINUTE_MS
+        for stale in [m for m in minutes if m < oldest]:
+            del minutes[stale]
 
     def totals(self, owner: str | None, since: int) -> dict[str, int]:
         """Jobs finished at or after `since` (to the minute), by status."""
@@ -360,9 +369,11 @@ class StatsFeed:
         while True:
             try:
                 figures = await self.stats.read(self.owner)
-            except Exception as exc:  # the store did not answer: say so, try again next time
-                code, message = getattr(exc, "code", "internal_error"), getattr(exc, "message", str(exc))
-                self.subscriber.send_error(code, f"statistics unavailable: {message}")
+            except OffloadError as exc:  # the store did not answer: say so, try again next time
+                self.subscriber.send_error(exc.code, f"statistics unavailable: {exc.message}")
+            except Exception:
+                log.exception("statistics for a WebSocket failed")
+                self.subscriber.send_error("internal_error", "statistics unavailable: the service failed to read them")
             else:
                 self.subscriber.send_raw(orjson.dumps({"event": "stats", "stats": figures}))
             await asyncio.sleep(self.stats.config.interval_s)

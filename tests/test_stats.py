@@ -194,3 +194,17 @@ async def test_websocket_stats_of_a_user_are_their_own(make_config: Callable[...
         await eventually(alice_counts_hers, what="alice's completed job in her figures")
     finally:
         await client.close()
+
+
+def test_finished_minutes_forget_what_is_older_than_today_and_the_last_hour():
+    from offload.service.stats import FinishedMinutes
+
+    minutes = FinishedMinutes()
+    day = 1_000 * 86_400_000  # a midnight, UTC
+    for minute in range(3 * 1440):  # three days, one job a minute, never read
+        minutes.add("alice", "completed", day + minute * 60_000)
+    kept = minutes._by_owner["alice"]
+    assert len(kept) <= 1440 + 60 and min(kept) * 60_000 >= day + 2 * 86_400_000 - 3_600_000
+    last = day + (3 * 1440 - 1) * 60_000
+    assert minutes.totals("alice", last - 3_600_000 + 60_000)["completed"] == 60
+    assert minutes.totals("bob", day)["completed"] == 0 and "bob" not in minutes._by_owner
