@@ -121,14 +121,14 @@ class _Gauges:
                                            "killed to stop a job) and were replaced.")
             restarts.add_metric([], pool.replaced)
             yield restarts
-            live = [slot for slot in pool.slots if slot.live]
-            usage = self.probe.read([slot.pid for slot in live])
+            live = pool.processes()
+            usage = self.probe.read([pid for _, pid, _ in live])
             memory = GaugeMetricFamily("offload_worker_memory_bytes", "Resident memory of each worker process, by "
                                        "slot.", labels=["slot"])
-            for slot in live:
-                read = usage.get(slot.pid)
+            for index, pid, _ in live:
+                read = usage.get(pid)
                 if read is not None:
-                    memory.add_metric([str(slot.index)], read[1])
+                    memory.add_metric([str(index)], read[1])
             yield memory
         yield _gauge("offload_websocket_connections", "Open WebSocket connections.", stats.connections())
         counts = stats.hub.counts

@@ -197,8 +197,10 @@ async def _handle(text: str, subscriber: Subscriber, hub: EventHub, store: Store
     op = message.get("op")
     if op == "ping":
         subscriber.send_raw(PONG)
-    elif op in ("subscribe", "unsubscribe") and message.get("stats") is True:
-        feed.start() if op == "subscribe" else feed.stop()  # `stats` events every [stats] interval_s
+    elif op == "subscribe" and message.get("stats") is True:
+        feed.start()  # a `stats` event now, then every [stats] interval_s
+    elif op == "unsubscribe" and message.get("stats") is True:
+        feed.stop()
     elif op == "subscribe" and message.get("all") is True:
         if not subscriber.all:
             hub.watch_all(subscriber)  # the writer streams the snapshots
