@@ -208,3 +208,20 @@ def test_finished_minutes_forget_what_is_older_than_today_and_the_last_hour():
     last = day + (3 * 1440 - 1) * 60_000
     assert minutes.totals("alice", last - 3_600_000 + 60_000)["completed"] == 60
     assert minutes.totals("bob", day)["completed"] == 0 and "bob" not in minutes._by_owner
+
+
+def test_event_counts_say_what_was_coalesced_and_dropped():
+    from offload.service.events import EventHub, Subscriber
+    from offload.service.models import Job, JobStatus
+
+    hub = EventHub()
+    subscriber = Subscriber("u", limit=3, counts=hub.counts)
+    hub.watch_job(subscriber, "job_a")
+    for seq, percent in ((1, 10), (2, 20), (3, 30)):  # one queued progress, replaced twice
+        hub.progress("job_a", "u", percent, None, seq)
+    assert (hub.counts.coalesced, hub.counts.dropped) == (2, 0)
+    for seq in (4, 5, 6):  # the third status event finds the outbox full (limit 3)
+        hub.status(Job("job_a", "test.echo", "u", {}, status=JobStatus.RUNNING, seq=seq))
+    assert hub.counts.dropped == 1
+    subscriber.discard()  # the connection closes with three messages unsent
+    assert hub.counts.dropped == 4
