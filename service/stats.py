@@ -15,6 +15,7 @@ Times come from the service's `Clock`: a test steps it to move the hour and the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -41,6 +42,7 @@ DAY_MS = 86_400_000
 FINISHED = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
+@functools.cache
 def version() -> str:
     try:
         return metadata.version("offload")
