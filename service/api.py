@@ -16,6 +16,7 @@ from offload.service.cancels import cancel
 from offload.service.errors import (
     Conflict,
     Gone,
+    Forbidden,
     Invalid,
     MalformedJSON,
     NotFound,
@@ -26,7 +27,10 @@ from offload.service.errors import (
     job_not_found,
     not_retryable,
 )
-from offload.service.keys import AUTH, CLOCK, CONFIG, HUB, LIMITS, OWNER, RETENTION, SCHEDULER, STORE, SUBMISSIONS
+from offload.service.keys import (
+    AUTH, CLOCK, CONFIG, LIMITS, METRICS, OWNER, RETENTION, SCHEDULER, STATS, STORE, SUBMISSIONS,
+)
+from offload.service.metrics import metrics_response
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
 from offload.service.store.base import RETRYABLE
 from offload.workers.filenames import safe_filename
@@ -241,15 +245,23 @@ def is_operator(request: web.Request) -> bool:
     return request.app[AUTH].single_user or owner_of(request) in request.app[CONFIG].auth.admins
 
 
+def stats_scope(request: web.Request) -> str | None:
+    """Whose figures the caller sees: their own (their user), or the whole service's (None)."""
+    return None if is_operator(request) else owner_of(request)
+
+
 @routes.get("/api/stats")
 async def stats(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+    """A user's own figures, or the whole service's for an operator (`stats.Statistics.read`)."""
+    return json_response(await request.app[STATS].read(stats_scope(request)))
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, for operators (`metrics.Metrics`)."""
     if not is_operator(request):
-        return json_response({"scope": "own", "jobs": await store.count_by_status(owner_of(request))})
-    scheduler = request.app[SCHEDULER]
-    return json_response({"scope": "all", "jobs": await store.count_by_status(), "scheduler": scheduler.describe(),
-                          "websocket": {"subscribers": request.app[HUB].subscriber_count,
-                                        "eventsPublished": request.app[HUB].published}})
+        raise Forbidden("/metrics is for operators: users named in [auth] admins")
+    return metrics_response(await request.app[METRICS].render())
 
 
 #: How long a health probe waits for its write to commit before it calls the store unavailable.

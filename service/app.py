@@ -1,6 +1,7 @@
 """`create_app(config)`: the whole service as one aiohttp application.
 
-Start order (cleanup contexts): store → worker pool → scheduler → schedules → retention; stop
+Start order (cleanup contexts): store → statistics (seeded from the store before anything
+writes) → worker pool → scheduler → schedules → retention → the metrics listener, if any; stop
 order is the reverse, so running jobs are handed back before the pool stops and the store closes last.
 """
 from __future__ import annotations
@@ -16,12 +17,14 @@ from aiohttp import WSCloseCode, web
 
 from offload.service import api, ws
 from offload.service.auth import Authenticator, authenticate
-from offload.service.config import Config
+from offload.service.config import Config, metrics_address
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
 from offload.service.keys import (
-    AUTH, CLOCK, CONFIG, HUB, LIMITS, REGISTRY, RETENTION, SCHEDULER, SCHEDULES, SOCKETS, STORE, SUBMISSIONS,
+    AUTH, CLOCK, CONFIG, HUB, LIMITS, METRICS, REGISTRY, RETENTION, SCHEDULER, SCHEDULES, SOCKETS, STATS, STORE,
+    SUBMISSIONS,
 )
+from offload.service.metrics import Metrics, metrics_response
 from offload.service.limits import Limits
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
@@ -30,6 +33,7 @@ from offload.service.pool import WorkerPool
 from offload.service.retention import Retention
 from offload.service.scheduler import Scheduler
 from offload.service.schedules import Schedules, check as check_schedules, list_schedules
+from offload.service.stats import Statistics
 from offload.service.store import open_store
 from offload.service.submissions import Submissions
 from offload.workers.registry import BUILTIN_MODULES, Registry
@@ -123,9 +127,11 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
     if STATIC.is_dir():
         app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_statistics)
     app.cleanup_ctx.append(_scheduler)
     app.cleanup_ctx.append(_schedules)
     app.cleanup_ctx.append(_retention)
+    app.cleanup_ctx.append(_metrics_listener)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -169,6 +175,7 @@ async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]
         await pool.close()
         raise
     app[SCHEDULER] = scheduler
+    app[STATS].scheduler = scheduler
     app[SUBMISSIONS] = Submissions(config, app[STORE], scheduler, app[LIMITS], app[REGISTRY])
     log.info("scheduler %s: %d worker processes", scheduler.node, pool.size)
     yield
@@ -192,6 +199,48 @@ async def _retention(app: web.Application):  # type: ignore[no-untyped-def]
     retention.start()
     yield
     await retention.stop()
+
+
+async def _statistics(app: web.Application):  # type: ignore[no-untyped-def]
+    """Statistics and metrics listen to the store's changes from its start; the minutes of
+    today are read before the scheduler writes anything, so no change is counted twice."""
+    store = app[STORE]
+    stats = Statistics(app[CONFIG].stats, store, app[CLOCK], app[HUB], connections=lambda: len(app[SOCKETS]))
+    metrics = Metrics(stats)
+    await stats.seed()
+    unsubscribe = [store.changes.subscribe(stats.on_change), store.changes.subscribe(metrics.on_change)]
+    store.on_commit = metrics.on_commit
+    app[STATS], app[METRICS] = stats, metrics
+    yield
+    store.on_commit = None
+    for stop in unsubscribe:
+        stop()
+
+
+async def _metrics_listener(app: web.Application):  # type: ignore[no-untyped-def]
+    """`[metrics] listen`: `GET /metrics` with no token on a loopback port of its own."""
+    listen = app[CONFIG].metrics.listen
+    if not listen:
+        yield
+        return
+    metrics = app[METRICS]
+
+    async def scrape(request: web.Request) -> web.Response:
+        return metrics_response(await metrics.render())
+
+    side = web.Application()
+    side.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    host, port = metrics_address(listen)
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise RuntimeError(f"[metrics] listen: cannot listen on {listen}: {exc.strerror}") from None
+    log.info("metrics: http://%s/metrics", listen)
+    yield
+    await runner.cleanup()
 
 
 async def _close_sockets(app: web.Application) -> None:

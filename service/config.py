@@ -209,6 +209,26 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    #: Seconds between two `stats` events to a WebSocket that sent `{"op": "subscribe", "stats": true}`.
+    interval_s: float = 5.0
+    #: The recent window of per-type run times and queue waits: its length in seconds, and
+    #: the most samples kept per user and type (the oldest go first).
+    window_s: float = 900.0
+    window_samples: int = 1000
+    #: Milliseconds a count read from the store (jobs by status and priority) is reused, so
+    #: many dashboards polling at once cost one read per scope; 0 reads every time.
+    cache_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: A separate listener for `GET /metrics` with no token, as "127.0.0.1:9464"; loopback
+    #: addresses only. Empty: none (`/metrics` on the main port is for operators).
+    listen: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -219,6 +239,8 @@ class Config:
     #: `[[schedules]]`: recurring jobs (`offload.service.schedules`).
     schedules: tuple[ScheduleConfig, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: The folder relative paths resolve against: the config file's folder.
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -313,7 +335,7 @@ def _str_mapping(value: Any) -> dict[str, str]:
 
 _CLASSES: dict[str, type] = {"server": ServerConfig, "store": StoreConfig, "workers": WorkersConfig,
                               "jobs": JobsConfig, "auth": AuthConfig, "limits": LimitsConfig,
-                              "retention": RetentionConfig}
+                              "retention": RetentionConfig, "stats": StatsConfig, "metrics": MetricsConfig}
 
 
 def _section(name: str, values: Mapping[str, Any], origin: str) -> Any:
@@ -459,6 +481,8 @@ def load_config_sources(
             limits=LimitsConfig(**layers["limits"]),
             schedules=schedules,
             retention=RetentionConfig(**layers["retention"]),
+            stats=StatsConfig(**layers["stats"]),
+            metrics=MetricsConfig(**layers["metrics"]),
             base_dir=base_dir,
         )
     except TypeError as exc:  # pragma: no cover - guarded by _section
@@ -512,6 +536,30 @@ def _schedules(raw: Any, origin: str) -> tuple[ScheduleConfig, ...]:
     return tuple(out)
 
 
+def metrics_address(listen: str) -> tuple[str, int]:
+    """`[metrics] listen` as (host, port); ValueError naming the problem."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{listen!r} is not host:port, e.g. \"127.0.0.1:9464\"")
+    from offload.service.auth import is_loopback  # here, not at the top: auth reads Config
+
+    if not is_loopback(host):
+        raise ValueError(f"{host!r} is not a loopback address: the metrics listener has no token, "
+                         "so it listens on 127.0.0.1, ::1 or localhost only")
+    return host, int(port)
+
+
+def metrics_listen_error(listen: str) -> str | None:
+    if not listen:
+        return None
+    try:
+        metrics_address(listen)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def validate(cfg: Config) -> None:
     checks = [
         (0 < cfg.server.port < 65536, "[server] port must be between 1 and 65535"),
@@ -539,6 +587,11 @@ def validate(cfg: Config) -> None:
         (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),
         (cfg.limits.ws_max_unsent_bytes >= 65536, "[limits] ws_max_unsent_bytes must be >= 65536"),
         (cfg.limits.ws_slow_close_s >= 0, "[limits] ws_slow_close_s must be >= 0"),
+        (cfg.stats.interval_s >= 0.05, "[stats] interval_s must be >= 0.05"),
+        (cfg.stats.window_s > 0, "[stats] window_s must be > 0"),
+        (cfg.stats.window_samples >= 1, "[stats] window_samples must be >= 1"),
+        (cfg.stats.cache_ms >= 0, "[stats] cache_ms must be >= 0"),
+        (metrics_listen_error(cfg.metrics.listen) is None, f"[metrics] listen: {metrics_listen_error(cfg.metrics.listen)}"),
     ]
     for ok, message in checks:
         if not ok:

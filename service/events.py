@@ -65,6 +65,17 @@ def snapshot_payload(job: Job) -> bytes:
     return orjson.dumps({"event": "snapshot", "job": job.to_wire()})
 
 
+@dataclass
+class EventCounts:
+    """What the connections did with events, for statistics and metrics: frames written to
+    clients, progress events replaced by a newer one before they were sent (coalesced), and
+    events a connection refused or threw away because its client fell behind (dropped)."""
+
+    sent: int = 0
+    coalesced: int = 0
+    dropped: int = 0
+
+
 class Overflow(Exception):
     """A subscriber fell too far behind on events that may not be dropped."""
 
@@ -92,8 +103,10 @@ class Subscriber:
     newer ones only, once it is queued: subscribing first and reading after means no
     change can fall between the two."""
 
-    def __init__(self, owner: str | None, limit: int = 10_000) -> None:
+    def __init__(self, owner: str | None, limit: int = 10_000, counts: EventCounts | None = None) -> None:
         self.owner = owner
+        #: Shared by every connection of the service (`EventHub.counts`).
+        self.counts = counts if counts is not None else EventCounts()
         #: Messages (queued and held) before the subscriber overflows.
         self.limit = limit
         self.jobs: set[str] = set()
@@ -137,7 +150,9 @@ class Subscriber:
         if event.kind == "progress" and held and held[-1].kind == "progress":
             self.queued_bytes -= len(held[-1].payload)
             held[-1] = event
+            self.counts.coalesced += 1
         elif self._full():
+            self.counts.dropped += 1
             return
         else:
             held.append(event)
@@ -159,6 +174,7 @@ class Subscriber:
             if item is not None:
                 self.queued_bytes += len(event.payload) - len(item[1])
                 item[1] = event.payload
+                self.counts.coalesced += 1
                 return
         if not self._queue and not self.overflowed and self.direct is not None and self.direct(event.frame):
             return
@@ -180,6 +196,7 @@ class Subscriber:
 
     def _push(self, item: list[Any]) -> None:
         if self._full():
+            self.counts.dropped += 1
             return
         self._queue.append(item)
         self.queued_bytes += len(item[1])
@@ -266,6 +283,7 @@ class Subscriber:
         `subscribe all` it sent before."""
         if self.stream is not None:
             if self._full():
+                self.counts.dropped += 1
                 return
             self._replies.append(payload)
             self.queued_bytes += len(payload)
@@ -275,6 +293,7 @@ class Subscriber:
 
     def discard(self) -> None:
         """Drop everything not yet sent: the connection is being closed."""
+        self.counts.dropped += len(self._queue) + self._held_count + len(self._replies)
         self._queue.clear()
         self._progress_items.clear()
         self._held.clear()
@@ -309,6 +328,8 @@ class EventHub:
         self._by_job: dict[str, set[Subscriber]] = {}
         self._by_owner: dict[str | None, set[Subscriber]] = {}
         self.published = 0
+        #: Sent, coalesced and dropped events of every connection (`Subscriber.counts`).
+        self.counts = EventCounts()
 
     def publish(self, event: Event) -> None:
         """Hand `event` to every subscriber watching its job, in one loop that never awaits:

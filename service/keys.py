@@ -11,10 +11,12 @@ if TYPE_CHECKING:
     from offload.service.config import Config
     from offload.service.events import EventHub
     from offload.service.limits import Limits
+    from offload.service.metrics import Metrics
     from offload.service.models import Clock
     from offload.service.retention import Retention
     from offload.service.scheduler import Scheduler
     from offload.service.schedules import Schedules
+    from offload.service.stats import Statistics
     from offload.service.store import Store
     from offload.service.submissions import Submissions
     from offload.workers.registry import Registry
@@ -38,5 +40,9 @@ RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 #: The `[[schedules]]` and the task that fires their slots (`schedules.Schedules`).
 SCHEDULES: web.AppKey[Schedules] = web.AppKey("schedules")
+
+#: The service's figures (`stats.Statistics`) and their Prometheus form (`metrics.Metrics`).
+STATS: web.AppKey[Statistics] = web.AppKey("stats")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 #: The request's owner (the user its token names; "local" in single-user mode).
 OWNER = web.RequestKey("owner", str)

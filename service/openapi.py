@@ -141,8 +141,21 @@ SCHEMAS: dict[str, Any] = {
             "jobs": {"type": "object", "description": "jobs per status",
                      "required": ["pending", "running", "completed", "failed", "cancelled"],
                      "additionalProperties": {"type": "integer", "minimum": 0}},
-            "scheduler": {"type": "object", "description": "operators only: node id, running jobs, worker pool"},
-            "websocket": {"type": "object", "description": "operators only: subscribers, events published"},
+            "byPriority": {"type": "object", "description": "pending and running jobs per priority"},
+            "queue": {"type": "object", "description": "pending jobs due now, per priority",
+                      "additionalProperties": {"type": "integer", "minimum": 0}},
+            "delayed": {"type": "integer", "minimum": 0, "description": "pending jobs not yet due"},
+            "recent": {"type": "object", "description": "jobs finished in the last hour and today (UTC), by "
+                                                        "status, with the error rate (failed / completed + failed)"},
+            "types": {"type": "object", "description": "per job type, over the recent window: jobs finished and "
+                                                       "started, mean and p95 run time and queue wait (ms)"},
+            "window": {"type": "object", "description": "the recent window: seconds, samples per user and type"},
+            "scheduler": {"type": "object", "description": "operators only: node id, running jobs, worker pool "
+                                                           "with each process's pid, job, CPU % and memory"},
+            "websocket": {"type": "object", "description": "operators only: subscribers, connections, events "
+                                                           "published, sent, coalesced and dropped"},
+            "uptimeSeconds": {"type": "number", "minimum": 0},
+            "version": {"type": "string"},
         },
     },
     "Ticket": {
@@ -320,8 +333,9 @@ SPEC: dict[str, Any] = {
             "description": "Upgrade to a WebSocket (`?ticket=` from POST /api/ws-ticket, or `?token=`, may "
                            "replace the Authorization header). Client ops: "
                            '{"op": "subscribe", "jobId"} | {"op": "subscribe", "all": true} | '
-                           '{"op": "unsubscribe", "jobId"} | {"op": "ping"}. Server events: snapshot, progress, '
-                           "status, pong, error. A browser Origin must be the service's own or listed in "
+                           '{"op": "unsubscribe", "jobId"} | {"op": "subscribe", "stats": true} | '
+                           '{"op": "unsubscribe", "stats": true} | {"op": "ping"}. Server events: snapshot, '
+                           "progress, status, stats (every [stats] interval_s after subscribing to them), pong, error. A browser Origin must be the service's own or listed in "
                            "[server] allowed_origins. Messages above the size limit close the socket with 1009.",
             "parameters": [{"name": "ticket", "in": "query", "schema": {"type": "string"},
                             "description": "a single-use ticket from POST /api/ws-ticket"},

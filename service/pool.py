@@ -313,6 +313,10 @@ class WorkerPool:
             log.info("stopping worker process %s running %s (%s)", slot.process.pid, job_id, slot.stop_reason)
             slot.process.kill()
 
+    def processes(self) -> list[tuple[int, int, str | None]]:
+        """Each live process as `(slot, pid, running job id or None)`, for statistics."""
+        return [(slot.index, slot.pid, slot.job_id) for slot in self.slots if slot.pid is not None]
+
     def describe(self) -> dict[str, Any]:
         live = [slot for slot in self.slots if slot.live]
         busy = sum(slot.job_id is not None for slot in self.slots)

@@ -25,7 +25,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from offload.service.config import LimitsConfig
 from offload.service.errors import OffloadError
 from offload.service.events import EventHub, Overflow, SnapshotStream, Subscriber
-from offload.service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STORE
+from offload.service.api import stats_scope
+from offload.service.keys import CONFIG, HUB, LIMITS, OWNER, SOCKETS, STATS, STORE
+from offload.service.stats import StatsFeed
 from offload.service.origins import check_origin
 from offload.service.store import Store
 
@@ -58,18 +60,20 @@ async def _serve(request: web.Request, owner: str, limits: LimitsConfig) -> web.
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
     hub, store = request.app[HUB], request.app[STORE]
-    subscriber = Subscriber(owner)
+    subscriber = Subscriber(owner, counts=hub.counts)
+    feed = StatsFeed(request.app[STATS], subscriber, stats_scope(request))
     guard = _Guard(ws, request.transport, subscriber, hub, limits)
     writer = asyncio.get_running_loop().create_task(_write(ws, subscriber, store, guard))
     try:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
-                await _handle(message.data, subscriber, hub, store)
+                await _handle(message.data, subscriber, hub, store, feed)
             elif message.type is WSMsgType.BINARY:
                 subscriber.send_error("unsupported_frame", "send JSON text frames, not binary")
             elif message.type is WSMsgType.ERROR:
                 break
     finally:
+        feed.stop()
         hub.remove(subscriber)
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
@@ -189,6 +193,7 @@ async def _write(ws: web.WebSocketResponse, subscriber: Subscriber, store: Store
             guard.writing = len(payload)
             guard.check()
             await ws.send_frame(payload, WSMsgType.TEXT)
+            subscriber.counts.sent += 1
             guard.writing = 0
             guard.check()
     except Overflow:
@@ -209,7 +214,7 @@ async def _next_page(subscriber: Subscriber, stream: SnapshotStream, store: Stor
     subscriber.add_page(stream, page.jobs, page.next_cursor)
 
 
-async def _handle(text: str, subscriber: Subscriber, hub: EventHub, store: Store) -> None:
+async def _handle(text: str, subscriber: Subscriber, hub: EventHub, store: Store, feed: StatsFeed) -> None:
     try:
         message: Any = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -221,13 +226,17 @@ async def _handle(text: str, subscriber: Subscriber, hub: EventHub, store: Store
     op = message.get("op")
     if op == "ping":
         subscriber.send_raw(PONG)
+    elif op == "subscribe" and message.get("stats") is True:
+        feed.start()  # a `stats` event now, then every [stats] interval_s
+    elif op == "unsubscribe" and message.get("stats") is True:
+        feed.stop()
     elif op == "subscribe" and message.get("all") is True:
         if not subscriber.all:
             hub.watch_all(subscriber)  # the writer streams the snapshots
     elif op == "subscribe":
         job_id = message.get("jobId")
         if not isinstance(job_id, str):
-            subscriber.send_error("bad_message", "subscribe needs `jobId` (a string) or `all: true`")
+            subscriber.send_error("bad_message", "subscribe needs `jobId` (a string), `all: true` or `stats: true`")
             return
         await _subscribe_job(job_id, subscriber, hub, store)
     elif op == "unsubscribe" and message.get("all") is True:
@@ -235,7 +244,7 @@ async def _handle(text: str, subscriber: Subscriber, hub: EventHub, store: Store
     elif op == "unsubscribe":
         job_id = message.get("jobId")
         if not isinstance(job_id, str):
-            subscriber.send_error("bad_message", "unsubscribe needs `jobId` (a string) or `all: true`")
+            subscriber.send_error("bad_message", "unsubscribe needs `jobId` (a string), `all: true` or `stats: true`")
             return
         hub.unwatch_job(subscriber, job_id)
     else:

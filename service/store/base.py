@@ -236,6 +236,9 @@ class Store(ABC):
         #: the changes the store makes by itself: a stored row that cannot be read is failed
         #: as `CorruptJob` wherever it is met (a read, a claim, a transition).
         self.changes = ChangeSink()
+        #: Told of each commit of writes: its latency in seconds (from the batch's start to
+        #: its commit) and how many writes it held (metrics). Must not block.
+        self.on_commit: Callable[[float, int], None] | None = None
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -271,6 +274,18 @@ class Store(ABC):
     @abstractmethod
     async def count_by_status(self, owner: str | None = None) -> dict[str, int]:
         """Jobs per status (every status present, zero included): `owner`'s, or everyone's."""
+
+    @abstractmethod
+    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool, int]]:
+        """Pending and running jobs of `owner` (everyone's when None) as `(status, priority,
+        due, count)` rows, `due` telling a pending job due at `now` from a later one. Read on
+        the partial indexes of unfinished jobs: its cost follows the queue, not the table."""
+
+    @abstractmethod
+    async def finished_since(self, since: int) -> list[tuple[str, str, str, int, int]]:
+        """Jobs that finished at or after `since`, as `(owner, type, status, minute, count)`
+        rows (`minute`: `completed_at // 60000`). Read once at start, before any write, so
+        the statistics of the last hour and of today survive a restart."""
 
     @abstractmethod
     async def count_pending(self) -> int: ...

@@ -23,6 +23,7 @@ import contextvars
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -441,6 +442,7 @@ class SQLiteStore(Store):
             self._changes = changes
             try:
                 batch = [op for op, _ in ops]
+                started = time.perf_counter()
                 try:
                     seqs, outcomes = await self._run_batch(db, rows, batch, changes)
                 except _Recheck:  # a corrupt row: the batch again, each statement in a savepoint
@@ -458,6 +460,8 @@ class SQLiteStore(Store):
                         future.set_exception(error)
                 continue
             self._changes = []
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - started, len(ops) + len(rows))
             # Emitted before any awaitable resolves: a caller that awaited a write finds its
             # change (and every change committed before it) already heard by the listeners.
             self.changes.emit(changes)
@@ -599,6 +603,22 @@ class SQLiteStore(Store):
         counts = {s.value: 0 for s in JobStatus}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
+
+    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool, int]]:
+        mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        pending = "jobs_due" if owner is None else "jobs_fair"
+        rows = await self._read(
+            f"SELECT 'pending', priority, due_at <= ?, COUNT(*) FROM jobs INDEXED BY {pending} "
+            f"WHERE status = 'pending'{mine} GROUP BY 1, 2, 3 UNION ALL "
+            f"SELECT 'running', priority, 1, COUNT(*) FROM jobs INDEXED BY jobs_lease "
+            f"WHERE status = 'running'{mine} GROUP BY 1, 2, 3", (now, *params, *params))
+        return [(r[0], int(r[1]), bool(r[2]), int(r[3])) for r in rows]
+
+    async def finished_since(self, since: int) -> list[tuple[str, str, str, int, int]]:
+        rows = await self._read("SELECT owner, type, status, completed_at / 60000, COUNT(*) FROM jobs "
+                                "WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= ? "
+                                "GROUP BY 1, 2, 3, 4", (since,))
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
     async def count_pending(self) -> int:
         rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_due WHERE status = 'pending'")
