@@ -253,7 +253,10 @@ def stats_scope(request: web.Request) -> str | None:
 @routes.get("/api/stats")
 async def stats(request: web.Request) -> web.Response:
     """A user's own figures, or the whole service's for an operator (`stats.Statistics.read`)."""
-    return json_response(await request.app[STATS].read(stats_scope(request)))
+    figures = await request.app[STATS].read(stats_scope(request))
+    if is_operator(request) and RETENTION in request.app:
+        figures["retention"] = request.app[RETENTION].stats()  # what the cleanup deleted
+    return json_response(figures)
 
 
 @routes.get("/metrics")

@@ -103,6 +103,8 @@ async def test_each_pass_deletes_exactly_the_jobs_past_their_statuss_age_with_th
         stats = retention.stats()
         assert stats["total"] == {"jobs": {"completed": 3, "failed": 1, "cancelled": 1}, "results": 0, "files": 3}
         assert stats["runs"] == 4 and stats["lastRun"] is not None
+        shown = await (await client.get("/api/stats")).json()  # the operator's figures show it too
+        assert shown["retention"]["total"] == stats["total"]
 
 
 async def test_a_status_whose_age_is_off_is_kept_forever(make_config):
