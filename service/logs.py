@@ -101,6 +101,13 @@ class _Handoff(QueueHandler):
     """Hands the record over as it is: the listener thread formats it. Only the message is
     made here (cheap), because its arguments may change once the call returns."""
 
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        # No handler lock: putting on a SimpleQueue is safe from any thread as it is.
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         if record.args:
             record.msg = record.getMessage()
