@@ -20,12 +20,14 @@ from offload.service.auth import Authenticator, authenticate
 from offload.service.config import Config, metrics_address
 from offload.service.errors import NotFound, OffloadError, PayloadTooLarge, Unavailable
 from offload.service.events import EventHub
+from offload.service.joblog import JobLog
 from offload.service.keys import (
     AUTH, CLOCK, CONFIG, HUB, LIMITS, METRICS, REGISTRY, RETENTION, SCHEDULER, SCHEDULES, SOCKETS, STATS, STORE,
     SUBMISSIONS,
 )
 from offload.service.metrics import Metrics, metrics_response
 from offload.service.limits import Limits
+from offload.service.logs import REQUEST_ID
 from offload.service.models import Clock
 from offload.service.openapi import openapi_json
 from offload.service.origins import refuse_foreign_origins
@@ -52,6 +54,7 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     request_id = request.headers.get("X-Request-Id", "")
     if not _CLIENT_REQUEST_ID.match(request_id):
         request_id = secrets.token_hex(8)
+    request_id_set = REQUEST_ID.set(request_id)  # on every line logged while handling it
     try:
         response = await handler(request)
     except OffloadError as exc:
@@ -79,6 +82,8 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         log.exception("request %s %s %s failed", request_id, request.method, request.path)
         response = api.json_response({"error": {"code": "internal_error", "message": "the service failed to "
                                       f"answer this request; quote request id {request_id} when reporting it"}}, 500)
+    finally:
+        REQUEST_ID.reset(request_id_set)
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -148,6 +153,7 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     store = open_store(config.store_url, synchronous=config.store.synchronous,
                        busy_timeout_ms=config.store.busy_timeout_ms)
     store.changes.subscribe(app[HUB].on_change)  # events come from commits, and only from them
+    store.changes.subscribe(JobLog(app[CLOCK].now).on_change)  # and so do the job lifecycle lines
     await store.open()  # closes whatever it opened when it fails
     try:
         config.results_path.mkdir(parents=True, exist_ok=True)

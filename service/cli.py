@@ -19,6 +19,7 @@ from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
 from offload.service.errors import OffloadError
 from offload.service.keys import SCHEDULER
+from offload.service.logs import LOG_FORMATS, setup_logging
 from offload.workers.registry import ModuleLoadError
 
 log = logging.getLogger("offload.cli")
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                        help="DEBUG, INFO (default), WARNING or ERROR, in any case")
     config_command.add_commands(subparsers)
+    serve.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS,
+                       help="text (readable lines, default) or json (one object a line); [server] log_format")
     commands.add_commands(subparsers)
     args = parser.parse_args(argv)
     if hasattr(args, "run_config"):  # offload config, offload check
@@ -56,22 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         return commands.run(args)
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = config_command.serve_overrides(args)
+    # Set up before the configuration is read (its warnings are logged), in the flag's format
+    # or text; then in the configured one.
+    logs = setup_logging(args.log_level, args.log_format or "text")
     try:
-        config = load_config(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"offload: configuration error: {exc}", file=sys.stderr)
-        return 2
-    on_import_path(config.base_dir)
-    loop = _loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(_serve(config))
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        return 130
+        overrides = config_command.serve_overrides(args)
+        try:
+            config = load_config(args.config, overrides=overrides)
+        except ConfigError as exc:
+            print(f"offload: configuration error: {exc}", file=sys.stderr)
+            return 2
+        logs.use_format(config.server.log_format)
+        on_import_path(config.base_dir)
+        loop = _loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(_serve(config))
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+            return 130
+        finally:
+            _close_loop(loop)
     finally:
-        _close_loop(loop)
+        logs.close()  # what is still queued is written before the process ends
 
 
 def on_import_path(folder: Path) -> None:

@@ -44,6 +44,9 @@ class ServerConfig:
     #: One line per HTTP request (credentials in URLs redacted). Off by default: a line per
     #: submission cost as much of the event loop as storing the job (see README, "Performance").
     access_log: bool = False
+    #: `text` (readable lines) or `json` (one object a line, for log shippers); also
+    #: `offload serve --log-format`.
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -564,6 +567,7 @@ def validate(cfg: Config) -> None:
     checks = [
         (0 < cfg.server.port < 65536, "[server] port must be between 1 and 65535"),
         (cfg.server.shutdown_grace >= 0, "[server] shutdown_grace must be >= 0"),
+        (cfg.server.log_format in ("text", "json"), "[server] log_format must be text or json"),
         (cfg.workers.processes >= 0, "[workers] processes must be >= 0 (0 = one per CPU)"),
         (cfg.workers.min_processes >= -1, "[workers] min_processes must be >= 0 (or -1 for all)"),
         (cfg.workers.idle_timeout > 0, "[workers] idle_timeout must be > 0"),

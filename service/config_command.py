@@ -52,7 +52,8 @@ def add_commands(subparsers: Any) -> None:
 def serve_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The `[server]` keys that `serve`'s flags set (also `config`'s)."""
     return {"server": {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                                         ("access_log", getattr(args, "access_log", None))) if v is not None}}
+                                         ("access_log", getattr(args, "access_log", None)),
+                                         ("log_format", getattr(args, "log_format", None))) if v is not None}}
 
 
 # ---- offload config -------------------------------------------------------------------------------

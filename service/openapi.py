@@ -82,7 +82,10 @@ SCHEMAS: dict[str, Any] = {
             "completedAt": _nullable(_ref("schemas", "Time")),
             "runAt": _nullable(_ref("schemas", "Time")),
             "error": _nullable({"type": "object", "required": ["type", "message"],
-                                "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}),
+                                "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                                               "traceback": {"type": "string", "description":
+                                                             "where a handler raised an unexpected exception: its "
+                                                             "innermost 50 frames, at most the last 8192 characters"}}}),
             "result": {"nullable": True, "description": "the job type's JSON result; for a file: filename, "
                        "contentType, size and url (GET it for the bytes)"},
         },

@@ -18,6 +18,7 @@ from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.registry import JobType
+from offload.workers.tracebacks import handler_traceback
 
 #: Where one attempt's progress goes: `(percent, message)`.
 ProgressSink = Callable[[int, "str | None"], None]
@@ -118,9 +119,9 @@ class AsyncRunner:
         except JobError as exc:
             return Outcome(OutcomeKind.FAILED, error={"type": exc.type, "message": exc.message},
                            permanent=exc.permanent)
-        except Exception as exc:  # any handler bug: the job failed, the service goes on
-            return Outcome(OutcomeKind.FAILED, error={"type": exc.__class__.__name__,
-                                                      "message": str(exc) or repr(exc)})
+        except Exception as exc:  # any handler bug: the job failed (with its traceback), the service goes on
+            return Outcome(OutcomeKind.FAILED, error={"type": exc.__class__.__name__, "message": str(exc) or repr(exc),
+                                                      "traceback": handler_traceback(exc)})
         finally:
             slot.job_id = slot.task = None
         return Outcome(OutcomeKind.COMPLETED, result={"value": value})

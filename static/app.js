@@ -232,6 +232,11 @@ function updateRow(row, job) {
     }
   } else if (job.status === "failed" && job.error) {
     row.outcome.append(el("p", "job-error", `${job.error.type ? `${job.error.type}: ` : ""}${job.error.message}`));
+    if (job.error.traceback) {  // a handler that raised: where, for whoever wrote it
+      const details = el("details", "job-traceback");
+      details.append(el("summary", "", "Traceback"), el("pre", "", job.error.traceback));
+      row.outcome.append(details);
+    }
   } else if (active) {
     // A cancel asked for (202) whose attempt is still stopping: nothing more to press.
     const stopping = job.cancelRequested === true;

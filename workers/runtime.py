@@ -25,6 +25,7 @@ from offload.workers.context import Context
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, Registry
+from offload.workers.tracebacks import handler_traceback
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
 _keep: list[Connection] = []  # holds the connection whose descriptor `_events` is
@@ -156,9 +157,9 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     except MemoryError:
         return {"outcome": "failed", "error": {"type": "MemoryLimit", "message": "the job ran out of memory "
                 "(it went past the worker memory limit)"}, "permanent": True}
-    except Exception as exc:  # any handler bug: report it, keep the process
-        return {"outcome": "failed", "error": {"type": exc.__class__.__name__, "message": str(exc) or repr(exc)},
-                "permanent": False}
+    except Exception as exc:  # any handler bug: report it with its traceback, keep the process
+        return {"outcome": "failed", "error": {"type": exc.__class__.__name__, "message": str(exc) or repr(exc),
+                                               "traceback": handler_traceback(exc)}, "permanent": False}
     if isinstance(value, FileOutput):
         if not is_media_type(value.content_type):
             return {"outcome": "failed", "permanent": True, "error": {
