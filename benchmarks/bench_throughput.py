@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 
 from offload.service.app import create_app  # noqa: E402
 from offload.service.config import load_config  # noqa: E402
-from offload.service.keys import REGISTRY, SCHEDULER, STORE  # noqa: E402
+from offload.service.keys import REGISTRY, STORE  # noqa: E402
 from offload.service.validation import parse_submission  # noqa: E402
 
 
@@ -38,7 +38,7 @@ async def one_run(jobs: int, processes: int) -> float:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        store, scheduler = app[STORE], app[SCHEDULER]
+        store = app[STORE]
         submissions = [parse_submission({"type": "bench.noop", "data": {}}, "local", config, registry=app[REGISTRY])
                        for _ in range(jobs)]
         start = time.perf_counter()  # the scheduler hears of each job from the store as it commits

@@ -177,6 +177,7 @@ class Subscriber:
                 self.counts.coalesced += 1
                 return
         if not self._queue and not self.overflowed and self.direct is not None and self.direct(event.frame):
+            self.counts.sent += 1
             return
         if event.kind == "progress":
             item = [event.job_id, event.payload]
