@@ -380,7 +380,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
             drop += LEADING
         count = len(name_lines)
         if show_sku and line.sku:
-            sku_lines = wrap(line.sku, SIZE, w_sku - 2 * PAD)
+            sku_lines = wrap(line.sku, SIZE, w_sku - 2 * PAD + 0.01)  # (x + 2p) - 2p may be below x
             drop = base
             for text in sku_lines:
                 cells.append((x_sku, drop, text, "left"))

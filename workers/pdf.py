@@ -17,7 +17,6 @@ from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, job_type
 
 
-
 def validate_pdf(data: Any, settings: Mapping[str, Any]) -> None:
     """Runs in the service at submit time: a bad payload is refused with a 422 naming the
     field instead of failing later in a worker."""
@@ -40,11 +39,14 @@ def warm_up_pdf() -> None:
 
 @job_type("pdf", validate=validate_pdf, schema=pdf_schema, warm_up=warm_up_pdf)
 def pdf(data: Any, ctx: Context) -> FileOutput:
-    from offload.workers.invoice_render import render_invoice  # loaded by the warm-up; a dict lookup here
+    from offload.workers.invoice_render import render_invoice, worker_fonts  # loaded by the warm-up
 
     ctx.progress(0, "laying out invoice")
-    invoice = parse_invoice(data, InvoiceSettings.from_settings(ctx.settings))
-    content = render_invoice(invoice, progress=ctx.progress)
+    settings = InvoiceSettings.from_settings(ctx.settings)
+    invoice = parse_invoice(data, settings)
+    fonts = worker_fonts(tuple(getattr(settings, "fonts", None) or ()))  # loaded once per worker
+    # Progress at most a score of times whatever the page count; cancellation on every page.
+    content = render_invoice(invoice, progress=ctx.progress, fonts=fonts, check=ctx.check_cancelled)
     return FileOutput(invoice_filename(invoice.number), "application/pdf", content)
 
 

@@ -1,0 +1,348 @@
+"""The invoice as drawn: every variant rendered from model objects (tests/invoice_builder.py),
+read back with pypdf (text, pages, metadata) and checked against the tests' own arithmetic."""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from pypdf import PdfReader
+
+from offload.workers.errors import Cancelled
+from offload.workers.invoice_layout import lay_out
+from offload.workers.invoice_model import Layout, Money, Seller
+from offload.workers.invoice_money import Formatter
+from offload.workers.invoice_render import REPORTS, render_invoice, worker_fonts
+from offload.workers.invoice_text import MissingGlyph
+from tests.invoice_builder import EUR, SELLER, invoice, line
+
+
+def pages_of(content: bytes) -> list[str]:
+    return [page.extract_text() for page in PdfReader(io.BytesIO(content)).pages]
+
+
+def text_of(content: bytes) -> str:
+    return "\n".join(pages_of(content))
+
+
+def squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def fragments(content: bytes, page: int = 0) -> list[tuple[float, float, str]]:
+    """(x, y, text) of every string drawn on a page."""
+    found: list[tuple[float, float, str]] = []
+
+    def visit(text: str, cm: Any, tm: Any, font: Any, size: Any) -> None:
+        if text.strip():
+            found.append((tm[4], tm[5], text.strip()))
+
+    PdfReader(io.BytesIO(content)).pages[page].extract_text(visitor_text=visit)
+    return found
+
+
+def on_line(content: bytes, start: str, page: int = 0, whole: bool = False) -> str:
+    """The strings on the baseline of the first string that begins with `start`, left to right,
+    from that string on (or the `whole` line)."""
+    found = fragments(content, page)
+    x0, y = next((x, y) for x, y, text in found if text.startswith(start))
+    return " ".join(text for x, yy, text in sorted(found) if abs(yy - y) < 0.5 and (whole or x >= x0 - 0.01))
+
+
+def header_labels(content: bytes, page: int = 0) -> list[str]:
+    """The table header's labels, left to right (the strings on the row of "Description")."""
+    found = fragments(content, page)
+    y = next(y for _, y, text in found if text == "Description")
+    return [text for x, yy, text in sorted(found) if abs(yy - y) < 0.5]
+
+
+FMT = Formatter(EUR)
+
+
+def basket() -> list[Any]:
+    return [line("Espresso beans", 3, "18.50", unit="kg", sku="ESP-1"),
+            line("Barista training", 4, "65", unit="h", rate="0.07", percent="0.1"),
+            line("Milk frother", 1, "129.99", discount="9.99")]
+
+
+def test_seller_header_and_footer_on_every_page() -> None:
+    content = render_invoice(invoice([line(f"Part {i}") for i in range(80)]))
+    pages = pages_of(content)
+    party, bank = SELLER.party, SELLER.bank
+    assert bank is not None
+    first = pages[0]
+    for text in (party.name, *party.address, party.tax_id, party.email, party.phone, party.website, "INVOICE",
+                 "Northwind Building Supplies GmbH", "Hafenstraße 114", "DE987654321"):
+        assert text is not None and text in first, text
+    assert len(pages) > 1
+    for number, page in enumerate(pages, 1):
+        assert f"Page {number} of {len(pages)}" in page
+        for text in (party.registration, bank.iban, bank.bic, bank.bank):
+            assert text is not None and text in page, (number, text)
+
+
+def test_no_seller_still_numbers_the_pages() -> None:
+    pages = pages_of(render_invoice(invoice(basket(), seller=None)))
+    assert "Page 1 of 1" in pages[0] and "RE-2026-0042" in pages[0]
+    assert "IBAN" not in pages[0]
+
+
+def test_terms_dates_po_and_notes() -> None:
+    text = text_of(render_invoice(invoice(basket(), purchase_order="PO-7781", payment_terms="Net 30 days.",
+                                          notes="Thank you!\nDeliveries on Tuesdays.")))
+    for expected in (FMT.date(date(2026, 11, 28)), FMT.date(date(2026, 12, 28)), "Due date", "PO-7781",
+                     "Payment terms", "Net 30 days.", "Notes", "Thank you!", "Deliveries on Tuesdays."):
+        assert expected in text, expected
+
+
+def test_no_due_date_no_due_line() -> None:
+    text = text_of(render_invoice(invoice(basket(), due_date=None)))
+    assert "Due date" not in text
+
+
+def expected_totals(lines: list[Any]) -> dict[str, Decimal]:
+    """The totals from the raw numbers, computed here rather than read from the model."""
+    cent = Decimal("0.01")
+    gross = sum(((li.quantity * li.unit_price).quantize(cent, ROUND_HALF_UP) for li in lines), Decimal(0))
+    net = gross - sum((li.discount for li in lines), Decimal(0))
+    by_rate: dict[Decimal, Decimal] = {}
+    for li in lines:
+        by_rate[li.tax_rate] = by_rate.get(li.tax_rate, Decimal(0)) + li.net
+    tax = sum(((base * rate).quantize(cent, ROUND_HALF_UP) for rate, base in by_rate.items()), Decimal(0))
+    return {"gross": gross, "net": net, "tax": tax, "total": net + tax}
+
+
+def test_printed_totals_match_an_independent_computation() -> None:
+    lines = basket()
+    content = render_invoice(invoice(lines))
+    text = text_of(content)
+    want = expected_totals(lines)
+    # 55.50 + 260.00 + 129.99 gross; -26.00 -9.99 discounts; 19 % on 175.50, 7 % on 234.00
+    assert want == {"gross": Decimal("445.49"), "net": Decimal("409.50"), "tax": Decimal("49.73"),
+                    "total": Decimal("459.23")}
+    assert on_line(content, "Subtotal") == f"Subtotal {FMT.amount(want['gross'])}"
+    assert on_line(content, "Discounts") == f"Discounts {FMT.amount(Decimal('-35.99'))}"
+    assert on_line(content, "Net") == f"Net {FMT.amount(want['net'])}"
+    assert on_line(content, "Tax 7%") == f"Tax 7% on {FMT.amount(Decimal('234.00'))} {FMT.amount(Decimal('16.38'))}"
+    assert on_line(content, "Tax 19%") == (f"Tax 19% on {FMT.amount(Decimal('175.50'))} "
+                                           f"{FMT.amount(Decimal('33.35'))}")
+    assert on_line(content, "Total") == f"Total {FMT.amount(want['total'])}"
+    assert want["tax"] == Decimal("16.38") + Decimal("33.35")
+    assert "Balance due" not in text and "PAID" not in text
+
+
+def test_no_tax_at_all_prints_no_tax_line() -> None:
+    content = render_invoice(invoice([line("Book", 2, "12.50", rate=0)]))
+    assert "Tax" not in text_of(content)
+    assert on_line(content, "Total") == f"Total {FMT.amount(Decimal('25.00'))}"
+
+
+def test_a_zero_rate_beside_a_taxed_one_is_summarised() -> None:
+    content = render_invoice(invoice([line("Book", 1, "10", rate=0), line("Pen", 1, "10")]))
+    assert on_line(content, "Tax 0%") == f"Tax 0% on {FMT.amount(Decimal('10.00'))} {FMT.amount(Decimal('0.00'))}"
+    assert on_line(content, "Tax 19%") == f"Tax 19% on {FMT.amount(Decimal('10.00'))} {FMT.amount(Decimal('1.90'))}"
+
+
+@pytest.mark.parametrize(("lines", "shown", "hidden"), [
+    ([line("a", sku="S-1"), line("b")], {"SKU"}, {"Discount", "Tax"}),
+    ([line("a"), line("b")], set(), {"SKU", "Discount", "Tax"}),
+    ([line("a", percent="0.1"), line("b")], {"Discount"}, {"SKU", "Tax"}),
+    ([line("a", rate="0.07"), line("b")], {"Tax"}, {"SKU", "Discount"}),
+    ([line("a", rate="0.07", discount=1, sku="X"), line("b")], {"SKU", "Discount", "Tax"}, set()),
+])
+def test_columns_appear_only_when_needed(lines: list[Any], shown: set[str], hidden: set[str]) -> None:
+    labels = header_labels(render_invoice(invoice(lines)))
+    assert {"#", "Description", "Qty", "Unit price", "Amount"} <= set(labels)
+    assert shown <= set(labels) and not hidden & set(labels), labels
+
+
+def test_quantities_with_units_discounts_and_rates_in_their_columns() -> None:
+    content = render_invoice(invoice(basket()))
+    assert on_line(content, "Espresso", whole=True) == f"1 ESP-1 Espresso beans 3 kg {FMT.unit_price(Decimal('18.50'))} 19% " \
+                                           f"{FMT.amount(Decimal('55.50'))}"
+    assert on_line(content, "Barista", whole=True) == (f"2 Barista training 4 h {FMT.unit_price(Decimal('65'))} 10% 7% "
+                                           f"{FMT.amount(Decimal('234.00'))}")
+    assert on_line(content, "Milk", whole=True) == (f"3 Milk frother 1 {FMT.unit_price(Decimal('129.99'))} "
+                                        f"{FMT.amount(Decimal('-9.99'))} 19% {FMT.amount(Decimal('120.00'))}")
+
+
+def test_paid_invoice_is_marked_and_shows_balance() -> None:
+    lines = [line("Pen", 1, "10")]
+    paid = render_invoice(invoice(lines, paid="11.90"))
+    assert "PAID" in text_of(paid)
+    assert on_line(paid, "Paid") == f"Paid {FMT.amount(Decimal('-11.90'))}"
+    assert on_line(paid, "Balance due") == f"Balance due {FMT.amount(Decimal('0.00'))}"
+    part = render_invoice(invoice(lines, paid="5"))
+    assert "PAID" not in text_of(part) and on_line(part, "Balance due") == f"Balance due {FMT.amount(Decimal('6.90'))}"
+
+
+def test_credit_note_title_reference_and_negative_lines() -> None:
+    content = render_invoice(invoice([line("Returned frother", 1, "-129.99")], kind="credit_note",
+                                     number="GS-2026-0007", original_number="RE-2026-0042"))
+    text = text_of(content)
+    assert "CREDIT NOTE" in text and "INVOICE" not in text
+    assert on_line(content, "Credit note no.") == "Credit note no. GS-2026-0007"
+    assert "Credit note for invoice RE-2026-0042" in text
+    assert on_line(content, "Returned", whole=True) == f"1 Returned frother 1 {FMT.unit_price(Decimal('-129.99'))} " \
+                                           f"{FMT.amount(Decimal('-129.99'))}"
+    assert on_line(content, "Total") == f"Total {FMT.amount(Decimal('-154.69'))}"
+    assert PdfReader(io.BytesIO(content)).metadata.title == "Credit note GS-2026-0007"
+
+
+@pytest.mark.parametrize(("paper", "size"), [("A4", (595.2756, 841.8898)), ("LETTER", (612.0, 792.0))])
+def test_paper_size_and_margins(paper: str, size: tuple[float, float]) -> None:
+    content = render_invoice(invoice(basket(), page=Layout(paper=paper, margins=(30.0, 30.0, 50.0, 60.0))))  # type: ignore[arg-type]
+    box = PdfReader(io.BytesIO(content)).pages[0].mediabox
+    assert (float(box.width), float(box.height)) == pytest.approx(size, abs=0.01)
+    found = fragments(content)
+    assert min(x for x, _, _ in found) == pytest.approx(60.0, abs=0.5)  # the left margin
+    assert max(y for _, y, _ in found) < size[1] - 30.0
+
+
+def test_600_items_last_page_holds_line_items_with_the_totals() -> None:
+    lines = [line(f"Part {i:03d}", 1, "2.50") for i in range(600)]
+    pages = pages_of(render_invoice(invoice(lines)))
+    assert "Part 599" in pages[-1] and "Total" in pages[-1]
+    assert "Description" in pages[-1]  # the table goes on on the totals' page
+    joined = "\n".join(pages)
+    assert all(f"Part {i:03d}" in joined for i in range(600))
+
+
+@pytest.mark.parametrize("count", range(20, 140, 1))
+def test_totals_never_alone_and_rows_never_split(count: int) -> None:
+    plan = lay_out(invoice([line(f"Part {i}", 1, "2.50", sku="S" if i % 7 else None) for i in range(count)],
+                           notes="n"), worker_fonts())
+    with_totals = [page for page in plan.pages if page.totals_y is not None]
+    assert len(with_totals) == 1 and with_totals[0].rows, count
+    placed = [i for page in plan.pages for i in page.rows]
+    assert placed == list(range(count))
+    for page in plan.pages:  # nothing drawn below the footer line
+        used = sum(plan.heights[i] for i in page.rows)
+        assert page.top - (18.0 if page.rows else 0) - used >= plan.bottom - 0.01
+
+
+def test_long_texts_wrap_in_full_never_cut() -> None:
+    name = " ".join(f"Customer{i}" for i in range(60))
+    item = " ".join(f"word{i:03d}" for i in range(400))
+    sku = "SKU-" + "X" * 60 + "-END"
+    address = "Very long street name " * 12
+    content = render_invoice(invoice([line(item, sku=sku), line("b")],
+                                     customer=replace(invoice([]).customer, name=name, address=(address,))))
+    text = text_of(content)
+    assert "\u2026" not in text
+    flat = squeezed(text)
+    for whole in (name, item, sku, address):
+        assert squeezed(whole) in flat, whole[:30]
+    # The customer block uses the full width: the name takes half the lines it would at half width.
+    name_lines = [t for _, _, t in fragments(content) if t.startswith("Customer")]
+    half = worker_fonts().wrap(name, 11, (595.2756 - 84) / 2, True)
+    assert " ".join(name_lines) == name and len(name_lines) <= len(half) * 0.6, (len(name_lines), len(half))
+
+
+def test_an_item_taller_than_a_page_goes_on_over_the_break() -> None:
+    item = " ".join(f"w{i:05d}" for i in range(6000))
+    content = render_invoice(invoice([line("first"), line(item), line("last")]))
+    pages = pages_of(content)
+    assert re.findall(r"w\d{5}", "\n".join(pages)) == item.split()
+    assert len(pages) > 2 and "last" in pages[-1]
+
+
+def logo_file(tmp_path: Path, size: tuple[int, int]) -> str:
+    path = tmp_path / "logo.png"
+    Image.new("RGBA", size, (20, 90, 160, 255)).save(path)
+    return str(path)
+
+
+def test_logo_is_drawn_scaled_into_its_box_keeping_its_aspect(tmp_path: Path) -> None:
+    seller = Seller(SELLER.party, SELLER.bank, logo=logo_file(tmp_path, (600, 150)))
+    content = render_invoice(invoice(basket(), seller=seller))
+    page = PdfReader(io.BytesIO(content)).pages[0]
+    images = [x for x in page["/Resources"]["/XObject"].values() if x.get_object()["/Subtype"] == "/Image"]
+    assert len(images) == 1 and (images[0].get_object()["/Width"], images[0].get_object()["/Height"]) == (600, 150)
+    drawn = re.search(rb"([\d.]+) 0 0 ([\d.]+) [\d.]+ [\d.]+ cm\s*/FormXob", page.get_contents().get_data())
+    assert drawn is not None
+    width, height = float(drawn.group(1)), float(drawn.group(2))
+    assert width == pytest.approx(160.0) and width / height == pytest.approx(4.0)
+    assert "Lindenhof Feinkost GmbH" in pages_of(content)[0]
+
+
+def test_an_unreadable_logo_fails_naming_the_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "logo.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(Exception) as caught:
+        render_invoice(invoice(basket(), seller=Seller(SELLER.party, logo=str(bad))))
+    assert "seller.logo" in str(caught.value)
+
+
+def test_metadata_title_author_creator_subject_and_date() -> None:
+    meta = PdfReader(io.BytesIO(render_invoice(invoice(basket())))).metadata
+    assert meta.title == "Invoice RE-2026-0042"
+    assert meta.author == "Lindenhof Feinkost GmbH"
+    assert meta.creator == "offload"
+    assert meta.subject == "Invoice RE-2026-0042: Northwind Building Supplies GmbH"
+    assert meta.creation_date == datetime(2026, 11, 28, tzinfo=UTC)
+    at = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    again = PdfReader(io.BytesIO(render_invoice(invoice(basket()), created=at))).metadata
+    assert again.creation_date == at
+
+
+def test_the_same_invoice_gives_the_same_bytes() -> None:
+    assert render_invoice(invoice(basket())) == render_invoice(invoice(basket()))
+
+
+def test_pdfa_has_an_srgb_output_intent_and_xmp_metadata() -> None:
+    plain = PdfReader(io.BytesIO(render_invoice(invoice(basket()))))
+    assert "/OutputIntents" not in plain.trailer["/Root"]
+    reader = PdfReader(io.BytesIO(render_invoice(invoice(basket(), pdfa=True))))
+    root = reader.trailer["/Root"]
+    intent = root["/OutputIntents"][0].get_object()
+    assert intent["/S"] == "/GTS_PDFA1"
+    profile = intent["/DestOutputProfile"].get_object()
+    assert profile["/N"] == 3 and profile.get_data()[36:40] == b"acsp"
+    xmp = root["/Metadata"].get_object().get_data().decode()
+    assert "<pdfaid:part>3</pdfaid:part>" in xmp and "<pdfaid:conformance>B</pdfaid:conformance>" in xmp
+    assert "Lindenhof Feinkost GmbH" in xmp and "2026-11-28T00:00:00Z" in xmp
+
+
+def test_a_character_no_font_has_fails_naming_the_field() -> None:
+    with pytest.raises(MissingGlyph) as caught:
+        render_invoice(invoice([line("ok"), line("bad \U000f0001")]))
+    assert caught.value.field == "items[1].name"
+
+
+def test_progress_is_bounded_and_cancellation_checked_on_every_page() -> None:
+    lines = [line(f"Part {i}", 1, "2.50") for i in range(2500)]
+    reports: list[tuple[int, str]] = []
+    checks: list[int] = []
+    content = render_invoice(invoice(lines), progress=lambda *report: reports.append(report),
+                             check=lambda: checks.append(1))
+    pages = len(PdfReader(io.BytesIO(content)).pages)
+    assert pages > 40
+    assert len(reports) <= REPORTS + 2 and reports[-1] == (95, "writing PDF")
+    assert reports[0] == (5, f"rendering page 1 of {pages}")
+    assert [p for p, _ in reports] == sorted(p for p, _ in reports)
+    assert len(checks) == pages
+
+    calls = 0
+
+    def cancel() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise Cancelled("job_1")
+
+    with pytest.raises(Cancelled):
+        render_invoice(invoice(lines), check=cancel)
+    assert calls == 3
+
+
+def test_three_decimal_currency_amounts() -> None:
+    kwd = Money("KWD", 3, "ar_KW", "code")
+    text = text_of(render_invoice(invoice([line("Tea", 3, "0.335", rate=0, units=3)], money=kwd)))
+    assert Formatter(kwd).amount(Decimal("1.005")) in text
