@@ -47,11 +47,11 @@ def fragments(content: bytes, page: int = 0) -> list[tuple[float, float, str]]:
     return found
 
 
-def on_line(content: bytes, start: str, page: int = 0, whole: bool = False) -> str:
+def on_line(content: bytes, start: str, page: int = 0, whole: bool = False, start_exact: bool = False) -> str:
     """The strings on the baseline of the first string that begins with `start`, left to right,
     from that string on (or the `whole` line)."""
     found = fragments(content, page)
-    x0, y = next((x, y) for x, y, text in found if text.startswith(start))
+    x0, y = next((x, y) for x, y, text in found if (text == start if start_exact else text.startswith(start)))
     return " ".join(text for x, yy, text in sorted(found) if abs(yy - y) < 0.5 and (whole or x >= x0 - 0.01))
 
 
@@ -128,11 +128,11 @@ def test_printed_totals_match_an_independent_computation() -> None:
                     "total": Decimal("459.23")}
     assert on_line(content, "Subtotal") == f"Subtotal {FMT.amount(want['gross'])}"
     assert on_line(content, "Discounts") == f"Discounts {FMT.amount(Decimal('-35.99'))}"
-    assert on_line(content, "Net") == f"Net {FMT.amount(want['net'])}"
+    assert on_line(content, "Total excl. tax") == f"Total excl. tax {FMT.amount(want['net'])}"
     assert on_line(content, "Tax 7%") == f"Tax 7% on {FMT.amount(Decimal('234.00'))} {FMT.amount(Decimal('16.38'))}"
     assert on_line(content, "Tax 19%") == (f"Tax 19% on {FMT.amount(Decimal('175.50'))} "
                                            f"{FMT.amount(Decimal('33.35'))}")
-    assert on_line(content, "Total") == f"Total {FMT.amount(want['total'])}"
+    assert on_line(content, "Total", start_exact=True) == f"Total {FMT.amount(want['total'])}"
     assert want["tax"] == Decimal("16.38") + Decimal("33.35")
     assert "Balance due" not in text and "PAID" not in text
 
@@ -140,7 +140,7 @@ def test_printed_totals_match_an_independent_computation() -> None:
 def test_no_tax_at_all_prints_no_tax_line() -> None:
     content = render_invoice(invoice([line("Book", 2, "12.50", rate=0)]))
     assert "Tax" not in text_of(content)
-    assert on_line(content, "Total") == f"Total {FMT.amount(Decimal('25.00'))}"
+    assert on_line(content, "Total", start_exact=True) == f"Total {FMT.amount(Decimal('25.00'))}"
 
 
 def test_a_zero_rate_beside_a_taxed_one_is_summarised() -> None:
@@ -158,7 +158,7 @@ def test_a_zero_rate_beside_a_taxed_one_is_summarised() -> None:
 ])
 def test_columns_appear_only_when_needed(lines: list[Any], shown: set[str], hidden: set[str]) -> None:
     labels = header_labels(render_invoice(invoice(lines)))
-    assert {"#", "Description", "Qty", "Unit price", "Amount"} <= set(labels)
+    assert {"#", "Description", "Qty", "Unit price", "Line total"} <= set(labels)
     assert shown <= set(labels) and not hidden & set(labels), labels
 
 
@@ -176,7 +176,7 @@ def test_paid_invoice_is_marked_and_shows_balance() -> None:
     lines = [line("Pen", 1, "10")]
     paid = render_invoice(invoice(lines, paid="11.90"))
     assert "PAID" in text_of(paid)
-    assert on_line(paid, "Paid") == f"Paid {FMT.amount(Decimal('-11.90'))}"
+    assert on_line(paid, "Amount paid") == f"Amount paid {FMT.amount(Decimal('-11.90'))}"
     assert on_line(paid, "Balance due") == f"Balance due {FMT.amount(Decimal('0.00'))}"
     part = render_invoice(invoice(lines, paid="5"))
     assert "PAID" not in text_of(part) and on_line(part, "Balance due") == f"Balance due {FMT.amount(Decimal('6.90'))}"
@@ -191,7 +191,7 @@ def test_credit_note_title_reference_and_negative_lines() -> None:
     assert "Credit note for invoice RE-2026-0042" in text
     assert on_line(content, "Returned", whole=True) == f"1 Returned frother 1 {FMT.unit_price(Decimal('-129.99'))} " \
                                            f"{FMT.amount(Decimal('-129.99'))}"
-    assert on_line(content, "Total") == f"Total {FMT.amount(Decimal('-154.69'))}"
+    assert on_line(content, "Total", start_exact=True) == f"Total {FMT.amount(Decimal('-154.69'))}"
     assert PdfReader(io.BytesIO(content)).metadata.title == "Credit note GS-2026-0007"
 
 

@@ -44,17 +44,17 @@ PAID_INK = (0.1, 0.5, 0.25)
 
 #: English for every label the page prints; `Invoice.labels` overrides any of them.
 DEFAULT_LABELS: Mapping[str, str] = {
-    "invoice": "INVOICE", "credit_note": "CREDIT NOTE", "invoice_number": "Invoice no.",
-    "credit_note_number": "Credit note no.", "issue_date": "Date", "due_date": "Due date",
-    "purchase_order": "PO reference", "credit_note_for": "Credit note for invoice {number}",
-    "bill_to": "BILL TO", "tax_id": "VAT ID", "registration": "Reg. no.", "bank": "Bank",
-    "iban": "IBAN", "bic": "BIC", "account": "Account", "phone": "Tel.", "email": "Email", "website": "Web",
+    "invoice": "Invoice", "credit_note": "Credit note", "invoice_number": "Invoice no.",
+    "credit_note_number": "Credit note no.", "date": "Date", "due_date": "Due date",
+    "purchase_order": "PO number", "credit_note_for": "Credit note for invoice {number}",
+    "bill_to": "Bill to", "tax_id": "VAT ID", "registration": "Reg. no.", "bank": "Bank",
+    "iban": "IBAN", "bic": "BIC", "account": "Account", "phone": "Phone", "email": "Email", "website": "Web",
     "number": "#", "sku": "SKU", "item": "Description", "quantity": "Qty", "unit_price": "Unit price",
-    "discount": "Discount", "tax_rate": "Tax", "line_total": "Amount",
-    "subtotal": "Subtotal", "discounts": "Discounts", "net": "Net", "tax": "Tax {rate} on {base}",
-    "total": "Total", "paid": "Paid", "due": "Balance due", "paid_mark": "PAID",
-    "payment_terms": "Payment terms", "notes": "Notes", "page": "Page {page} of {pages}",
-    "continued": "continued",
+    "discount": "Discount", "tax": "Tax", "line_total": "Line total",
+    "subtotal": "Subtotal", "discounts": "Discounts", "net": "Total excl. tax", "tax_group": "Tax {rate} on {base}",
+    "total": "Total", "amount_paid": "Amount paid", "balance_due": "Balance due", "paid": "PAID",
+    "payment_terms": "Payment terms", "payable_within": "Payable within {days} days", "notes": "Notes",
+    "page": "Page {page} of {pages}", "continued": "Continued on the next page",
 }
 
 #: Where a string goes: x, y, text, size, bold, align, grey level. In a `Block` y is relative
@@ -110,6 +110,7 @@ class Plan:
     logo: Logo | None
     paid: Piece | None  # the PAID mark, drawn in a frame
     continued: list[Piece]  # pages 2 and on
+    more: tuple[float, float, str]  # "continued on the next page": x (right end), baseline, text
     footer: list[Piece]  # every page
     page_label: tuple[float, float, str]  # x (right end), baseline, template with {page} and {pages}
     columns: list[Column]
@@ -157,13 +158,14 @@ def lay_out(invoice: Invoice, fonts: Fonts) -> Plan:
     footer, page_label, bottom = _footer(invoice, fonts, label, left, right, m_bottom)
     header, logo, paid, first_top = _header(invoice, fonts, fmt, label, left, right, top)
     continued = _Stack(fonts, left, right - left, top)
-    continued.add(f"{label(_number_key(invoice))} {invoice.number} ({label('continued')})", "number", 10, 13,
-                  bold=True)
+    continued.add(f"{label(_number_key(invoice))} {invoice.number}", "number", 10, 13, bold=True)
+    more = label("continued")
+    fonts.check(more, "labels.continued")
     columns, rows, heights = _table(invoice, fonts, fmt, label, left, right)
     totals = _totals(invoice, fonts, fmt, label, left, right)
     plan = Plan(
         size=(width, height), left=left, right=right, bottom=bottom, header=header, logo=logo, paid=paid,
-        continued=continued.pieces, footer=footer, page_label=page_label, columns=columns, rows=rows,
+        continued=continued.pieces, more=(right, bottom - 10, more), footer=footer, page_label=page_label, columns=columns, rows=rows,
         heights=heights, first_top=first_top, continued_top=continued.y - 12, totals=totals,
         after=_after(invoice, fonts, label, left, right),
     )
@@ -197,18 +199,18 @@ def _header(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
         if party.tax_id:
             seller_block.add(f"{label('tax_id')} {party.tax_id}", "seller.tax_id", 8.5, 11, gray=MUTED)
 
-    title = label("credit_note" if invoice.kind == "credit_note" else "invoice")
+    title = label("credit_note" if invoice.kind == "credit_note" else "invoice").upper()
     right_block = _Stack(fonts, right, details_width, top, align="right")
     right_block.add(title, "title", TITLE_SIZE, 24, bold=True)
     paid = None
     if invoice.totals.due == 0 and invoice.totals.paid > 0:
-        mark = label("paid_mark")
-        fonts.check(mark, "labels.paid_mark")
+        mark = label("paid")
+        fonts.check(mark, "labels.paid")
         right_block.y -= 22
         paid = (right - fonts.width(mark, 12, True) - 8, right_block.y, mark, 12.0, True, "left", 0.0)
     details: list[tuple[str, str, str]] = [
         (_number_key(invoice), invoice.number, "number"),
-        ("issue_date", fmt.date(invoice.issue_date), "issue_date"),
+        ("date", fmt.date(invoice.issue_date), "issue_date"),
     ]
     if invoice.due_date is not None:
         details.append(("due_date", fmt.date(invoice.due_date), "due_date"))
@@ -239,7 +241,7 @@ def _header(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
     # The customer gets the full width: nothing stands beside it.
     customer = invoice.customer
     bill = _Stack(fonts, left, content, min(seller_block.y, y) - 22)
-    bill.add(label("bill_to"), "labels.bill_to", 7.5, 10, bold=True, gray=MUTED)
+    bill.add(label("bill_to").upper(), "labels.bill_to", 7.5, 10, bold=True, gray=MUTED)
     bill.add(customer.name, "customer.name", 11, 14, bold=True, gap=2)
     for i, line in enumerate(customer.address):
         bill.add(line, f"customer.address[{i}]", 9, 12)
@@ -283,7 +285,7 @@ def _footer(invoice: Invoice, fonts: Fonts, label: Callable[[str], str], left: f
     lift = base - stack.pieces[-1][1] if stack.pieces else 0.0
     footer = [(x, y + lift, text, size, bold, align, gray) for x, y, text, size, bold, align, gray in stack.pieces]
     first_base = footer[0][1] if footer else base
-    return footer, (right, first_base, page), max(margin, first_base + SMALL + 10)
+    return footer, (right, first_base, page), max(margin, first_base + SMALL + 16)
 
 
 def _number_key(invoice: Invoice) -> str:
@@ -334,7 +336,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
     if show_discount:
         numeric.append(("discount", discounts))
     if show_tax:
-        numeric.append(("tax_rate", rates))
+        numeric.append(("tax", rates))
     numeric.append(("line_total", nets))
     measured = []
     for key, texts in numeric:
@@ -412,15 +414,15 @@ def _totals(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
     else:
         rows.append(("subtotal", label("subtotal"), fmt.amount(totals.net), False))
     if totals.tax or any(group.rate for group in totals.taxes):
-        template = label("tax")
+        template = label("tax_group")
         for group in totals.taxes:
             text = template.replace("{rate}", fmt.percent(group.rate)).replace("{base}", fmt.amount(group.base))
             rows.append(("tax", text, fmt.amount(group.tax), False))
     total_at = len(rows)
     rows.append(("total", label("total"), fmt.amount(totals.total), True))
     if totals.paid:
-        rows.append(("paid", label("paid"), fmt.amount(-totals.paid), False))
-        rows.append(("due", label("due"), fmt.amount(totals.due), True))
+        rows.append(("amount_paid", label("amount_paid"), fmt.amount(-totals.paid), False))
+        rows.append(("balance_due", label("balance_due"), fmt.amount(totals.due), True))
     amount_width = max(fonts.width(amount, 10.5, True) for _, _, amount, _ in rows)
     x_amount = right - PAD
     x_label = x_amount - max(amount_width, 70.0) - 16
@@ -431,7 +433,7 @@ def _totals(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
         fonts.check(text, f"labels.{key}")
         fonts.check(amount, f"totals.{key}")
         size = 10.5 if bold else 9.0
-        if i == total_at or key == "due":
+        if i == total_at or key == "balance_due":
             y -= 6
             block.rules.append((x_label - 60, right, y, 0.8, INK))
         wrapped = fonts.wrap(text, size, label_width, bold)
@@ -450,7 +452,12 @@ def _after(invoice: Invoice, fonts: Fonts, label: Callable[[str], str], left: fl
     an empty piece is a blank line."""
     lines: list[Piece] = []
     room = right - left
-    for key, text in (("payment_terms", invoice.payment_terms), ("notes", invoice.notes)):
+    terms = invoice.payment_terms
+    days = getattr(invoice, "payment_terms_days", None)
+    if days is not None:
+        within = label("payable_within").replace("{days}", str(days))
+        terms = f"{within}. {terms}" if terms else within
+    for key, text in (("payment_terms", terms), ("notes", invoice.notes)):
         if not text:
             continue
         head = label(key)

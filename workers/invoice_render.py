@@ -46,11 +46,11 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
     `progress(percent, message)` is called before some pages (at most `REPORTS` times, 5..95
     as the rows go by) and with 95 just before the file is written; `check()` is called
     before every page. Whatever either raises (`Cancelled`) aborts the render, so a cancelled
-    job stops within one page. `fonts` defaults to the worker's cached system fonts;
+    job stops within one page. `fonts` defaults to the worker's cached fonts of `invoice.fonts`;
     `created` (the document's creation date) to the issue date at midnight UTC, so the same
     invoice always gives the same bytes.
     """
-    fonts = fonts or worker_fonts()
+    fonts = fonts or worker_fonts(tuple(getattr(invoice, "fonts", ()) or ()))
     plan = lay_out(invoice, fonts)
     count = len(plan.pages)
     rows = len(plan.rows) or 1
@@ -74,6 +74,10 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
             _draw_totals(canvas, fonts, plan, page.totals_y)
         if page.after:
             _draw_after(canvas, fonts, plan, page)
+        if number < count and page.rows and (page.totals_y is None):
+            x, y, more = plan.more
+            canvas.setFillGray(MUTED)
+            fonts.draw(canvas, x, y, more, SMALL, False, "right")
         _draw_footer(canvas, fonts, plan, number, count)
         canvas.showPage()
     if progress is not None:
@@ -167,7 +171,7 @@ def _metadata(canvas: Canvas, invoice: Invoice, created: datetime) -> None:
     """Title, author (the seller), subject, creator and a creation date the caller chose."""
     labels = invoice.labels
     kind = "credit_note" if invoice.kind == "credit_note" else "invoice"
-    title = f"{(labels.get(kind) or DEFAULT_LABELS[kind]).capitalize()} {invoice.number}"
+    title = f"{labels.get(kind) or DEFAULT_LABELS[kind]} {invoice.number}"
     canvas.setTitle(title)
     canvas.setAuthor(invoice.seller.party.name if invoice.seller is not None else "")
     canvas.setSubject(f"{title}: {invoice.customer.name}")

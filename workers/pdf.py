@@ -39,14 +39,13 @@ def warm_up_pdf() -> None:
 
 @job_type("pdf", validate=validate_pdf, schema=pdf_schema, warm_up=warm_up_pdf)
 def pdf(data: Any, ctx: Context) -> FileOutput:
-    from offload.workers.invoice_render import render_invoice, worker_fonts  # loaded by the warm-up
+    from offload.workers.invoice_render import render_invoice  # loaded by the warm-up; a dict lookup here
 
     ctx.progress(0, "laying out invoice")
-    settings = InvoiceSettings.from_settings(ctx.settings)
-    invoice = parse_invoice(data, settings)
-    fonts = worker_fonts(tuple(getattr(settings, "fonts", None) or ()))  # loaded once per worker
-    # Progress at most a score of times whatever the page count; cancellation on every page.
-    content = render_invoice(invoice, progress=ctx.progress, fonts=fonts, check=ctx.check_cancelled)
+    invoice = parse_invoice(data, InvoiceSettings.from_settings(ctx.settings))
+    # The fonts of `invoice.fonts` are loaded once per worker; progress goes out at most a
+    # score of times whatever the page count, and cancellation is checked on every page.
+    content = render_invoice(invoice, progress=ctx.progress, check=ctx.check_cancelled)
     return FileOutput(invoice_filename(invoice.number), "application/pdf", content)
 
 
