@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import copy
 import io
-import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -11,16 +10,12 @@ from typing import Any
 
 import pytest
 from pypdf import PdfReader
-from reportlab.pdfbase.pdfmetrics import stringWidth
 
-from benchmarks.sample import make_invoice
 from offload.service.config import ConfigError, load_config
 from offload.workers.registry import Registry
 from offload.workers.context import Context
-from offload.workers.errors import Cancelled, ValidationError
-from offload.workers import invoice_layout
-from offload.workers.invoice_data import DEFAULT_SETTINGS, Invoice, InvoiceSettings, check_invoice, parse_invoice
-from offload.workers.invoice_render import render_invoice
+from offload.workers.errors import ValidationError
+from offload.workers.invoice_data import DEFAULT_SETTINGS, InvoiceSettings, check_invoice, parse_invoice
 from offload.workers.pdf import invoice_filename, pdf, validate_pdf
 
 
@@ -210,172 +205,6 @@ def test_tax_rounds_half_up() -> None:
     invoice = parse_invoice(data)
 
     assert (invoice.subtotal, invoice.tax, invoice.total) == (Decimal("0.25"), Decimal("0.03"), Decimal("0.28"))
-
-
-@pytest.fixture(scope="module")
-def big_invoice() -> tuple[Invoice, bytes, list[tuple[int, str]]]:
-    invoice = parse_invoice(make_invoice(500))
-    reports: list[tuple[int, str]] = []
-    content = render_invoice(invoice, progress=lambda percent, message: reports.append((percent, message)))
-    return invoice, content, reports
-
-
-def test_render_500_items_to_numbered_pages(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
-    invoice, content, _ = big_invoice
-    pages = read_pages(content)
-
-    assert content.startswith(b"%PDF-")
-    assert len(pages) > 1
-    assert invoice.number in pages[0]
-    assert invoice.customer.name in pages[0]
-    assert "INVOICE" in pages[0]
-    assert f"EUR {invoice.total:,.2f}" in pages[-1]
-    assert f"EUR {invoice.total:,.2f}" == "EUR 2,362,987.06"
-    assert "Payment due within 30 days" in pages[-1]
-    for number, text in enumerate(pages, 1):
-        assert f"Page {number} of {len(pages)}" in text
-        assert all(label in text for label in ("#", "SKU", "Item", "Qty", "Unit price", "Line total"))
-
-
-def test_totals_move_to_a_new_page_when_they_do_not_fit() -> None:
-    data = reference_payload()
-    del data["order"]["notes"]
-    reports: list[tuple[int, str]] = []
-    for count in range(40, 200):   # one-line rows: the page count first grows when the totals spill
-        data["items"] = [{"name": f"Part {i}", "quantity": 1, "unitPrice": 2.5} for i in range(count)]
-        reports.clear()
-        content = render_invoice(parse_invoice(data), progress=lambda *report: reports.append(report))
-        if len(reports) == 4:
-            break
-    else:
-        pytest.fail("no item count between 40 and 200 spilled the totals onto a third page")
-
-    pages = read_pages(content)
-    assert len(pages) == 3
-    assert f"Part {count - 1}" in pages[1]
-    assert "Line total" not in pages[2]
-    assert f"Total\nEUR {Decimal('2.5') * count * Decimal('1.2'):,.2f}" in pages[2]
-    assert "Page 3 of 3" in pages[2]
-    assert [percent for percent, _ in reports] == sorted(percent for percent, _ in reports)
-
-
-def test_render_draws_every_item(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
-    invoice, content, _ = big_invoice
-    text = "\n".join(read_pages(content))
-
-    for item in invoice.items[::50]:
-        assert item.sku is not None and item.sku in text
-        assert f"EUR {item.line_total:,.2f}" in text
-
-
-def test_render_reports_progress_per_page(big_invoice: tuple[Invoice, bytes, list[tuple[int, str]]]) -> None:
-    _, content, reports = big_invoice
-    page_count = len(PdfReader(io.BytesIO(content)).pages)
-    percents = [percent for percent, _ in reports]
-
-    assert percents == sorted(percents)
-    assert percents[-1] >= 90
-    assert reports[-1] == (95, "writing PDF")
-    assert [message for _, message in reports[:-1]] == [
-        f"rendering page {number} of {page_count}" for number in range(1, page_count + 1)
-    ]
-
-
-def test_render_stops_when_progress_raises() -> None:
-    def cancel(percent: int, message: str) -> None:
-        if percent > 5:
-            raise Cancelled("job_1")
-
-    with pytest.raises(Cancelled):
-        render_invoice(parse_invoice(make_invoice(200)), progress=cancel)
-
-
-def _name_fragments(content: bytes) -> tuple[list[tuple[float, float, str]], float]:
-    """(x, y, text) of every string on page 1, and the x where the Qty header starts."""
-    fragments: list[tuple[float, float, str]] = []
-
-    def visit(text: str, cm: Any, tm: Any, font: Any, size: Any) -> None:
-        if text.strip():
-            fragments.append((tm[4], tm[5], text.strip()))
-
-    PdfReader(io.BytesIO(content)).pages[0].extract_text(visitor_text=visit)
-    qty_x = next(x for x, _, text in fragments if text == "Qty")
-    return fragments, qty_x
-
-
-def test_long_item_name_wraps_inside_its_column() -> None:
-    data = reference_payload()
-    words = [f"word{i:02d}" for i in range(14)]
-    data["items"][1]["name"] = " ".join(words)
-
-    content = render_invoice(parse_invoice(data))
-    fragments, qty_x = _name_fragments(content)
-
-    name_lines = [(x, y, text) for x, y, text in fragments if text.startswith("word")]
-    assert len(name_lines) >= 2
-    assert " ".join(text for _, _, text in name_lines).split() == words
-    assert len({x for x, _, _ in name_lines}) == 1
-    assert all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, _, text in name_lines)
-
-
-def test_overlong_item_name_is_cut_after_three_lines() -> None:
-    data = reference_payload()
-    data["items"][1]["name"] = "lengthy " * 120
-
-    fragments, qty_x = _name_fragments(render_invoice(parse_invoice(data)))
-
-    name_lines = [(x, text) for x, _, text in fragments if text.startswith("lengthy")]
-    assert len(name_lines) == 3
-    assert name_lines[-1][1].endswith("\u2026")
-    assert all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, text in name_lines)
-
-
-class _MeasuredText:
-    """Counts the characters the renderer asks reportlab to measure: the work of wrapping."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.characters = 0
-        regular, measure = invoice_layout._REGULAR, invoice_layout.stringWidth
-
-        def counting(text: str, *args: Any) -> float:
-            self.characters += len(text)
-            return measure(text, *args)
-
-        def counting_regular(text: str, *args: Any) -> float:
-            self.characters += len(text)
-            return regular.stringWidth(text, *args)
-
-        monkeypatch.setattr(invoice_layout, "stringWidth", counting)
-        monkeypatch.setattr(invoice_layout, "_REGULAR", type("Font", (), {"stringWidth": staticmethod(counting_regular)}))
-
-
-@pytest.mark.parametrize("field", ["items.1.name", "order.notes"])
-def test_a_long_single_word_is_laid_out_in_work_linear_in_its_length(monkeypatch: pytest.MonkeyPatch,
-                                                                      field: str) -> None:
-    settings = InvoiceSettings(max_text_length=50_000, max_notes_length=50_000)
-    # letters found nowhere else on the page, in no repeating pattern (no word-width cache helps)
-    word = "".join("JKWXZ"[(i * i + i // 7) % 5] for i in range(20_000))
-    data = reference_payload()
-    _set(field, word)(data)
-    invoice = parse_invoice(data, settings)
-    measured = _MeasuredText(monkeypatch)
-
-    content = render_invoice(invoice)
-
-    # Each character is measured a bounded number of times (the whole word once or twice, each
-    # line once); re-measuring the rest of the word for every line made this about 500 x 20,000.
-    assert len(word) <= measured.characters <= 4 * len(word), measured.characters
-    pieces = re.findall("(?<![A-Za-z])[JKWXZ]+\u2026?(?![A-Za-z])", "\n".join(read_pages(content)))  # not SKU
-    if field == "order.notes":  # all of it, over as many lines and pages as it takes
-        assert "".join(pieces) == word
-        assert len(pieces) > 100 and len(read_pages(content)) > 1
-    else:  # three lines of it, the last one cut with an ellipsis, inside the name column
-        assert len(pieces) == 3 and pieces[-1].endswith("\u2026"), pieces
-        shown = "".join(pieces)[:-1]
-        assert shown == word[:len(shown)]
-        fragments, qty_x = _name_fragments(content)
-        lines = [(x, text) for x, _, text in fragments if text in pieces]
-        assert len(lines) == 3 and all(x + stringWidth(text, "Helvetica", 8.5) < qty_x for x, text in lines)
 
 
 @pytest.mark.parametrize("check", [parse_invoice, check_invoice], ids=["parse", "check"])

@@ -20,7 +20,7 @@ from offload.workers.invoice_model import Layout, Money, Seller
 from offload.workers.invoice_money import Formatter
 from offload.workers.invoice_render import REPORTS, render_invoice, worker_fonts
 from offload.workers.invoice_text import MissingGlyph
-from tests.invoice_builder import EUR, SELLER, invoice, line
+from benchmarks.sample import EUR, SELLER, invoice, line
 
 
 def pages_of(content: bytes) -> list[str]:

@@ -57,6 +57,8 @@ DEFAULT_LABELS: Mapping[str, str] = {
     "page": "Page {page} of {pages}", "continued": "Continued on the next page",
 }
 
+_LEFT: Align = "left"
+_RIGHT: Align = "right"
 #: Where a string goes: x, y, text, size, bold, align, grey level. In a `Block` y is relative
 #: to the block's top (0 and below); elsewhere it is the baseline on the page.
 Piece = tuple[float, float, str, float, bool, Align, float]
@@ -202,7 +204,7 @@ def _header(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
     title = label("credit_note" if invoice.kind == "credit_note" else "invoice").upper()
     right_block = _Stack(fonts, right, details_width, top, align="right")
     right_block.add(title, "title", TITLE_SIZE, 24, bold=True)
-    paid = None
+    paid: Piece | None = None
     if invoice.totals.due == 0 and invoice.totals.paid > 0:
         mark = label("paid")
         fonts.check(mark, "labels.paid")
@@ -312,7 +314,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
     """The columns a reader needs and no more: SKU only when some line has one, discount only
     when some line has one, tax rate only when the rates differ."""
     lines = invoice.lines
-    check, width, wrap = fonts.check, fonts.width, fonts.wrap
+    check, width, wrap, rtl = fonts.check, fonts.width, fonts.wrap, fonts.rtl
     show_sku = any(line.sku for line in lines)
     show_discount = any(line.discount for line in lines)
     show_tax = len({line.tax_rate for line in lines}) > 1
@@ -343,7 +345,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
         head = label(key)
         check(head, f"labels.{key}")
         widths = [width(text, SIZE) for text in texts]
-        measured.append((key, head, texts, widths, max(max(widths, default=0.0), width(head, SIZE, True)) + 2 * PAD))
+        measured.append((head, texts, widths, max(max(widths, default=0.0), width(head, SIZE, True)) + 2 * PAD))
     head_number = label("number")
     w_number = max(width(numbers[-1], SIZE) if numbers else 0.0, width(head_number, SIZE, True)) + 2 * PAD
     w_sku = 0.0
@@ -352,7 +354,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
         widest = max(width(line.sku or "", SIZE) for line in lines)
         w_sku = min(max(widest, width(head_sku, SIZE, True)), SKU_MAX) + 2 * PAD
     x_name = left + w_number + w_sku + PAD
-    name_width = right - sum(m[4] for m in measured) - PAD - x_name
+    name_width = right - sum(m[3] for m in measured) - PAD - x_name
 
     columns = [Column(head_number, left + w_number - PAD, "right")]
     if show_sku:
@@ -360,7 +362,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
     columns.append(Column(label("item"), x_name, "left"))
     edges = []
     x = right
-    for key, head, texts, widths, column_width in reversed(measured):
+    for head, texts, widths, column_width in reversed(measured):
         edges.append((x - PAD, texts, widths))
         columns.append(Column(head, x - PAD, "right"))
         x -= column_width
@@ -377,8 +379,10 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
             cells.append((edge - widths[i], base, texts[i], "left"))
         name_lines = wrap(line.name, SIZE, name_width)
         drop = base
+        # A right-to-left name (Arabic, Hebrew) is set flush right in its column, as its reader expects.
+        x, align = (x_name + name_width, _RIGHT) if rtl(line.name) else (x_name, _LEFT)
         for text in name_lines:
-            cells.append((x_name, drop, text, "left"))
+            cells.append((x, drop, text, align))
             drop += LEADING
         count = len(name_lines)
         if show_sku and line.sku:
@@ -479,7 +483,7 @@ def _split_tall_rows(plan: Plan) -> None:
     if not plan.heights or max(plan.heights) <= room:
         return
     rows, heights = [], []
-    for cells, height in zip(plan.rows, plan.heights):
+    for cells, height in zip(plan.rows, plan.heights, strict=True):
         if height <= room:
             rows.append(cells)
             heights.append(height)
