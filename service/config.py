@@ -331,6 +331,7 @@ def load_config(
     _from_environment(environ, layers)
     for name, values in (overrides or {}).items():
         layers[name].update(_section(name, values, "command line"))
+    _resolve_pdf_paths(layers["jobs"], base_dir)
     try:
         cfg = Config(
             server=ServerConfig(**layers["server"]),
@@ -386,6 +387,16 @@ def validate(cfg: Config) -> None:
     if unknown and not auth.single_user:
         raise ConfigError(f"[auth] admins: no token is configured for {', '.join(map(repr, unknown))} "
                           f"(users with tokens: {', '.join(sorted(auth.users))})")
+
+
+def _resolve_pdf_paths(jobs: dict[str, Any], base_dir: Path) -> None:
+    """`[jobs.settings.pdf]` names files (the seller's logo, fonts): relative to the config
+    file's folder, as every path here is, whatever the worker's working directory."""
+    settings = jobs.get("settings")
+    if isinstance(settings, Mapping) and isinstance(settings.get("pdf"), Mapping):
+        from offload.workers.invoice_data import resolve_paths
+
+        jobs["settings"] = {**settings, "pdf": resolve_paths(settings["pdf"], base_dir)}
 
 
 def _validate_pdf_settings(cfg: Config) -> None:
