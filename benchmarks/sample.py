@@ -45,7 +45,7 @@ def line(name: str, quantity: Any = 1, unit_price: Any = "10", *, unit: str | No
     gross = _round(q * p, units)
     off = Decimal(0)
     if percent is not None:
-        off = _round(gross * Decimal(str(percent)), units)
+        off = _round(gross * Decimal(str(percent)) / 100, units)  # a percentage: 10 for 10 %
     elif discount is not None:
         off = _round(Decimal(str(discount)), units)
     return Line(name, q, unit, p, off, Decimal(str(percent)) if percent is not None else None, r, gross - off, sku)

@@ -4,19 +4,22 @@ import copy
 import io
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pypdf import PdfReader
 
+from benchmarks.sample import make_logo
 from offload.service.config import ConfigError, load_config
 from offload.workers.registry import Registry
 from offload.workers.context import Context
-from offload.workers.errors import ValidationError
+from offload.workers.errors import Cancelled, ValidationError
 from offload.workers.invoice_data import DEFAULT_SETTINGS, InvoiceSettings, check_invoice, parse_invoice
+from offload.workers.invoice_money import Formatter
 from offload.workers.pdf import invoice_filename, pdf, validate_pdf
+from tests.test_invoice_render import on_line
 
 
 def reference_payload() -> dict[str, Any]:
@@ -304,3 +307,61 @@ def test_pdf_settings_from_the_environment_are_checked_too() -> None:
     with pytest.raises(ConfigError) as stopped:
         load_config(None, environ={"OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "0"})
     assert str(stopped.value) == "[jobs.settings.pdf] max_items: must be a whole number of 1 or more, got 0"
+
+
+def test_the_readme_example_renders_with_its_totals(tmp_path: Path) -> None:
+    from docs.make_invoice_png import readme_example
+
+    settings, data = readme_example()
+    settings["seller"]["logo"] = make_logo(str(tmp_path / "logo.png"))
+    sent: list[tuple[int, str | None]] = []
+    output = pdf(copy.deepcopy(data), Context("job_1", 1, settings, lambda *report: sent.append(report)))
+
+    # The totals from the request itself: per line round(quantity x price) less its discount,
+    # then the tax per rate on that rate's base.
+    cent, default = Decimal("0.01"), Decimal(str(data["order"]["taxRate"]))
+    bases: dict[Decimal, Decimal] = {}
+    for item in data["items"]:
+        gross = (Decimal(str(item["quantity"])) * Decimal(str(item["unitPrice"]))).quantize(cent, ROUND_HALF_UP)
+        off = (gross * Decimal(item.get("discount", {}).get("percent", 0)) / 100).quantize(cent, ROUND_HALF_UP)
+        rate = Decimal(str(item.get("taxRate", default)))
+        bases[rate] = bases.get(rate, Decimal(0)) + gross - off
+    taxes = {rate: (base * rate).quantize(cent, ROUND_HALF_UP) for rate, base in bases.items()}
+    total = sum(bases.values(), Decimal(0)) + sum(taxes.values(), Decimal(0))
+    assert total == Decimal("641.04")
+
+    invoice = parse_invoice(data, InvoiceSettings.from_settings(settings))
+    fmt = Formatter(invoice.money)
+    assert output.filename == "invoice-RE-2026-0042.pdf"
+    assert on_line(output.content, "Gesamtbetrag") == f"Gesamtbetrag {fmt.amount(total)}"
+    for rate, base in bases.items():
+        label = f"USt. {fmt.percent(rate)} auf {fmt.amount(base)}"
+        assert on_line(output.content, label) == f"{label} {fmt.amount(taxes[rate])}"
+    text = "\n".join(read_pages(output.content))
+    for expected in ("RECHNUNG", "Lindenhof Feinkost GmbH", "DE02200505501015871393", "Restaurant Zur Alten Mühle GmbH",
+                     "PO-7781", "Zahlbar innerhalb von 30 Tagen", "Seite 1 von 1"):
+        assert expected in text, expected
+    page = PdfReader(io.BytesIO(output.content)).pages[0]
+    assert any(x.get_object()["/Subtype"] == "/Image" for x in page["/Resources"]["/XObject"].values())
+    assert PdfReader(io.BytesIO(output.content)).metadata.author == "Lindenhof Feinkost GmbH"
+    assert sent[0] == (0, "laying out invoice") and sent[-1] == (95, "writing PDF")
+
+
+def test_pdf_job_reports_a_bounded_number_of_times_and_stops_within_a_page() -> None:
+    data = reference_payload()
+    data["items"] = [{"name": f"Part {i}", "quantity": 1, "unitPrice": 2.5} for i in range(3000)]
+    sent: list[tuple[int, str | None]] = []
+    output = pdf(copy.deepcopy(data), Context("job_1", 1, {}, lambda *report: sent.append(report)))
+    assert len(PdfReader(io.BytesIO(output.content)).pages) > 50
+    assert len(sent) <= 21, len(sent)
+
+    asked = 0
+
+    def cancelled() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 4  # the first calls are the layout's report and pages 1..3
+
+    with pytest.raises(Cancelled):
+        pdf(copy.deepcopy(data), Context("job_1", 1, {}, lambda *report: None, cancelled))
+    assert asked == 5

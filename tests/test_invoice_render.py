@@ -67,7 +67,7 @@ FMT = Formatter(EUR)
 
 def basket() -> list[Any]:
     return [line("Espresso beans", 3, "18.50", unit="kg", sku="ESP-1"),
-            line("Barista training", 4, "65", unit="h", rate="0.07", percent="0.1"),
+            line("Barista training", 4, "65", unit="h", rate="0.07", percent="10"),
             line("Milk frother", 1, "129.99", discount="9.99")]
 
 
@@ -152,7 +152,7 @@ def test_a_zero_rate_beside_a_taxed_one_is_summarised() -> None:
 @pytest.mark.parametrize(("lines", "shown", "hidden"), [
     ([line("a", sku="S-1"), line("b")], {"SKU"}, {"Discount", "Tax"}),
     ([line("a"), line("b")], set(), {"SKU", "Discount", "Tax"}),
-    ([line("a", percent="0.1"), line("b")], {"Discount"}, {"SKU", "Tax"}),
+    ([line("a", percent="10"), line("b")], {"Discount"}, {"SKU", "Tax"}),
     ([line("a", rate="0.07"), line("b")], {"Tax"}, {"SKU", "Discount"}),
     ([line("a", rate="0.07", discount=1, sku="X"), line("b")], {"SKU", "Discount", "Tax"}, set()),
 ])

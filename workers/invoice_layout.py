@@ -400,8 +400,8 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
 def _discount(fmt: Formatter, line: Line) -> str:
     if not line.discount:
         return ""
-    if line.discount_percent is not None:
-        return fmt.percent(line.discount_percent)
+    if line.discount_percent is not None:  # a percentage (10 for 10 %), as parse_invoice keeps it
+        return fmt.percent(line.discount_percent / 100)
     return fmt.amount(-line.discount)
 
 
