@@ -56,10 +56,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfbase.ttfonts import ShapeData, ShapedStr, TTFont
+from reportlab.lib.rl_accel import fp_str
+from reportlab.pdfbase.ttfonts import ShapeData, ShapedStr, TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from offload.workers.errors import PermanentError
@@ -96,28 +98,38 @@ class MissingGlyph(PermanentError):
 class _Face:
     """One loaded TrueType face, registered with reportlab under `name`."""
 
-    __slots__ = ("name", "font", "cmap", "hb")
+    __slots__ = ("name", "font", "cmap", "ascii", "hb")
 
     def __init__(self, path: str) -> None:
         file, _, index = path.partition("#")
         self.name = f"offload:{file}#{index or 0}"
-        registered = pdfmetrics._fonts.get(self.name)
-        if isinstance(registered, TTFont):
-            self.font = registered
-        else:
-            with open(file, "rb") as f:
-                if f.read(4) == b"OTTO":
-                    raise ValueError(f"font {file}: CFF (PostScript) outlines cannot be embedded; "
-                                     f"use a TrueType (glyf) font")
+        try:
             self.font = TTFont(self.name, file, subfontIndex=int(index or 0))
-            pdfmetrics.registerFont(self.font)
+        except TTFError as error:
+            problem = ("CFF (PostScript) outlines cannot be embedded; use a TrueType (glyf) font"
+                       if "postscript" in str(error) else str(error))
+            raise ValueError(f"font {path}: {problem}") from error
+        pdfmetrics.registerFont(self.font)
         self.cmap = frozenset(self.font.face.charToGlyph)  # before shaping adds private codes
+        self.ascii = self.cmap.issuperset(range(0x20, 0x7F)) and bool(self.font._asciiReadable)
         self.hb: Any = None
 
     def hb_font(self) -> Any:
         if self.hb is None:
             self.hb = self.font.hbFont(10)  # also gives the face its `hbAddPrivate`
         return self.hb
+
+
+_faces: dict[str, _Face] = {}
+
+
+def _face(path: str) -> _Face:
+    """The face of `path`, loaded once per process: every `Fonts` shares it (and its cmap as
+    the file has it, before shaping gives glyphs without a character private codes)."""
+    face = _faces.get(path)
+    if face is None:
+        face = _faces[path] = _Face(path)
+    return face
 
 
 class _Family:
@@ -132,13 +144,16 @@ class _Family:
 
     def faces(self) -> list[_Face]:
         if self._faces is None:
-            regular = _Face(self.paths[0])
-            bold = _Face(self.paths[1]) if self.paths[1] else regular
+            regular = _face(self.paths[0])
+            bold = _face(self.paths[1]) if self.paths[1] else regular
             self._faces = [regular, bold]
         return self._faces
 
 
-Run = tuple[str, str, float]  # reportlab font name, the string to set (maybe shaped), unit width
+# A run: the reportlab font name, the string to set (a `ShapedStr` when shaped), its width at
+# size 1, and the font when the string is printable ASCII that the font has (set without
+# reportlab's per-character subsetting, see `_put`), else None.
+Run = tuple[str, str, float, TTFont | None]
 Line = tuple[tuple[Run, ...], float]
 
 
@@ -148,9 +163,9 @@ class Fonts:
         self._lines: dict[tuple[str, bool], Line] = {}
         self._owner: dict[int, int] = {}  # code point -> index of the first family with it
         if self._families:
-            primary = self._families[0].faces()
+            self._primary = primary = self._families[0].faces()
             self._regular, self._bold = primary[0].name, primary[1].name
-            self._ascii = all(c in primary[0].cmap and c in primary[1].cmap for c in range(0x20, 0x7F))
+            self._ascii = primary[0].ascii and primary[1].ascii
         else:
             self._regular, self._bold = HELVETICA, HELVETICA_BOLD
             self._ascii = True
@@ -228,11 +243,11 @@ class Fonts:
             x -= unit * size
         elif align == "center":
             x -= unit * size / 2
-        for name, content, run_unit in runs:
+        for name, content, run_unit, ascii_font in runs:
             if text_object._fontname != name or text_object._fontsize != size:
                 text_object.setFont(name, size)
             text_object.setTextOrigin(x, y)
-            text_object.textLine(content)
+            _put(text_object, content, ascii_font)
             x += run_unit * size
 
     # -- runs --------------------------------------------------------------------------------
@@ -241,10 +256,11 @@ class Fonts:
         key = (text, bold)
         line = self._lines.get(key)
         if line is None:
-            if text.isascii() and self._ascii:
-                name = self._bold if bold else self._regular
-                unit = stringWidth(text, name, 1.0)
-                line = (((name, text, unit),), unit) if text else ((), 0.0)
+            if self._families and text.isascii() and self._ascii:
+                face = self._primary[1 if bold else 0]
+                unit = face.font.stringWidth(text, 1.0)
+                line = (((face.name, text, unit, face.font if text.isprintable() else None),), unit) \
+                    if text else ((), 0.0)
             else:
                 line = self._runs(text, bold)
             if len(self._lines) >= _CACHE_LIMIT:
@@ -270,7 +286,7 @@ class Fonts:
         if not self._families:  # Helvetica: WinAnsi only, as `check` ensures
             name = HELVETICA_BOLD if bold else HELVETICA
             unit = stringWidth(text, name, 1.0)
-            return ((name, text, unit),), unit
+            return ((name, text, unit, None),), unit
         chars = [c for c in text if unicodedata.category(c) != "Cc"]
         chars, levels = _levels(chars)
         # (family, level) of each character: letters go to the first family with the glyph,
@@ -280,8 +296,8 @@ class Fonts:
             owner = self._family_of(char)
             if spans:
                 last = spans[-1]
-                if last[1] == level and (owner == last[0] or _sticky(char) and (
-                        owner is None or ord(char) in self._families[last[0]].faces()[0].cmap)):
+                if last[1] == level and (owner == last[0] or owner is None and _ignorable(char) or _sticky(char)
+                                         and ord(char) in self._families[last[0]].faces()[0].cmap):
                     last[2].append(char)
                     continue
             if owner is None:
@@ -299,9 +315,42 @@ class Fonts:
             else:
                 content = "".join(c for c in run if not _ignorable(c))
                 unit = face.font.stringWidth(content, 1.0)
-            runs.append((level, (face.name, content, unit)))
+            fast = face.font if face.ascii and content.isascii() and content.isprintable() else None
+            runs.append((level, (face.name, content, unit, fast)))
         ordered = _visual(runs)
         return tuple(ordered), sum(run[2] for run in ordered)
+
+
+_formatted: WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[str, int]]] = WeakKeyDictionary()
+
+
+def _put(text_object: Any, content: str, ascii_font: TTFont | None) -> None:
+    """Append `content` to `text_object` at its origin, in its current font.
+
+    reportlab encodes TrueType text a character at a time into per-document subsets. Printable
+    ASCII has fixed codes in subset 0 (reportlab's `ttfAsciiReadable`), so a font that has all
+    of it (`ascii_font`) gets the string as is; any other string is encoded once per document
+    and its operators reused (the subsets only ever grow, so a code once given stays)."""
+    canvas = text_object._canvas
+    doc = canvas._doc
+    if ascii_font is not None:
+        if text_object._curSubset != 0:
+            internal = ascii_font.getSubsetInternalName(0, doc)
+            text_object._code.append(f"{internal} {fp_str(text_object._fontsize)} Tf {fp_str(text_object._leading)} TL")
+            text_object._curSubset = 0
+        text_object._code.append(f"({canvas._escape(content)}) Tj")
+        return
+    cache = _formatted.get(doc)
+    if cache is None:
+        cache = _formatted[doc] = {}
+    key = (text_object._fontname, text_object._fontsize, text_object._leading, text_object._curSubset,
+           type(content), content)
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (text_object._formatText(content), getattr(text_object, "_curSubset", -1))
+    text_object._code.append(hit[0])
+    if hasattr(text_object, "_curSubset"):
+        text_object._curSubset = hit[1]
 
 
 def _entry(entry: FontEntry) -> tuple[str, str | None]:
@@ -352,7 +401,8 @@ def _ignorable(char: str) -> bool:
 
 
 def _sticky(char: str) -> bool:
-    return unicodedata.category(char)[0] in "ZPSMC"
+    """Spaces, punctuation, symbols, digits and marks: kept in the run they are in."""
+    return unicodedata.category(char)[0] in "ZPSMN"
 
 
 def _complex(char: str) -> bool:
