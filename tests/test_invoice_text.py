@@ -206,6 +206,32 @@ def test_right_to_left_is_known_for_alignment(fonts: Fonts) -> None:
     assert not fonts.rtl("Order 5: مطعم")
 
 
+def drawn_runs(pdf: bytes) -> list[tuple[float, float, str]]:
+    """(y, x, text) of every string pypdf finds, from its text matrix, in logical reading."""
+    found: list[tuple[float, float, str]] = []
+
+    def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        if text.strip():
+            found.append((tm[5], tm[4], logical(text).strip()))
+
+    PdfReader(io.BytesIO(pdf)).pages[0].extract_text(visitor_text=visit)
+    return found
+
+
+def test_runs_of_mixed_direction_are_placed_in_visual_order(fonts: Fonts) -> None:
+    canvas = Canvas(io.BytesIO(), pagesize=PAGE)
+    fonts.draw(canvas, 50, 800, "abc مطعم 123 def", SIZE)  # left-to-right paragraph
+    fonts.draw(canvas, 545, 760, "مطعم الريف 24 Dubai", SIZE, align="right")  # right-to-left paragraph
+    canvas.showPage()
+    runs = drawn_runs(canvas.getpdfdata())
+    first = " ".join(text for y, x, text in sorted(r for r in runs if r[0] == 800))
+    second = " ".join(text for y, x, text in sorted(r for r in runs if r[0] == 760))
+    # Left to right on the page: the Arabic word and the number after it swap places ...
+    assert first.split() == ["abc", "123", "مطعم", "def"]
+    # ... and a right-to-left line starts at the right: "Dubai 24" at its left end.
+    assert second.split() == ["Dubai", "24", "مطعم", "الريف"]
+
+
 def test_mixed_direction_reads_back_in_logical_order(fonts: Fonts) -> None:
     canvas = Canvas(io.BytesIO(), pagesize=PAGE)
     fonts.draw(canvas, 545, 800, "مطعم الريف 24", SIZE, align="right")
