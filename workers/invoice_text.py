@@ -98,7 +98,7 @@ class MissingGlyph(PermanentError):
 class _Face:
     """One loaded TrueType face, registered with reportlab under `name`."""
 
-    __slots__ = ("name", "font", "cmap", "ascii", "hb")
+    __slots__ = ("name", "font", "cmap", "ascii", "simple", "hb")
 
     def __init__(self, path: str) -> None:
         file, _, index = path.partition("#")
@@ -112,7 +112,15 @@ class _Face:
         pdfmetrics.registerFont(self.font)
         self.cmap = frozenset(self.font.face.charToGlyph)  # before shaping adds private codes
         self.ascii = self.cmap.issuperset(range(0x20, 0x7F)) and bool(self.font._asciiReadable)
+        self.simple: frozenset[int] | None = None
         self.hb: Any = None
+
+    def simple_codes(self) -> frozenset[int]:
+        """What a string may hold to be set as it is: no marks, joiners, controls, right-to-left
+        or complex-script characters."""
+        if self.simple is None:
+            self.simple = frozenset(code for code in self.cmap if code < 0x110000 and not _needs_runs(chr(code)))
+        return self.simple
 
     def hb_font(self) -> Any:
         if self.hb is None:
@@ -166,6 +174,7 @@ class Fonts:
             self._primary = primary = self._families[0].faces()
             self._regular, self._bold = primary[0].name, primary[1].name
             self._ascii = primary[0].ascii and primary[1].ascii
+            self._simple = primary[0].simple_codes()
         else:
             self._regular, self._bold = HELVETICA, HELVETICA_BOLD
             self._ascii = True
@@ -256,11 +265,14 @@ class Fonts:
         key = (text, bold)
         line = self._lines.get(key)
         if line is None:
-            if self._families and text.isascii() and self._ascii:
-                face = self._primary[1 if bold else 0]
+            ascii = text.isascii() and text.isprintable() and self._ascii
+            regular = self._primary[0] if self._families else None
+            if regular is not None and (ascii or self._simple.issuperset(map(ord, text))):
+                # The fast path: one run in the primary font, neither ordered nor shaped.
+                face = self._primary[1] if bold and (ascii or self._primary[1].cmap.issuperset(map(ord, text))) \
+                    else regular
                 unit = face.font.stringWidth(text, 1.0)
-                line = (((face.name, text, unit, face.font if text.isprintable() else None),), unit) \
-                    if text else ((), 0.0)
+                line = (((face.name, text, unit, face.font if ascii else None),), unit) if text else ((), 0.0)
             else:
                 line = self._runs(text, bold)
             if len(self._lines) >= _CACHE_LIMIT:
@@ -391,6 +403,11 @@ def system_fonts() -> list[str]:
         if name.startswith("NotoSans") and name.endswith("-Regular.ttf") and found[name] not in chosen:
             chosen.append(found[name])
     return chosen
+
+
+def _needs_runs(char: str) -> bool:
+    return unicodedata.category(char)[0] == "C" or unicodedata.bidirectional(char) in ("R", "AL", "AN") \
+        or _complex(char)
 
 
 def _ignorable(char: str) -> bool:
