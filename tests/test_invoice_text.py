@@ -25,6 +25,7 @@ SCRIPTS = {
     "hebrew": "שלום",
     "japanese": "株式会社テスト",
     "chinese": "北京烤鸭",
+    "korean": "서울식당",
     "greek": "Ελληνικά",
     "cyrillic": "Привет",
     "latin": "Hello Wörld",
@@ -105,8 +106,8 @@ def looks_like_text(found: Ink) -> bool:
 
 def test_system_fonts_are_noto_dejavu_and_a_truetype_cjk_font(fonts: Fonts) -> None:
     names = [Path(path).name for path in system_fonts()]
-    assert names[:5] == ["NotoSans-Regular.ttf", "NotoSansArabic-Regular.ttf", "NotoSansHebrew-Regular.ttf",
-                         "DroidSansFallbackFull.ttf", "DejaVuSans.ttf"]
+    assert names[:6] == ["NotoSans-Regular.ttf", "NotoSansArabic-Regular.ttf", "NotoSansHebrew-Regular.ttf",
+                         "DroidSansFallbackFull.ttf", "NanumGothic.ttf", "DejaVuSans.ttf"]
     assert "NotoSansDevanagari-Regular.ttf" in names
     assert fonts.font().endswith("NotoSans-Regular.ttf#0")
     assert fonts.font(bold=True).endswith("NotoSans-Bold.ttf#0")
@@ -202,7 +203,7 @@ def test_the_box_check_catches_text_drawn_with_a_font_that_lacks_its_glyphs(font
 
 def test_right_to_left_is_known_for_alignment(fonts: Fonts) -> None:
     assert fonts.rtl(SCRIPTS["arabic"]) and fonts.rtl(SCRIPTS["hebrew"]) and fonts.rtl("123 שלום")
-    assert not any(fonts.rtl(SCRIPTS[name]) for name in ("japanese", "chinese", "greek", "latin"))
+    assert not any(fonts.rtl(SCRIPTS[name]) for name in ("japanese", "chinese", "korean", "greek", "latin"))
     assert not fonts.rtl("Order 5: مطعم")
 
 

@@ -27,16 +27,17 @@ Interface contract (the layout relies on it):
 Fonts and the config. `[jobs.settings.pdf] fonts` is a list, in order of preference; each
 entry is one of
 - `"path/Font-Regular.ttf"`: the regular face; its bold face is found beside it by name
-  (`Regular` -> `Bold` in the file name, else `-Bold` before the extension, e.g.
-  `DejaVuSans.ttf` -> `DejaVuSans-Bold.ttf`); without one, bold text uses the regular face;
+  (`Regular` -> `Bold` in the file name, else `-Bold` or `Bold` before the extension, e.g.
+  `DejaVuSans.ttf` -> `DejaVuSans-Bold.ttf`, `NanumGothic.ttf` -> `NanumGothicBold.ttf`);
+  without one, bold text uses the regular face;
 - `["path/Regular.ttf", "path/Bold.ttf"]`: the regular and the bold face, explicitly.
 A path may end in `#N` to pick face N of a `.ttc` collection. The fonts must be TrueType
 outlines (`glyf`): reportlab cannot embed CFF-flavoured OpenType, which `Fonts.from_paths`
 refuses naming the file. After the configured fonts come the system's (`SYSTEM_FONTS`, those
 found under `FONT_DIRS`): Noto Sans (Latin, Greek, Cyrillic), Noto Sans Arabic, Noto Sans
-Hebrew, Droid Sans Fallback or WenQuanYi Zen Hei (CJK), DejaVu Sans, then every other Noto
-Sans script of fonts-noto-core. (Debian's fonts-noto-cjk ships CFF outlines only, so CJK comes
-from fonts-droid-fallback.) Fonts other than the first are loaded when a character first needs
+Hebrew, Droid Sans Fallback or WenQuanYi Zen Hei (Chinese, Japanese), Nanum Gothic (Korean),
+DejaVu Sans, then every other Noto Sans script of fonts-noto-core. (Debian's fonts-noto-cjk
+ships CFF outlines only, so CJK comes from fonts-droid-fallback and fonts-nanum.) Fonts other than the first are loaded when a character first needs
 one. With no TrueType font at all, the PDF standard Helvetica is used and `check` refuses
 anything outside Latin-1.
 
@@ -79,6 +80,7 @@ SYSTEM_FONTS: tuple[tuple[str, ...], ...] = (
     ("NotoSansArabic-Regular.ttf", "NotoNaskhArabic-Regular.ttf"),
     ("NotoSansHebrew-Regular.ttf",),
     ("DroidSansFallbackFull.ttf", "DroidSansFallback.ttf", "wqy-zenhei.ttc", "wqy-microhei.ttc"),
+    ("NanumGothic.ttf", "wqy-zenhei.ttc"),  # Hangul, which Droid Sans Fallback lacks
     ("DejaVuSans.ttf",),
 )
 _CACHE_LIMIT = 50_000
@@ -377,7 +379,7 @@ def _bold_beside(path: str) -> str | None:
     file, hash_, index = path.partition("#")
     p = Path(file)
     names = [p.name.replace("Regular", "Bold")] if "Regular" in p.name else []
-    names.append(f"{p.stem}-Bold{p.suffix}")
+    names += [f"{p.stem}-Bold{p.suffix}", f"{p.stem}Bold{p.suffix}"]
     for name in names:
         candidate = p.with_name(name)
         if candidate != p and candidate.is_file():
