@@ -37,18 +37,24 @@ refuses naming the file. After the configured fonts come the system's (`SYSTEM_F
 found under `FONT_DIRS`): Noto Sans (Latin, Greek, Cyrillic), Noto Sans Arabic, Noto Sans
 Hebrew, Droid Sans Fallback or WenQuanYi Zen Hei (Chinese, Japanese), Nanum Gothic (Korean),
 DejaVu Sans, then every other Noto Sans script of fonts-noto-core. (Debian's fonts-noto-cjk
-ships CFF outlines only, so CJK comes from fonts-droid-fallback and fonts-nanum.) Fonts other than the first are loaded when a character first needs
-one. With no TrueType font at all, the PDF standard Helvetica is used and `check` refuses
-anything outside Latin-1.
+ships CFF outlines only, so CJK comes from fonts-droid-fallback and fonts-nanum.) A deployment
+installs fonts-noto-core, fonts-dejavu-core, fonts-droid-fallback and fonts-nanum. Fonts other
+than the first are loaded when a character first needs one (so a character no font has loads
+them all, once per process: about half a second). With no TrueType font at all, the PDF
+standard Helvetica is used and `check` refuses anything outside Latin-1.
 
 Each character is drawn by the first font in the list that has its glyph; spaces, punctuation
 and combining marks stay in the font of the run they are in when it has them, so Latin stays in
 the primary font and only CJK, Arabic, ... runs switch. Right-to-left text is ordered by the
 Unicode bidirectional algorithm (python-bidi) and every right-to-left run, and every run with
-combining marks, is shaped by HarfBuzz (uharfbuzz, through reportlab's shaped strings), so
-Arabic letters join. A string of ASCII takes a fast path without either. Each string's runs
-are computed once per weight at unit size and cached, so `width`, `wrap` and `draw` of a
-repeated string cost a dictionary lookup.
+combining marks or a Brahmic or Southeast Asian script, is shaped by HarfBuzz (uharfbuzz,
+through reportlab's shaped strings), so Arabic letters join. A string the primary font sets as
+it is (ASCII, accented Latin, Greek, Cyrillic, currency signs) takes a fast path without
+either. Each string's runs are computed once per weight at unit size and cached, so `width`,
+`wrap` and `draw` of a repeated string cost a dictionary lookup; ASCII runs are written to the
+text object without reportlab's per-character subsetting, other runs' PDF operators once per
+document (`_put`). `benchmarks/bench_text.py` measures them. After `draw_into`, the text
+object's cursor is unspecified: place the next string with `setTextOrigin` or `draw_into`.
 """
 from __future__ import annotations
 
@@ -59,9 +65,9 @@ from pathlib import Path
 from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
+from reportlab.lib.rl_accel import fp_str
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.lib.rl_accel import fp_str
 from reportlab.pdfbase.ttfonts import ShapeData, ShapedStr, TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
