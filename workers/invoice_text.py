@@ -27,27 +27,34 @@ Interface contract (the layout relies on it):
 Fonts and the config. `[jobs.settings.pdf] fonts` is a list, in order of preference; each
 entry is one of
 - `"path/Font-Regular.ttf"`: the regular face; its bold face is found beside it by name
-  (`Regular` -> `Bold` in the file name, else `-Bold` before the extension, e.g.
-  `DejaVuSans.ttf` -> `DejaVuSans-Bold.ttf`); without one, bold text uses the regular face;
+  (`Regular` -> `Bold` in the file name, else `-Bold` or `Bold` before the extension, e.g.
+  `DejaVuSans.ttf` -> `DejaVuSans-Bold.ttf`, `NanumGothic.ttf` -> `NanumGothicBold.ttf`);
+  without one, bold text uses the regular face;
 - `["path/Regular.ttf", "path/Bold.ttf"]`: the regular and the bold face, explicitly.
 A path may end in `#N` to pick face N of a `.ttc` collection. The fonts must be TrueType
 outlines (`glyf`): reportlab cannot embed CFF-flavoured OpenType, which `Fonts.from_paths`
 refuses naming the file. After the configured fonts come the system's (`SYSTEM_FONTS`, those
 found under `FONT_DIRS`): Noto Sans (Latin, Greek, Cyrillic), Noto Sans Arabic, Noto Sans
-Hebrew, Droid Sans Fallback or WenQuanYi Zen Hei (CJK), DejaVu Sans, then every other Noto
-Sans script of fonts-noto-core. (Debian's fonts-noto-cjk ships CFF outlines only, so CJK comes
-from fonts-droid-fallback.) Fonts other than the first are loaded when a character first needs
-one. With no TrueType font at all, the PDF standard Helvetica is used and `check` refuses
-anything outside Latin-1.
+Hebrew, Droid Sans Fallback or WenQuanYi Zen Hei (Chinese, Japanese), Nanum Gothic (Korean),
+DejaVu Sans, then every other Noto Sans script of fonts-noto-core. (Debian's fonts-noto-cjk
+ships CFF outlines only, so CJK comes from fonts-droid-fallback and fonts-nanum.) A deployment
+installs fonts-noto-core, fonts-dejavu-core, fonts-droid-fallback and fonts-nanum. Fonts other
+than the first are loaded when a character first needs one (so a character no font has loads
+them all, once per process: about half a second). With no TrueType font at all, the PDF
+standard Helvetica is used and `check` refuses anything outside Latin-1.
 
 Each character is drawn by the first font in the list that has its glyph; spaces, punctuation
 and combining marks stay in the font of the run they are in when it has them, so Latin stays in
 the primary font and only CJK, Arabic, ... runs switch. Right-to-left text is ordered by the
 Unicode bidirectional algorithm (python-bidi) and every right-to-left run, and every run with
-combining marks, is shaped by HarfBuzz (uharfbuzz, through reportlab's shaped strings), so
-Arabic letters join. A string of ASCII takes a fast path without either. Each string's runs
-are computed once per weight at unit size and cached, so `width`, `wrap` and `draw` of a
-repeated string cost a dictionary lookup.
+combining marks or a Brahmic or Southeast Asian script, is shaped by HarfBuzz (uharfbuzz,
+through reportlab's shaped strings), so Arabic letters join. A string the primary font sets as
+it is (ASCII, accented Latin, Greek, Cyrillic, currency signs) takes a fast path without
+either. Each string's runs are computed once per weight at unit size and cached, so `width`,
+`wrap` and `draw` of a repeated string cost a dictionary lookup; ASCII runs are written to the
+text object without reportlab's per-character subsetting, other runs' PDF operators once per
+document (`_put`). `benchmarks/bench_text.py` measures them. After `draw_into`, the text
+object's cursor is unspecified: place the next string with `setTextOrigin` or `draw_into`.
 """
 from __future__ import annotations
 
@@ -56,10 +63,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
+from reportlab.lib.rl_accel import fp_str
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
-from reportlab.pdfbase.ttfonts import ShapeData, ShapedStr, TTFont
+from reportlab.pdfbase.ttfonts import ShapeData, ShapedStr, TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from offload.workers.errors import PermanentError
@@ -77,6 +86,7 @@ SYSTEM_FONTS: tuple[tuple[str, ...], ...] = (
     ("NotoSansArabic-Regular.ttf", "NotoNaskhArabic-Regular.ttf"),
     ("NotoSansHebrew-Regular.ttf",),
     ("DroidSansFallbackFull.ttf", "DroidSansFallback.ttf", "wqy-zenhei.ttc", "wqy-microhei.ttc"),
+    ("NanumGothic.ttf", "wqy-zenhei.ttc"),  # Hangul, which Droid Sans Fallback lacks
     ("DejaVuSans.ttf",),
 )
 _CACHE_LIMIT = 50_000
@@ -96,28 +106,46 @@ class MissingGlyph(PermanentError):
 class _Face:
     """One loaded TrueType face, registered with reportlab under `name`."""
 
-    __slots__ = ("name", "font", "cmap", "hb")
+    __slots__ = ("name", "font", "cmap", "ascii", "simple", "hb")
 
     def __init__(self, path: str) -> None:
         file, _, index = path.partition("#")
         self.name = f"offload:{file}#{index or 0}"
-        registered = pdfmetrics._fonts.get(self.name)
-        if isinstance(registered, TTFont):
-            self.font = registered
-        else:
-            with open(file, "rb") as f:
-                if f.read(4) == b"OTTO":
-                    raise ValueError(f"font {file}: CFF (PostScript) outlines cannot be embedded; "
-                                     f"use a TrueType (glyf) font")
+        try:
             self.font = TTFont(self.name, file, subfontIndex=int(index or 0))
-            pdfmetrics.registerFont(self.font)
+        except TTFError as error:
+            problem = ("CFF (PostScript) outlines cannot be embedded; use a TrueType (glyf) font"
+                       if "postscript" in str(error) else str(error))
+            raise ValueError(f"font {path}: {problem}") from error
+        pdfmetrics.registerFont(self.font)
         self.cmap = frozenset(self.font.face.charToGlyph)  # before shaping adds private codes
+        self.ascii = self.cmap.issuperset(range(0x20, 0x7F)) and bool(self.font._asciiReadable)
+        self.simple: frozenset[int] | None = None
         self.hb: Any = None
+
+    def simple_codes(self) -> frozenset[int]:
+        """What a string may hold to be set as it is: no marks, joiners, controls, right-to-left
+        or complex-script characters."""
+        if self.simple is None:
+            self.simple = frozenset(code for code in self.cmap if code < 0x110000 and not _needs_runs(chr(code)))
+        return self.simple
 
     def hb_font(self) -> Any:
         if self.hb is None:
             self.hb = self.font.hbFont(10)  # also gives the face its `hbAddPrivate`
         return self.hb
+
+
+_faces: dict[str, _Face] = {}
+
+
+def _face(path: str) -> _Face:
+    """The face of `path`, loaded once per process: every `Fonts` shares it (and its cmap as
+    the file has it, before shaping gives glyphs without a character private codes)."""
+    face = _faces.get(path)
+    if face is None:
+        face = _faces[path] = _Face(path)
+    return face
 
 
 class _Family:
@@ -132,13 +160,16 @@ class _Family:
 
     def faces(self) -> list[_Face]:
         if self._faces is None:
-            regular = _Face(self.paths[0])
-            bold = _Face(self.paths[1]) if self.paths[1] else regular
+            regular = _face(self.paths[0])
+            bold = _face(self.paths[1]) if self.paths[1] else regular
             self._faces = [regular, bold]
         return self._faces
 
 
-Run = tuple[str, str, float]  # reportlab font name, the string to set (maybe shaped), unit width
+# A run: the reportlab font name, the string to set (a `ShapedStr` when shaped), its width at
+# size 1, and the font when the string is printable ASCII that the font has (set without
+# reportlab's per-character subsetting, see `_put`), else None.
+Run = tuple[str, str, float, TTFont | None]
 Line = tuple[tuple[Run, ...], float]
 
 
@@ -148,9 +179,10 @@ class Fonts:
         self._lines: dict[tuple[str, bool], Line] = {}
         self._owner: dict[int, int] = {}  # code point -> index of the first family with it
         if self._families:
-            primary = self._families[0].faces()
+            self._primary = primary = self._families[0].faces()
             self._regular, self._bold = primary[0].name, primary[1].name
-            self._ascii = all(c in primary[0].cmap and c in primary[1].cmap for c in range(0x20, 0x7F))
+            self._ascii = primary[0].ascii and primary[1].ascii
+            self._simple = primary[0].simple_codes()
         else:
             self._regular, self._bold = HELVETICA, HELVETICA_BOLD
             self._ascii = True
@@ -228,11 +260,11 @@ class Fonts:
             x -= unit * size
         elif align == "center":
             x -= unit * size / 2
-        for name, content, run_unit in runs:
+        for name, content, run_unit, ascii_font in runs:
             if text_object._fontname != name or text_object._fontsize != size:
                 text_object.setFont(name, size)
             text_object.setTextOrigin(x, y)
-            text_object.textLine(content)
+            _put(text_object, content, ascii_font)
             x += run_unit * size
 
     # -- runs --------------------------------------------------------------------------------
@@ -241,10 +273,14 @@ class Fonts:
         key = (text, bold)
         line = self._lines.get(key)
         if line is None:
-            if text.isascii() and self._ascii:
-                name = self._bold if bold else self._regular
-                unit = stringWidth(text, name, 1.0)
-                line = (((name, text, unit),), unit) if text else ((), 0.0)
+            ascii = text.isascii() and text.isprintable() and self._ascii
+            regular = self._primary[0] if self._families else None
+            if regular is not None and (ascii or self._simple.issuperset(map(ord, text))):
+                # The fast path: one run in the primary font, neither ordered nor shaped.
+                face = self._primary[1] if bold and (ascii or self._primary[1].cmap.issuperset(map(ord, text))) \
+                    else regular
+                unit = face.font.stringWidth(text, 1.0)
+                line = (((face.name, text, unit, face.font if ascii else None),), unit) if text else ((), 0.0)
             else:
                 line = self._runs(text, bold)
             if len(self._lines) >= _CACHE_LIMIT:
@@ -270,7 +306,7 @@ class Fonts:
         if not self._families:  # Helvetica: WinAnsi only, as `check` ensures
             name = HELVETICA_BOLD if bold else HELVETICA
             unit = stringWidth(text, name, 1.0)
-            return ((name, text, unit),), unit
+            return ((name, text, unit, None),), unit
         chars = [c for c in text if unicodedata.category(c) != "Cc"]
         chars, levels = _levels(chars)
         # (family, level) of each character: letters go to the first family with the glyph,
@@ -280,8 +316,8 @@ class Fonts:
             owner = self._family_of(char)
             if spans:
                 last = spans[-1]
-                if last[1] == level and (owner == last[0] or _sticky(char) and (
-                        owner is None or ord(char) in self._families[last[0]].faces()[0].cmap)):
+                if last[1] == level and (owner == last[0] or owner is None and _ignorable(char) or _sticky(char)
+                                         and ord(char) in self._families[last[0]].faces()[0].cmap):
                     last[2].append(char)
                     continue
             if owner is None:
@@ -299,9 +335,42 @@ class Fonts:
             else:
                 content = "".join(c for c in run if not _ignorable(c))
                 unit = face.font.stringWidth(content, 1.0)
-            runs.append((level, (face.name, content, unit)))
+            fast = face.font if face.ascii and content.isascii() and content.isprintable() else None
+            runs.append((level, (face.name, content, unit, fast)))
         ordered = _visual(runs)
         return tuple(ordered), sum(run[2] for run in ordered)
+
+
+_formatted: WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[str, int]]] = WeakKeyDictionary()
+
+
+def _put(text_object: Any, content: str, ascii_font: TTFont | None) -> None:
+    """Append `content` to `text_object` at its origin, in its current font.
+
+    reportlab encodes TrueType text a character at a time into per-document subsets. Printable
+    ASCII has fixed codes in subset 0 (reportlab's `ttfAsciiReadable`), so a font that has all
+    of it (`ascii_font`) gets the string as is; any other string is encoded once per document
+    and its operators reused (the subsets only ever grow, so a code once given stays)."""
+    canvas = text_object._canvas
+    doc = canvas._doc
+    if ascii_font is not None:
+        if text_object._curSubset != 0:
+            internal = ascii_font.getSubsetInternalName(0, doc)
+            text_object._code.append(f"{internal} {fp_str(text_object._fontsize)} Tf {fp_str(text_object._leading)} TL")
+            text_object._curSubset = 0
+        text_object._code.append(f"({canvas._escape(content)}) Tj")
+        return
+    cache = _formatted.get(doc)
+    if cache is None:
+        cache = _formatted[doc] = {}
+    key = (text_object._fontname, text_object._fontsize, text_object._leading, text_object._curSubset,
+           type(content), content)
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (text_object._formatText(content), getattr(text_object, "_curSubset", -1))
+    text_object._code.append(hit[0])
+    if hasattr(text_object, "_curSubset"):
+        text_object._curSubset = hit[1]
 
 
 def _entry(entry: FontEntry) -> tuple[str, str | None]:
@@ -316,7 +385,7 @@ def _bold_beside(path: str) -> str | None:
     file, hash_, index = path.partition("#")
     p = Path(file)
     names = [p.name.replace("Regular", "Bold")] if "Regular" in p.name else []
-    names.append(f"{p.stem}-Bold{p.suffix}")
+    names += [f"{p.stem}-Bold{p.suffix}", f"{p.stem}Bold{p.suffix}"]
     for name in names:
         candidate = p.with_name(name)
         if candidate != p and candidate.is_file():
@@ -344,6 +413,11 @@ def system_fonts() -> list[str]:
     return chosen
 
 
+def _needs_runs(char: str) -> bool:
+    return unicodedata.category(char)[0] == "C" or unicodedata.bidirectional(char) in ("R", "AL", "AN") \
+        or _complex(char)
+
+
 def _ignorable(char: str) -> bool:
     """Format characters (joiners, direction marks) and variation selectors shape or order
     text but have no glyph of their own."""
@@ -352,7 +426,8 @@ def _ignorable(char: str) -> bool:
 
 
 def _sticky(char: str) -> bool:
-    return unicodedata.category(char)[0] in "ZPSMC"
+    """Spaces, punctuation, symbols, digits and marks: kept in the run they are in."""
+    return unicodedata.category(char)[0] in "ZPSMN"
 
 
 def _complex(char: str) -> bool:
