@@ -400,7 +400,9 @@ def parse_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> In
         terms_days = _days(order["paymentTermsDays"], "order.paymentTermsDays")
     elif due_date is None and kind == "invoice":
         terms_days = settings.payment_terms_days
-    if due_date is None and terms_days is not None:
+    if due_date is not None:
+        terms_days = None  # the due date given wins (paymentTermsDays is still checked)
+    elif terms_days is not None:
         due_date = issue_date + timedelta(days=terms_days)
     payment_terms = _optional(order.get("paymentTerms"), "order.paymentTerms", limit)
     purchase_order = _optional(_whole_as_text(order.get("purchaseOrder")), "order.purchaseOrder", limit)
