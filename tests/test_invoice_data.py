@@ -253,7 +253,7 @@ def test_lines_carry_unit_discount_tax_rate_and_credits() -> None:
         {"name": "Voucher", "quantity": 1, "unitPrice": -10, "sku": 77},
     ]
     lines = parse_invoice(data).lines
-    assert [(l.unit, l.discount, l.discount_percent, l.tax_rate, l.net) for l in lines] == [
+    assert [(line.unit, line.discount, line.discount_percent, line.tax_rate, line.net) for line in lines] == [
         ("h", Decimal("75.00"), Decimal("12.5"), Decimal("0.19"), Decimal("525.00")),
         (None, Decimal("5.00"), None, Decimal("0.07"), Decimal("20.00")),
         (None, Decimal("0.00"), None, Decimal("0.2"), Decimal("4.90")),
