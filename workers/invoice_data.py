@@ -478,9 +478,12 @@ def _line(entry: Any, path: str, limit: int, default_rate: Decimal, unit: Decima
                 discount_percent=percent, tax_rate=rate, net=gross - discount, sku=sku)
 
 
+_ZEROS = {Decimal(1).scaleb(-digits): Decimal(0).scaleb(-digits) for digits in range(5)}
+
+
 def _discount(value: Any, path: str, gross: Decimal, unit: Decimal) -> tuple[Decimal, Decimal | None]:
     if value is None:
-        return Decimal(0).quantize(unit), None
+        return _ZEROS[unit], None
     value = _object(value, path)
     has_percent, has_amount = "percent" in value, "amount" in value
     if has_percent == has_amount:
@@ -800,6 +803,11 @@ def _number(value: Any, path: str, problem: str) -> Decimal:
 
 
 def _signed(value: Any, path: str, problem: str) -> Decimal:
+    kind = type(value)  # JSON's two number types first: an ABC isinstance check costs more
+    if kind is int:
+        return Decimal(value)
+    if kind is float and value - value == 0:  # finite
+        return Decimal(str(value))
     if value is None:
         raise ValidationError(path, "is required")
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
