@@ -243,9 +243,16 @@ def _read_settings(cls: type[InvoiceSettings], settings: Mapping[str, Any]) -> I
     values["fonts"] = _fonts(raw.get("fonts", ()))
     values["labels"] = invoice_labels.check_overrides(labels_raw)
     values["seller"] = _config_seller(seller_raw, values["max_text_length"]) if seller_raw else None
-    if values["facturx"] and values["seller"] is None:
+    result = cls(**values)
+    if result.facturx and not _facturx_possible(result):
         raise ValueError("facturx: a Factur-X invoice needs a seller: set [jobs.settings.pdf.seller] name and country")
-    return cls(**values)
+    return result
+
+
+def _facturx_possible(settings: InvoiceSettings) -> bool:
+    """Factur-X needs the seller's name and country (EN 16931 BT-27, BT-40); a job may change
+    them but not remove them, so the configured seller decides whether a job may ask for it."""
+    return settings.seller is not None and settings.seller.party.country is not None
 
 
 def _table(value: Any, key: str) -> dict[str, Any]:
@@ -393,7 +400,9 @@ def parse_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> In
         terms_days = _days(order["paymentTermsDays"], "order.paymentTermsDays")
     elif due_date is None and kind == "invoice":
         terms_days = settings.payment_terms_days
-    if due_date is None and terms_days is not None:
+    if due_date is not None:
+        terms_days = None  # the due date given wins (paymentTermsDays is still checked)
+    elif terms_days is not None:
         due_date = issue_date + timedelta(days=terms_days)
     payment_terms = _optional(order.get("paymentTerms"), "order.paymentTerms", limit)
     purchase_order = _optional(_whole_as_text(order.get("purchaseOrder")), "order.purchaseOrder", limit)
@@ -413,9 +422,9 @@ def parse_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> In
         facturx = settings.facturx
     elif type(facturx) is not bool:
         raise ValidationError("order.facturx", "must be true or false")
-    if facturx and settings.seller is None:  # (settings.facturx needs one: only the order can ask)
+    if facturx and not _facturx_possible(settings):  # (settings.facturx needs it: only the order can ask)
         raise ValidationError("order.facturx", "cannot be true on this server: a Factur-X invoice needs "
-                                               "the seller configured in [jobs.settings.pdf.seller]")
+                                               "[jobs.settings.pdf.seller] with a name and a country")
     digits = minor_units(currency)
     unit = Decimal(1).scaleb(-digits)
     paid = Decimal(0).quantize(unit)
@@ -469,9 +478,12 @@ def _line(entry: Any, path: str, limit: int, default_rate: Decimal, unit: Decima
                 discount_percent=percent, tax_rate=rate, net=gross - discount, sku=sku)
 
 
+_ZEROS = {Decimal(1).scaleb(-digits): Decimal(0).scaleb(-digits) for digits in range(5)}
+
+
 def _discount(value: Any, path: str, gross: Decimal, unit: Decimal) -> tuple[Decimal, Decimal | None]:
     if value is None:
-        return Decimal(0).quantize(unit), None
+        return _ZEROS[unit], None
     value = _object(value, path)
     has_percent, has_amount = "percent" in value, "amount" in value
     if has_percent == has_amount:
@@ -675,9 +687,10 @@ def invoice_schema(settings: InvoiceSettings = DEFAULT_SETTINGS) -> dict[str, An
         "taxRate": {**rate, "description": "a fraction (0.2 for 20 %), the rate of every item that gives none; "
                                            "default: 0"},
         "amountPaid": {**amount, "minimum": 0, "nullable": True, "description": "default: 0"},
-        "facturx": {"type": "boolean", "nullable": True, **({} if settings.seller else {"enum": [False]}),
+        "facturx": {"type": "boolean", "nullable": True, **({} if _facturx_possible(settings) else {"enum": [False]}),
                     "description": f"embed the Factur-X XML; default: {str(settings.facturx).lower()}"
-                                   + ("" if settings.seller else " (true needs [jobs.settings.pdf.seller])")},
+                                   + ("" if _facturx_possible(settings) else
+                                      " (true needs [jobs.settings.pdf.seller] with a name and a country)")},
         "customer": customer,
         "notes": string(notes),
     }}
@@ -790,6 +803,11 @@ def _number(value: Any, path: str, problem: str) -> Decimal:
 
 
 def _signed(value: Any, path: str, problem: str) -> Decimal:
+    kind = type(value)  # JSON's two number types first: an ABC isinstance check costs more
+    if kind is int:
+        return Decimal(value)
+    if kind is float and value - value == 0:  # finite
+        return Decimal(str(value))
     if value is None:
         raise ValidationError(path, "is required")
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
