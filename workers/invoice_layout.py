@@ -328,10 +328,13 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
         check(line.name, f"items[{i}].name")
         if line.sku:
             check(line.sku, f"items[{i}].sku")
-        check(quantities[i], f"items[{i}].unit")
-    for values, name in ((prices, "unitPrice"), (nets, "amount"), (discounts, "discount")):
-        for i, text in enumerate(values):
-            check(text, f"items[{i}].{name}")
+        if line.unit:
+            check(line.unit, f"items[{i}].unit")
+    # What the formatter writes is the same few characters in every row (digits, separators,
+    # sign, currency): each distinct one is checked once.
+    for values, name in ((quantities, "quantity"), (prices, "unitPrice"), (nets, "amount"), (discounts, "discount"),
+                         (rates, "taxRate")):
+        check("".join(dict.fromkeys("".join(values))), f"items[].{name}")
 
     # Right-aligned columns, from the right edge leftwards: (key, texts, their widths).
     numeric: list[tuple[str, list[str]]] = [("quantity", quantities), ("unit_price", prices)]
@@ -351,7 +354,8 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
     w_sku = 0.0
     if show_sku:
         head_sku = label("sku")
-        widest = max(width(line.sku or "", SIZE) for line in lines)
+        sku_widths = [width(line.sku, SIZE) if line.sku else 0.0 for line in lines]
+        widest = max(sku_widths)
         w_sku = min(max(widest, width(head_sku, SIZE, True)), SKU_MAX) + 2 * PAD
     x_name = left + w_number + w_sku + PAD
     name_width = right - sum(m[3] for m in measured) - PAD - x_name
@@ -377,7 +381,7 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
         cells: list[Cell] = [(x_number - w_numbers[i], base, numbers[i], "left")]
         for edge, texts, widths in edges:
             cells.append((edge - widths[i], base, texts[i], "left"))
-        name_lines = wrap(line.name, SIZE, name_width)
+        name_lines = [line.name] if width(line.name, SIZE) <= name_width else wrap(line.name, SIZE, name_width)
         drop = base
         # A right-to-left name (Arabic, Hebrew) is set flush right in its column, as its reader expects.
         x, align = (x_name + name_width, _RIGHT) if rtl(line.name) else (x_name, _LEFT)
@@ -386,7 +390,8 @@ def _table(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str]
             drop += LEADING
         count = len(name_lines)
         if show_sku and line.sku:
-            sku_lines = wrap(line.sku, SIZE, w_sku - 2 * PAD + 0.01)  # (x + 2p) - 2p may be below x
+            room = w_sku - 2 * PAD + 0.01  # (x + 2p) - 2p may be just below x
+            sku_lines = [line.sku] if sku_widths[i] <= room else wrap(line.sku, SIZE, room)
             drop = base
             for text in sku_lines:
                 cells.append((x_sku, drop, text, "left"))

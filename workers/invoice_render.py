@@ -56,7 +56,8 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
     rows = len(plan.rows) or 1
     every = -(-count // REPORTS)
     buffer = io.BytesIO()
-    canvas = Canvas(buffer, pagesize=plan.size, pageCompression=1, invariant=1)
+    # The initial font is the primary one, not reportlab's Helvetica, which no PDF/A may name.
+    canvas = Canvas(buffer, pagesize=plan.size, pageCompression=1, invariant=1, initialFontName=fonts.font(False))
     _metadata(canvas, invoice, created or datetime.combine(invoice.issue_date, time(), UTC))
     for number, page in enumerate(plan.pages, 1):
         if check is not None:
@@ -87,7 +88,7 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
     canvas.save()
     content = buffer.getvalue()
     if invoice.facturx:
-        from offload.workers.invoice_facturx import embed_facturx  # type: ignore[import-not-found,unused-ignore]
+        from offload.workers.invoice_facturx import embed_facturx  # worker side, Factur-X invoices only
 
         content = embed_facturx(content, invoice)
     return content
