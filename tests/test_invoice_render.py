@@ -351,10 +351,24 @@ def test_pdfa_has_an_srgb_output_intent_and_xmp_metadata() -> None:
             assert "/FontFile2" in descriptor["/FontDescriptor"].get_object(), font["/BaseFont"]
 
 
-def test_a_character_no_font_has_fails_naming_the_field() -> None:
+BAD = "bad \U000f0001"  # a private-use character: no font has it
+
+
+@pytest.mark.parametrize(("build", "field"), [
+    (lambda: invoice([line("ok"), line(BAD)]), "items[1].name"),
+    (lambda: invoice([line("ok", sku=BAD)]), "items[0].sku"),
+    (lambda: invoice([line("ok", unit=BAD)]), "items[0].unit"),
+    (lambda: invoice(basket(), customer=replace(invoice([]).customer, name=BAD)), "customer.name"),
+    (lambda: invoice(basket(), customer=replace(invoice([]).customer, address=("ok", BAD))), "customer.address[1]"),
+    (lambda: invoice(basket(), seller=replace(SELLER, party=replace(SELLER.party, name=BAD))), "seller.name"),
+    (lambda: invoice(basket(), notes=BAD), "notes"),
+    (lambda: invoice(basket(), purchase_order=BAD), "purchase_order"),
+    (lambda: invoice(basket(), labels={"total": BAD}), "labels.total"),
+])
+def test_a_character_no_font_has_fails_naming_the_field(build: Any, field: str) -> None:
     with pytest.raises(MissingGlyph) as caught:
-        render_invoice(invoice([line("ok"), line("bad \U000f0001")]))
-    assert caught.value.field == "items[1].name"
+        render_invoice(build())
+    assert caught.value.field == field
 
 
 def test_progress_is_bounded_and_cancellation_checked_on_every_page() -> None:
