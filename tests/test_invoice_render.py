@@ -118,6 +118,11 @@ def test_terms_dates_po_and_notes() -> None:
         assert expected in text, expected
 
 
+def test_payment_terms_days_are_stated_before_the_terms_text() -> None:
+    content = render_invoice(invoice(basket(), payment_terms_days=14, payment_terms="2 % discount within 7 days."))
+    assert has_line(content, "Payable within 14 days. 2 % discount within 7 days.")
+
+
 def test_no_due_date_no_due_line() -> None:
     text = text_of(render_invoice(invoice(basket(), due_date=None)))
     assert "Due date" not in text

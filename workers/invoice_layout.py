@@ -462,7 +462,7 @@ def _after(invoice: Invoice, fonts: Fonts, label: Callable[[str], str], left: fl
     lines: list[Piece] = []
     room = right - left
     terms = invoice.payment_terms
-    days = getattr(invoice, "payment_terms_days", None)
+    days = invoice.payment_terms_days
     if days is not None:
         within = label("payable_within").replace("{days}", str(days))
         terms = f"{within}. {terms}" if terms else within

@@ -50,7 +50,7 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
     `created` (the document's creation date) to the issue date at midnight UTC, so the same
     invoice always gives the same bytes.
     """
-    fonts = fonts or worker_fonts(tuple(getattr(invoice, "fonts", ()) or ()))
+    fonts = fonts or worker_fonts(tuple(invoice.fonts))
     plan = lay_out(invoice, fonts)
     count = len(plan.pages)
     rows = len(plan.rows) or 1
