@@ -8,7 +8,7 @@ second pass for it. Coordinates are PDF points, origin bottom left; y runs up th
 
 Text goes through `invoice_text.Fonts` only (check, width, wrap; the drawing uses its
 `draw`), numbers and dates through `invoice_money.Formatter` only, and every label through
-`Invoice.labels`, with the English below where a label is missing. Nothing is ever cut:
+`Invoice.labels`, with `invoice_labels` English where a label is missing. Nothing is cut:
 a string wider than its place wraps over as many lines as it needs, and the page breaks
 follow (`_paginate`): a line item is never split over two pages, unless it is taller than a
 whole page, and the totals never stand alone on a page: the last line items come with them.
@@ -24,6 +24,7 @@ from functools import lru_cache
 from reportlab.lib.utils import ImageReader
 
 from offload.workers.errors import PermanentError
+from offload.workers.invoice_labels import ENGLISH
 from offload.workers.invoice_model import Invoice, Line
 from offload.workers.invoice_money import Formatter
 from offload.workers.invoice_text import Align, Fonts
@@ -42,20 +43,8 @@ INK, MUTED, RULE = 0.1, 0.42, 0.82
 HEADER_FILL = (0.16, 0.22, 0.31)
 PAID_INK = (0.1, 0.5, 0.25)
 
-#: English for every label the page prints; `Invoice.labels` overrides any of them.
-DEFAULT_LABELS: Mapping[str, str] = {
-    "invoice": "Invoice", "credit_note": "Credit note", "invoice_number": "Invoice no.",
-    "credit_note_number": "Credit note no.", "date": "Date", "due_date": "Due date",
-    "purchase_order": "PO number", "credit_note_for": "Credit note for invoice {number}",
-    "bill_to": "Bill to", "tax_id": "VAT ID", "registration": "Reg. no.", "bank": "Bank",
-    "iban": "IBAN", "bic": "BIC", "account": "Account", "phone": "Phone", "email": "Email", "website": "Web",
-    "number": "#", "sku": "SKU", "item": "Description", "quantity": "Qty", "unit_price": "Unit price",
-    "discount": "Discount", "tax": "Tax", "line_total": "Line total",
-    "subtotal": "Subtotal", "discounts": "Discounts", "net": "Total excl. tax", "tax_group": "Tax {rate} on {base}",
-    "total": "Total", "amount_paid": "Amount paid", "balance_due": "Balance due", "paid": "PAID",
-    "payment_terms": "Payment terms", "payable_within": "Payable within {days} days", "notes": "Notes",
-    "page": "Page {page} of {pages}", "continued": "Continued on the next page",
-}
+#: Where `Invoice.labels` lacks a key: `invoice_labels`' English, and "#" for the number column.
+DEFAULT_LABELS: Mapping[str, str] = {**ENGLISH, "number": "#"}
 
 _LEFT: Align = "left"
 _RIGHT: Align = "right"
@@ -167,8 +156,8 @@ def lay_out(invoice: Invoice, fonts: Fonts) -> Plan:
     totals = _totals(invoice, fonts, fmt, label, left, right)
     plan = Plan(
         size=(width, height), left=left, right=right, bottom=bottom, header=header, logo=logo, paid=paid,
-        continued=continued.pieces, more=(right, bottom - 10, more), footer=footer, page_label=page_label, columns=columns, rows=rows,
-        heights=heights, first_top=first_top, continued_top=continued.y - 12, totals=totals,
+        continued=continued.pieces, more=(right, bottom - 10, more), footer=footer, page_label=page_label,
+        columns=columns, rows=rows, heights=heights, first_top=first_top, continued_top=continued.y - 12, totals=totals,
         after=_after(invoice, fonts, label, left, right),
     )
     _split_tall_rows(plan)
