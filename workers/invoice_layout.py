@@ -7,8 +7,9 @@ first page is drawn; Platypus tables are 5-7x slower at a few thousand rows and 
 second pass for it. Coordinates are PDF points, origin bottom left; y runs up the page.
 
 Text goes through `invoice_text.Fonts` only (check, width, wrap; the drawing uses its
-`draw`), numbers and dates through `invoice_money.Formatter` only, and every label through
-`Invoice.labels`, with `invoice_labels` English where a label is missing. Nothing is cut:
+`draw_into`, one text object per block), numbers and dates through `invoice_money.Formatter`,
+every label through `Invoice.labels`, with `invoice_labels`' English where one is missing.
+Nothing is cut:
 a string wider than its place wraps over as many lines as it needs, and the page breaks
 follow (`_paginate`): a line item is never split over two pages, unless it is taller than a
 whole page, and the totals never stand alone on a page: the last line items come with them.
@@ -42,6 +43,7 @@ CARRY = 2
 INK, MUTED, RULE = 0.1, 0.42, 0.82
 HEADER_FILL = (0.16, 0.22, 0.31)
 PAID_INK = (0.1, 0.5, 0.25)
+PAID_INSET = 8.0  # the PAID mark's frame reaches the right margin
 
 #: Where `Invoice.labels` lacks a key: `invoice_labels`' English, and "#" for the number column.
 DEFAULT_LABELS: Mapping[str, str] = {**ENGLISH, "number": "#"}
@@ -198,7 +200,7 @@ def _header(invoice: Invoice, fonts: Fonts, fmt: Formatter, label: Callable[[str
         mark = label("paid")
         fonts.check(mark, "labels.paid")
         right_block.y -= 22
-        paid = (right - fonts.width(mark, 12, True) - 8, right_block.y, mark, 12.0, True, "left", 0.0)
+        paid = (right - fonts.width(mark, 12, True) - PAID_INSET, right_block.y, mark, 12.0, True, "left", 0.0)
     details: list[tuple[str, str, str]] = [
         (_number_key(invoice), invoice.number, "number"),
         ("date", fmt.date(invoice.issue_date), "issue_date"),

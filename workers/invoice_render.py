@@ -2,7 +2,8 @@
 page by page, then the document's metadata (and PDF/A-3b, and the Factur-X XML, when the
 invoice asks for them).
 
-Every string is drawn through `Fonts.draw` at the place the layout computed; nothing here
+Every string is drawn through `Fonts.draw_into` at the place the layout computed, the strings
+of a block (a page's rows, the header, the totals) in one text object; nothing here
 measures text. Loaded in worker processes only (and by `offload.invoice` when it renders
 in-process).
 """
@@ -19,8 +20,8 @@ from reportlab.pdfbase.pdfdoc import PDFArray, PDFCatalog, PDFDictionary, PDFNam
 from reportlab.pdfgen.canvas import Canvas
 
 from offload.workers.invoice_layout import (
-    DEFAULT_LABELS, HEADER_FILL, HEADER_ROW, INK, MUTED, NOTES_LEADING, PAID_INK, RULE, SIZE, SMALL, Page, Piece,
-    Plan, lay_out, logo_image,
+    DEFAULT_LABELS, HEADER_FILL, HEADER_ROW, INK, MUTED, NOTES_LEADING, PAID_INK, PAID_INSET, RULE, SIZE, SMALL,
+    Page, Piece, Plan, lay_out, logo_image,
 )
 from offload.workers.invoice_model import Invoice
 from offload.workers.invoice_text import Fonts
@@ -113,7 +114,7 @@ def _draw_first_header(canvas: Canvas, fonts: Fonts, plan: Plan) -> None:
     _draw_pieces(canvas, fonts, plan.header)
     if plan.paid is not None:
         x, y, text, size, bold, align, _ = plan.paid
-        width = fonts.width(text, size, bold)
+        width = plan.right - PAID_INSET - x  # the layout set the mark flush right, inset
         canvas.setStrokeColorRGB(*PAID_INK)
         canvas.setFillColorRGB(*PAID_INK)
         canvas.setLineWidth(1.6)
