@@ -350,7 +350,9 @@ def _put(text_object: Any, content: str, ascii_font: TTFont | None) -> None:
     reportlab encodes TrueType text a character at a time into per-document subsets. Printable
     ASCII has fixed codes in subset 0 (reportlab's `ttfAsciiReadable`), so a font that has all
     of it (`ascii_font`) gets the string as is; any other string is encoded once per document
-    and its operators reused (the subsets only ever grow, so a code once given stays)."""
+    and its operators reused (the subsets only ever grow, so a code once given stays). Each
+    string ends with `T*` as reportlab's `textLine` ends it: text extraction (pypdf) takes
+    it as the end of a string, so separately drawn cells stay separate strings."""
     canvas = text_object._canvas
     doc = canvas._doc
     if ascii_font is not None:
@@ -358,7 +360,7 @@ def _put(text_object: Any, content: str, ascii_font: TTFont | None) -> None:
             internal = ascii_font.getSubsetInternalName(0, doc)
             text_object._code.append(f"{internal} {fp_str(text_object._fontsize)} Tf {fp_str(text_object._leading)} TL")
             text_object._curSubset = 0
-        text_object._code.append(f"({canvas._escape(content)}) Tj")
+        text_object._code.append(f"({canvas._escape(content)}) Tj T*")
         return
     cache = _formatted.get(doc)
     if cache is None:
@@ -368,7 +370,7 @@ def _put(text_object: Any, content: str, ascii_font: TTFont | None) -> None:
     hit = cache.get(key)
     if hit is None:
         hit = cache[key] = (text_object._formatText(content), getattr(text_object, "_curSubset", -1))
-    text_object._code.append(hit[0])
+    text_object._code.append(f"{hit[0]} T*")
     if hasattr(text_object, "_curSubset"):
         text_object._curSubset = hit[1]
 
