@@ -75,7 +75,9 @@ def check_sums(root: Any, invoice: Invoice) -> None:
                           line.findall(".//ram:SpecifiedTradeAllowanceCharge", NS)), Decimal(0))
         net = amount(line, ".//ram:LineTotalAmount")
         assert net == (quantity * price).quantize(Decimal("0.01")) - allowances
-        nets.append((Decimal(line.findtext(".//ram:RateApplicablePercent", namespaces=NS)), net))
+        rate = Decimal(line.findtext(".//ram:RateApplicablePercent", namespaces=NS))
+        assert line.findtext(".//ram:ApplicableTradeTax/ram:CategoryCode", namespaces=NS) == ("S" if rate else "Z")
+        nets.append((rate, net))
     settlement = root.find(".//ram:ApplicableHeaderTradeSettlement", NS)
     summation = settlement.find("ram:SpecifiedTradeSettlementHeaderMonetarySummation", NS)
     line_total = amount(summation, "ram:LineTotalAmount")
@@ -144,6 +146,18 @@ def test_other_minor_units_validate(currency: str) -> None:
     grand = root.findtext(".//ram:GrandTotalAmount", namespaces=NS)
     assert len(grand.partition(".")[2]) == digits
     assert root.findtext(".//ram:SpecifiedTradeSettlementPaymentMeans/ram:TypeCode", namespaces=NS) == "30"
+
+
+def test_a_zero_rate_is_its_own_group_of_category_z() -> None:
+    data = two_rates()
+    data["items"].append({"name": "Gift card", "quantity": 1, "unitPrice": 25, "taxRate": 0})
+    invoice = parse_invoice(data, SETTINGS)
+    root = etree.fromstring(facturx_xml(invoice))
+    assert facturx.xml_check_xsd(etree.tostring(root), flavor="factur-x", level="en16931")
+    categories = [t.findtext("ram:CategoryCode", namespaces=NS)
+                  for t in root.findall(".//ram:ApplicableHeaderTradeSettlement/ram:ApplicableTradeTax", NS)]
+    assert categories == ["Z", "S", "S"]
+    check_sums(root, invoice)
 
 
 def test_the_xml_is_embedded_and_read_back() -> None:

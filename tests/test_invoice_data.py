@@ -549,3 +549,30 @@ def test_a_due_date_may_be_before_today() -> None:
     data = payload()
     data["order"]["dueDate"] = (date(2026, 11, 28) - timedelta(days=1)).isoformat()
     assert parse_invoice(data).due_date == date(2026, 11, 27)
+
+
+def test_the_documented_example_is_accepted_and_every_field_is_documented() -> None:
+    import json
+
+    doc = (ROOT / "docs" / "api.md").read_text().split("## The invoice's data", 1)[1]
+    example = json.loads(doc.split("```json", 1)[1].split("```", 1)[0])
+    check_invoice(example)
+    invoice = parse_invoice(example)
+    assert invoice.labels["invoice"] == "Rechnung" and invoice.due_date == date(2026, 12, 12)
+    want = expected_totals(example)
+    assert (Fraction(invoice.totals.total), Fraction(invoice.totals.due)) == (want["total"], want["due"])
+    # every property of the schema has its row in the table
+    schema = invoice_schema()
+    documented = doc.split("| field |", 1)[1]
+
+    def names(properties: dict[str, Any], prefix: str) -> set[str]:
+        out = set()
+        for key, value in properties.items():
+            out.add(prefix + key)
+            out |= names(value.get("properties", {}), prefix + key + ".")
+            out |= names(value.get("items", {}).get("properties", {}), prefix + key + "[].")
+        return out
+
+    for name in names(schema["properties"], ""):
+        last = name.rsplit(".", 1)[-1]
+        assert f"`{name}`" in documented or f"`.{last}`" in documented, name
