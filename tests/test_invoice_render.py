@@ -420,3 +420,14 @@ def test_facturx_invoice_is_pdfa_with_the_xml_attached() -> None:
     assert "<pdfaid:part>3</pdfaid:part>" in root["/Metadata"].get_object().get_data().decode()
     assert reader.metadata.author == "Lindenhof Feinkost GmbH"
     assert "RE-2026-0042" in reader.pages[0].extract_text()
+
+
+def test_progress_never_goes_back_over_pages_of_notes() -> None:
+    notes = "\n".join(f"Note line {i}: deliveries are made on Tuesdays and Thursdays." for i in range(200))
+    reports: list[tuple[int, str]] = []
+    content = render_invoice(invoice([line(f"Part {i}") for i in range(60)], notes=notes),
+                             progress=lambda *report: reports.append(report))
+    pages = pages_of(content)
+    assert len(pages) >= 4 and "Note line 199" in pages[-1] and "Description" not in pages[-1]
+    percents = [percent for percent, _ in reports]
+    assert percents == sorted(percents) and len(reports) == len(pages) + 1, reports

@@ -64,7 +64,7 @@ def render_invoice(invoice: Invoice, progress: Progress | None = None, *, fonts:
         if check is not None:
             check()
         if progress is not None and (number - 1) % every == 0:
-            done = page.rows.start if page.rows or page.totals_y is None else rows
+            done = page.rows.start if page.rows else (rows if number > 1 else 0)  # empty: page 1 or past the table
             progress(5 + 90 * done // rows, f"rendering page {number} of {count}")
         if number == 1:
             _draw_first_header(canvas, fonts, plan)
