@@ -129,7 +129,8 @@ class _Stack:
             return
         self.fonts.check(text, field)
         self.y -= gap
-        for line in self.fonts.wrap(text, size, self.width, bold):
+        fits = self.fonts.width(text, size, bold) <= self.width  # most do: no word-by-word wrap
+        for line in [text] if fits else self.fonts.wrap(text, size, self.width, bold):
             self.y -= leading
             self.pieces.append((self.x, self.y + (leading - size) * 0.5 + size * 0.2, line, size, bold, self.align,
                                 gray))
