@@ -266,6 +266,20 @@ def test_totals_never_alone_and_rows_never_split(count: int) -> None:
         assert page.top - (18.0 if page.rows else 0) - used >= plan.bottom - 0.01
 
 
+@pytest.mark.parametrize("count", range(30, 80, 1))
+def test_a_heading_is_never_the_last_line_of_a_page(count: int) -> None:
+    plan = lay_out(invoice([line(f"Part {i}") for i in range(count)], payment_terms="Net 30 days.",
+                           notes="\n".join(f"Note {i}" for i in range(8))), worker_fonts())
+    placed = [i for page in plan.pages for i in page.after]
+    assert placed == list(range(len(plan.after)))
+    for page in plan.pages:
+        if page.after and page.after.stop < len(plan.after):
+            _, _, text, _, bold, _, _ = plan.after[page.after.stop - 1]
+            assert text and not bold, (count, text)
+        if page.after:  # and above the footer
+            assert page.after_y - len(page.after) * 12.0 >= plan.bottom - 0.01
+
+
 def test_long_texts_wrap_in_full_never_cut() -> None:
     name = " ".join(f"Customer{i}" for i in range(60))
     item = " ".join(f"word{i:03d}" for i in range(400))

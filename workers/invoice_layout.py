@@ -527,12 +527,18 @@ def _paginate(plan: Plan) -> list[Page]:
         page = Page(plan.continued_top, rows=range(stop - carry, stop))
         y = plan.continued_top - (HEADER_ROW + sum(heights[stop - carry:stop]) if carry else 0.0)
     page.totals_y, y = y, y - totals
-    first, count = 0, len(plan.after)
+    after = plan.after
+    first, count = 0, len(after)
     while first < count:
-        fits = int((y - bottom) // NOTES_LEADING)
-        if fits > 0:
-            page.after, page.after_y = range(first, min(count, first + fits)), y
-            first = page.after.stop
+        stop = min(count, first + max(0, int((y - bottom) // NOTES_LEADING)))
+        # A heading (bold) or the blank line before it does not end a page: it goes with its text,
+        # unless a fresh page holds nothing else.
+        while first < stop < count and (not after[stop - 1][2] or after[stop - 1][4]) and (
+                page.rows or page.totals_y is not None or stop - first > 1):
+            stop -= 1
+        if stop > first:
+            page.after, page.after_y = range(first, stop), y
+            first = stop
         if first < count:
             pages.append(page)
             page, y = Page(plan.continued_top), plan.continued_top
