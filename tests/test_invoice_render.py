@@ -308,22 +308,28 @@ def test_an_item_taller_than_a_page_goes_on_over_the_break() -> None:
         assert all(bottom > 60 for _, _, bottom, word in words(content, page)[0] if re.fullmatch(r"w\d{5}", word))
 
 
-def logo_file(tmp_path: Path, size: tuple[int, int]) -> str:
-    path = tmp_path / "logo.png"
-    Image.new("RGBA", size, (20, 90, 160, 255)).save(path)
+def logo_file(tmp_path: Path, size: tuple[int, int], kind: str = "png") -> str:
+    path = tmp_path / f"logo.{kind}"
+    Image.new("RGBA" if kind == "png" else "RGB", size, (20, 90, 160)).save(path)
     return str(path)
 
 
-def test_logo_is_drawn_scaled_into_its_box_keeping_its_aspect(tmp_path: Path) -> None:
-    seller = Seller(SELLER.party, SELLER.bank, logo=logo_file(tmp_path, (600, 150)))
+@pytest.mark.parametrize(("kind", "size", "drawn_size"), [
+    ("png", (600, 150), (160.0, 40.0)),   # wide: the box's width
+    ("jpeg", (100, 200), (28.0, 56.0)),   # tall: the box's height
+    ("png", (40, 20), (40.0, 20.0)),      # small: never enlarged
+])
+def test_logo_is_drawn_scaled_into_its_box_keeping_its_aspect(tmp_path: Path, kind: str, size: tuple[int, int],
+                                                              drawn_size: tuple[float, float]) -> None:
+    seller = Seller(SELLER.party, SELLER.bank, logo=logo_file(tmp_path, size, kind))
     content = render_invoice(invoice(basket(), seller=seller))
     page = PdfReader(io.BytesIO(content)).pages[0]
-    images = [x for x in page["/Resources"]["/XObject"].values() if x.get_object()["/Subtype"] == "/Image"]
-    assert len(images) == 1 and (images[0].get_object()["/Width"], images[0].get_object()["/Height"]) == (600, 150)
+    images = [x.get_object() for x in page["/Resources"]["/XObject"].values()]
+    images = [x for x in images if x["/Subtype"] == "/Image"]
+    assert len(images) == 1 and (images[0]["/Width"], images[0]["/Height"]) == size
     drawn = re.search(rb"([\d.]+) 0 0 ([\d.]+) [\d.]+ [\d.]+ cm\s*/FormXob", page.get_contents().get_data())
     assert drawn is not None
-    width, height = float(drawn.group(1)), float(drawn.group(2))
-    assert width == pytest.approx(160.0) and width / height == pytest.approx(4.0)
+    assert (float(drawn.group(1)), float(drawn.group(2))) == pytest.approx(drawn_size)
     assert "Lindenhof Feinkost GmbH" in pages_of(content)[0]
 
 
