@@ -451,3 +451,14 @@ def test_progress_never_goes_back_over_pages_of_notes() -> None:
     assert len(pages) >= 4 and "Note line 199" in pages[-1] and "Description" not in pages[-1]
     percents = [percent for percent, _ in reports]
     assert percents == sorted(percents) and len(reports) == len(pages) + 1, reports
+
+
+def test_a_right_to_left_name_is_set_flush_right_in_its_column() -> None:
+    names = ["Espresso beans", "قهوة عربية محمصة", "שמן זית"]
+    plan = lay_out(invoice([line(name) for name in names]), worker_fonts())
+    name_x = next(column.x for column in plan.columns if column.label == "Description")
+    qty_right = next(column.x for column in plan.columns if column.label == "Qty")
+    placed = [next((x, align) for x, _, text, align in row if text == name) for row, name in zip(plan.rows, names)]
+    assert placed[0] == (name_x, "left")
+    for x, align in placed[1:]:
+        assert align == "right" and name_x + 100 < x < qty_right
