@@ -458,7 +458,8 @@ def test_a_right_to_left_name_is_set_flush_right_in_its_column() -> None:
     plan = lay_out(invoice([line(name) for name in names]), worker_fonts())
     name_x = next(column.x for column in plan.columns if column.label == "Description")
     qty_right = next(column.x for column in plan.columns if column.label == "Qty")
-    placed = [next((x, align) for x, _, text, align in row if text == name) for row, name in zip(plan.rows, names)]
+    placed = [next((x, align) for x, _, text, align in row if text == name) for row, name in
+              zip(plan.rows, names, strict=True)]
     assert placed[0] == (name_x, "left")
     for x, align in placed[1:]:
         assert align == "right" and name_x + 100 < x < qty_right
