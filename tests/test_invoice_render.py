@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pypdf import PdfReader
 
 from offload.workers.errors import Cancelled
-from offload.workers.invoice_layout import CARRY, lay_out
+from offload.workers.invoice_layout import CARRY, HEADER_ROW, lay_out
 from offload.workers.invoice_model import Layout, Money, Seller
 from offload.workers.invoice_money import Formatter
 from offload.workers.invoice_render import REPORTS, render_invoice, worker_fonts
@@ -463,3 +465,29 @@ def test_a_right_to_left_name_is_set_flush_right_in_its_column() -> None:
     assert placed[0] == (name_x, "left")
     for x, align in placed[1:]:
         assert align == "right" and name_x + 100 < x < qty_right
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(words=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=150),
+       notes=st.integers(min_value=0, max_value=120), paper=st.sampled_from(["A4", "LETTER"]),
+       bottom=st.sampled_from([20.0, 42.0, 90.0]))
+def test_pagination_invariants_for_any_mix_of_rows(words: list[int], notes: int, paper: str, bottom: float) -> None:
+    """Rows of 1 to 400 words (some taller than a page), notes of any length: every row and
+    note line placed once and in order, the totals once and with rows, nothing below the foot."""
+    lines = [line(" ".join(["word"] * n), sku="S-1" if n % 3 else None) for n in words]
+    inv = invoice(lines, notes="\n".join(f"Note {i}" for i in range(notes)) or None,
+                  page=Layout(paper=paper, margins=(42.0, 42.0, bottom, 42.0)))  # type: ignore[arg-type]
+    plan = lay_out(inv, worker_fonts())
+    assert [i for page in plan.pages for i in page.rows] == list(range(len(plan.rows)))
+    assert [i for page in plan.pages for i in page.after] == list(range(len(plan.after)))
+    with_totals = [page for page in plan.pages if page.totals_y is not None]
+    assert len(with_totals) == 1
+    assert with_totals[0].rows or plan.heights[-1] > 300  # alone only after a row that filled a page
+    assert all(not page.rows for page in plan.pages[plan.pages.index(with_totals[0]) + 1:])
+    for page in plan.pages:
+        used = sum(plan.heights[i] for i in page.rows)
+        assert page.top - (HEADER_ROW if page.rows else 0) - used >= plan.bottom - 0.01
+        if page.totals_y is not None:
+            assert page.totals_y - plan.totals.height >= plan.bottom - 0.01
+        if page.after:
+            assert page.after_y - len(page.after) * 12.0 >= plan.bottom - 0.01
