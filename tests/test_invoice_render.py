@@ -335,6 +335,19 @@ def test_logo_is_drawn_scaled_into_its_box_keeping_its_aspect(tmp_path: Path, ki
     assert "Lindenhof Feinkost GmbH" in pages_of(content)[0]
 
 
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_a_large_logo_is_embedded_at_the_resolution_its_box_needs(tmp_path: Path, kind: str) -> None:
+    seller = Seller(SELLER.party, SELLER.bank, logo=logo_file(tmp_path, (4000, 1000), kind))
+    content = render_invoice(invoice(basket(), seller=seller))
+    page = PdfReader(io.BytesIO(content)).pages[0]
+    image, = [x.get_object() for x in page["/Resources"]["/XObject"].values()
+              if x.get_object()["/Subtype"] == "/Image"]
+    assert (image["/Width"], image["/Height"]) == (667, 167)  # 160 pt at 300 dpi
+    drawn = re.search(rb"([\d.]+) 0 0 ([\d.]+) [\d.]+ [\d.]+ cm\s*/FormXob", page.get_contents().get_data())
+    assert drawn is not None and (float(drawn.group(1)), float(drawn.group(2))) == pytest.approx((160.0, 40.0), abs=0.1)
+    assert len(content) < 100_000
+
+
 def test_an_unreadable_logo_fails_naming_the_setting(tmp_path: Path) -> None:
     bad = tmp_path / "logo.png"
     bad.write_bytes(b"not an image")

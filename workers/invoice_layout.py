@@ -18,10 +18,12 @@ Measuring needs reportlab's font metrics, so this module is loaded in worker pro
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from PIL import Image
 from reportlab.lib.utils import ImageReader
 
 from offload.workers.errors import PermanentError
@@ -38,6 +40,7 @@ TITLE_SIZE = 20.0
 SKU_MAX = 80.0
 #: The widest the logo is drawn, and the tallest; its aspect ratio is kept.
 LOGO_BOX = (160.0, 56.0)
+LOGO_DPI = 300  # pixels per inch a logo keeps at its drawn size
 #: Line items that go to the next page with the totals when the totals do not fit.
 CARRY = 2
 INK, MUTED, RULE = 0.1, 0.42, 0.82
@@ -289,9 +292,22 @@ def _number_key(invoice: Invoice) -> str:
 @lru_cache(maxsize=16)
 def logo_image(path: str) -> ImageReader:
     """The seller's logo, decoded once per worker process: every invoice draws the same one.
-    A file that cannot be read fails the job naming the setting."""
+    An image with more pixels than the logo box holds at `LOGO_DPI` is scaled down once, here
+    (reportlab compresses a PNG's pixels again for every document, so a 4,000-pixel logo
+    would cost every invoice). A file that cannot be read fails the job naming the setting."""
     try:
-        return ImageReader(path)
+        with Image.open(path) as image:
+            scale = min(LOGO_BOX[0] * LOGO_DPI / 72 / image.width, LOGO_BOX[1] * LOGO_DPI / 72 / image.height)
+            if scale >= 1:
+                return ImageReader(path)  # a JPEG as it is: embedded without decoding
+            small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.LANCZOS)
+        if small.mode == "RGB" or small.mode == "L":  # no transparency: stays a JPEG
+            encoded = io.BytesIO()
+            small.save(encoded, "JPEG", quality=92)
+            encoded.seek(0)
+            return ImageReader(encoded)
+        return ImageReader(small)
     except Exception as error:  # reportlab wraps OSError and PIL's errors alike
         raise PermanentError(f"seller.logo: cannot read the image {path!r}: {error}", type="BadLogo") from error
 
