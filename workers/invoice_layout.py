@@ -70,6 +70,9 @@ class Block:
 
 @dataclass(slots=True)
 class Page:
+    """What one page holds: the rows (table header at `top`), the totals block's top, and
+    the note lines from `after_y` down."""
+
     top: float
     rows: range = range(0)
     totals_y: float | None = None
@@ -115,7 +118,7 @@ class Plan:
     first_top: float
     continued_top: float
     totals: Block
-    after: list[Piece]  # payment terms and notes, one line each, y relative to the line's top
+    after: list[Piece]  # payment terms and notes, a line each (y unused: `_paginate` places them; "" is blank)
     pages: list[Page] = field(default_factory=list)
 
 
