@@ -474,6 +474,7 @@ def load_config_sources(
     for name, values in (overrides or {}).items():
         layers[name].update(_section(name, values, "command line"))
         sources.update({f"{name}.{key}": "flag" for key in values})
+    _resolve_pdf_paths(layers["jobs"], base_dir)
     try:
         cfg = Config(
             server=ServerConfig(**layers["server"]),
@@ -629,6 +630,16 @@ def _validate_retention(retention: RetentionConfig) -> None:
         raise ConfigError(f"[retention] interval must be at least 1s (write it like {DURATION_EXAMPLES})")
     if retention.batch < 1:
         raise ConfigError("[retention] batch must be >= 1")
+
+
+def _resolve_pdf_paths(jobs: dict[str, Any], base_dir: Path) -> None:
+    """`[jobs.settings.pdf]` names files (the seller's logo, fonts): relative to the config
+    file's folder, as every path here is, whatever the worker's working directory."""
+    settings = jobs.get("settings")
+    if isinstance(settings, Mapping) and isinstance(settings.get("pdf"), Mapping):
+        from offload.workers.invoice_data import resolve_paths
+
+        jobs["settings"] = {**settings, "pdf": resolve_paths(settings["pdf"], base_dir)}
 
 
 def _validate_pdf_settings(cfg: Config) -> None:

@@ -5,7 +5,7 @@ XML is built from it too, so the picture and the machine-readable invoice cannot
 
 Money is `Decimal`, already rounded to the currency's minor units (`Money.minor_units`:
 JPY 0, EUR 2, KWD 3) as `invoice_data` documents. Labels are resolved to the invoice's
-language; numbers, amounts and dates are formatted by `invoice_data.Formatter`, never here.
+language; numbers, amounts and dates are formatted by `invoice_money.Formatter`, never here.
 
 This module imports neither reportlab nor Babel: it is plain data, picklable, and loaded
 in the service process as well as in workers.
@@ -132,3 +132,8 @@ class Invoice:
     facturx: bool = False
     #: Write PDF/A-3b even without Factur-X.
     pdfa: bool = False
+    #: The days of payment the due date was computed from (the order's paymentTermsDays or
+    #: the configured default), None when the order gave a due date or it is a credit note.
+    payment_terms_days: int | None = None
+    #: `[jobs.settings.pdf] fonts`: font files in order of preference (empty: the system's).
+    fonts: tuple[str, ...] = ()

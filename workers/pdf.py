@@ -17,7 +17,6 @@ from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, job_type
 
 
-
 def validate_pdf(data: Any, settings: Mapping[str, Any]) -> None:
     """Runs in the service at submit time: a bad payload is refused with a 422 naming the
     field instead of failing later in a worker."""
@@ -44,7 +43,9 @@ def pdf(data: Any, ctx: Context) -> FileOutput:
 
     ctx.progress(0, "laying out invoice")
     invoice = parse_invoice(data, InvoiceSettings.from_settings(ctx.settings))
-    content = render_invoice(invoice, progress=ctx.progress)
+    # The fonts of `invoice.fonts` are loaded once per worker; progress goes out at most a
+    # score of times whatever the page count, and cancellation is checked on every page.
+    content = render_invoice(invoice, progress=ctx.progress, check=ctx.check_cancelled)
     return FileOutput(invoice_filename(invoice.number), "application/pdf", content)
 
 
