@@ -314,11 +314,22 @@ async def test_a_write_waiting_for_another_process_lock_leaves_the_loop_free(sta
 
 
 async def test_the_log_is_checkpointed_as_commits_go_by(store):
-    """Checkpoints run on their own connection (none at commit): the log file stays the
-    size of a few hundred commits however many are made."""
-    wal = Path(store.path + "-wal")
-    for n in range(8 * store.checkpoint_every):  # a log that never started over: 16x `early`
-        await store.create(Job(id=new_job_id(), type="t", owner="o", data={"n": n}), None)
-        if n == store.checkpoint_every // 2:
-            early = wal.stat().st_size
-    assert wal.stat().st_size < 8 * early, (early, wal.stat().st_size)
+    """Checkpoints run on their own connection (none at commit), while writes go on; yet the
+    log starts over after each, instead of growing with every commit ever made."""
+    def create(n: int):
+        return store.create(Job(id=new_job_id(), type="t", owner="o", data={"n": n}), None)
+
+    for n in range(store.checkpoint_every):  # the last of these starts a checkpoint
+        await create(n)
+    checkpoint, every = store._checkpoint_task, store.checkpoint_every
+    assert checkpoint is not None
+    store.checkpoint_every = 10**9  # no second checkpoint: this one alone must start the log over
+    n = 0
+    while not checkpoint.done() or n == 0:  # commits go on while it copies the log
+        await create(store.checkpoint_every + n)
+        n += 1
+    await create(-1)  # the first commit after it: the log starts over here
+    with sqlite3.connect(store.path) as other:
+        _, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    # Each commit wrote a frame at least: a log that never started over holds them all.
+    assert 0 < frames < every, frames
