@@ -27,16 +27,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.prompt import Confirm
-from rich.table import Table
 
 from offload.client import (AsyncClient, NotFound, OffloadClientError, ServiceUnreachable, Unauthorized)
 from offload.job import Event, Job, JobStatus, Progress as ProgressEvent, Snapshot, event_to_wire
+
+if TYPE_CHECKING:  # rich is imported where it is used: `offload serve` never loads it
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 OK, FAILED, USAGE, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 130
@@ -148,8 +148,8 @@ class Output:
     """stdout for results, stderr for progress and messages; each a rich console when it is
     a terminal, plain lines when it is not."""
 
-    out: Console = field(default_factory=lambda: Console(highlight=False))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    out: Console = field(default_factory=lambda: _console(highlight=False))
+    err: Console = field(default_factory=lambda: _console(stderr=True, highlight=False))
 
     def line(self, text: str, style: str | None = None) -> None:
         """A result line on stdout."""
@@ -255,6 +255,8 @@ async def _interrupted(client: AsyncClient, job: Job, args: argparse.Namespace, 
         out.note(f"offload: job {job.id} left running{reason}; follow it with: offload watch {job.id}")
         return INTERRUPTED
     try:
+        from rich.prompt import Confirm
+
         cancel = Confirm.ask(f"Cancel job {job.id}?", default=False, console=out.err)
     except (KeyboardInterrupt, EOFError):
         cancel = False
@@ -281,6 +283,8 @@ class ProgressDisplay:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         if out.err.is_terminal:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                                 TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                                 TextColumn("{task.fields[message]}"), console=out.err)
@@ -368,6 +372,8 @@ async def _jobs(client: AsyncClient, args: argparse.Namespace, out: Output) -> i
              span(((job.completed_at or now) - job.started_at).total_seconds()) if job.started_at else "-")
             for job in found]
     if out.out.is_terminal:
+        from rich.table import Table
+
         table = Table(*header, box=None, header_style="bold")
         for row in rows:
             table.add_row(*row[:2], f"[{STYLE.get(row[2], '')}]{row[2]}[/]", *row[3:])
@@ -452,3 +458,9 @@ def describe(event: Event) -> tuple[str, str | None]:
     elif job.status is JobStatus.COMPLETED and job.result is not None:
         detail = job.result.filename if job.result.is_file else orjson.dumps(job.result.value).decode()
     return " ".join(filter(None, (job.id, kind, job.status.value, f"{job.progress}%", detail))), job.status.value
+
+
+def _console(**options: Any) -> Console:
+    from rich.console import Console
+
+    return Console(**options)

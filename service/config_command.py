@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.console import Console
-from rich.text import Text
 
 from offload.service.config import Config, ConfigError, ScheduleConfig, Sources, load_config, load_config_sources
 
@@ -62,6 +60,9 @@ def show_config(args: argparse.Namespace) -> int:
         config, sources = load_config_sources(args.config, overrides=serve_overrides(args))
     except ConfigError as exc:
         return _fail(f"offload config: configuration error: {exc}")
+    from rich.console import Console  # here, not at the top: `offload serve` never loads rich
+    from rich.text import Text
+
     console = Console(highlight=False)
     for line, source in render(config, sources, _file(args)):
         text = Text(line)

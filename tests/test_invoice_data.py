@@ -224,10 +224,11 @@ def test_the_minor_units_table_is_babels() -> None:
 
 
 def test_the_service_side_imports_no_babel() -> None:
-    code = ("import sys; import offload.service.app, offload.workers.pdf, offload.workers.invoice_data as d; "
+    """Nor reportlab, nor the CLI's rich: `offload serve` keeps its memory for jobs."""
+    code = ("import sys; import offload.service.cli, offload.workers.pdf, offload.workers.invoice_data as d; "
             "d.parse_invoice({'order': {'number': 1, 'locale': 'de_DE', 'customer': {'name': 'x'}}, "
             "'items': [{'name': 'x', 'quantity': 1, 'unitPrice': 1}]}); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('babel', 'reportlab', 'facturx', 'lxml')))")
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('babel', 'reportlab', 'facturx', 'lxml', 'rich')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.strip() == "[]"
 
