@@ -4,6 +4,7 @@ watch) live in `offload.commands`."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import asyncio
 import logging
 import signal
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logs.use_format(config.server.log_format)
         on_import_path(config.base_dir)
+        _workers_skip_the_script()
         loop = _loop()
         asyncio.set_event_loop(loop)
         try:
@@ -81,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
             _close_loop(loop)
     finally:
         logs.close()  # what is still queued is written before the process ends
+
+
+def _workers_skip_the_script() -> None:
+    """Started as the `offload` console script, the service's `__main__` is that script, and
+    every worker process would import it again (multiprocessing re-imports the parent's main
+    module by path), and with it the whole service: aiohttp, the store, the CLI, some 20 MB
+    per worker that no job uses. Named as the package's `__main__`, as `python -m offload`
+    names it, it is left alone, and workers hold only what the fork server loaded."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.util.find_spec("offload.__main__")
 
 
 def on_import_path(folder: Path) -> None:

@@ -13,11 +13,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from pypdf import PdfReader
 
 from tests.conftest import SAMPLE_INVOICE, eventually
-from tests.server_process import ServerProcess, post, until
+from tests.server_process import ServerProcess, free_port, post, until
 
 #: A start-up that fails does so in well under this; a hanging one is caught by it.
 DEADLINE = 20
@@ -160,3 +161,37 @@ def test_the_log_level_is_read_in_any_case(tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "offload", "serve", "--log-level", "debug"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2 and "configuration error" in result.stderr, result.stderr
+
+
+async def test_workers_of_the_console_script_hold_no_service_code(tmp_path):
+    """`offload serve` started as the console script: its workers come from the fork server
+    alone, without importing the script (and through it aiohttp and the whole service)."""
+    script = Path(sys.executable).parent / "offload"
+    if not script.exists():
+        pytest.skip("no offload console script beside this interpreter")
+    port = free_port()
+    (tmp_path / "config.toml").write_text(f'[server]\nport = {port}\n[store]\nurl = "sqlite:///offload.db"\n'
+                                          '[workers]\nprocesses = 2\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    with open(tmp_path / "server.log", "wb") as log, subprocess.Popen(
+            [str(script), "serve", "--config", str(tmp_path / "config.toml")], cwd=tmp_path, env=env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True) as server:
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+                async def workers() -> list[int] | None:
+                    try:
+                        async with http.get("/api/health") as response:
+                            pids = (await response.json())["workers"]["pids"]
+                    except aiohttp.ClientError:
+                        return None
+                    # Serving: its watch thread runs, which `runtime.serve` starts once the
+                    # process is prepared (the main module, had it been imported, is by then).
+                    serving = all(pid and len(list(Path(f"/proc/{pid}/task").iterdir())) >= 2 for pid in pids)
+                    return pids if len(pids) == 2 and serving else None
+
+                pids = await eventually(workers, 30, "two serving workers")
+                assert "aiohttp" in Path(f"/proc/{server.pid}/maps").read_text()  # the service has it...
+                for pid in pids:  # ... its workers do not
+                    assert "aiohttp" not in Path(f"/proc/{pid}/maps").read_text(), pid
+        finally:
+            os.killpg(server.pid, signal.SIGKILL)
