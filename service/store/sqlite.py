@@ -576,15 +576,7 @@ class SQLiteStore(Store):
 
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("owner", owner), ("status", status and status.value), ("type", type)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if cursor is not None:
-            where.append("pos < ?")
-            params.append(decode_cursor(cursor))
+        where, params = _filters([], [], cursor, owner=owner, status=status and status.value, type=type)
         sql = f"SELECT pos, {_COLS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -837,15 +829,7 @@ class SQLiteStore(Store):
 
     async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
                              cursor: str | None = None) -> Page:
-        where = ["status = 'pending'", "due_at > ?"]
-        params: list[Any] = [now]
-        for column, value in (("owner", owner), ("type", type)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if cursor is not None:
-            where.append("pos < ?")
-            params.append(decode_cursor(cursor))
+        where, params = _filters(["status = 'pending'", "due_at > ?"], [now], cursor, owner=owner, type=type)
         rows, jobs = await self._read_jobs(f"SELECT pos, {_COLS} FROM jobs WHERE {' AND '.join(where)} "
                                            "ORDER BY pos DESC LIMIT ?", [*params, limit + 1])
         more = len(rows) > limit
@@ -1080,6 +1064,20 @@ def _open_failure(exc: sqlite3.Error | OSError) -> str:
     if "not a database" in text or "malformed" in text:
         return f"the file is not a usable SQLite database ({exc})"
     return str(exc)
+
+
+def _filters(where: list[str], params: list[Any], cursor: str | None,
+             **columns: Any) -> tuple[list[str], list[Any]]:
+    """`where` and `params` with `column = ?` for each column given (not None), and the page
+    `cursor`'s bound; a cursor this store did not make raises ValueError."""
+    for column, value in columns.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if cursor is not None:
+        where.append("pos < ?")
+        params.append(decode_cursor(cursor))
+    return where, params
 
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
