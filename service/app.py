@@ -214,7 +214,8 @@ async def _statistics(app: web.Application):  # type: ignore[no-untyped-def]
     stats = Statistics(app[CONFIG].stats, store, app[CLOCK], app[HUB], connections=lambda: len(app[SOCKETS]))
     metrics = Metrics(stats)
     await stats.seed()
-    unsubscribe = [store.changes.subscribe(stats.on_change), store.changes.subscribe(metrics.on_change)]
+    stats.observers.append(metrics.observed)
+    unsubscribe = [store.changes.subscribe(stats.on_change)]
     store.on_commit = metrics.on_commit
     app[STATS], app[METRICS] = stats, metrics
     yield

@@ -21,8 +21,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Count
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from offload.service.models import Job, Priority
-from offload.service.stats import STARTED, ProcessProbe, Statistics, observe
-from offload.service.store.base import StoreChange
+from offload.service.stats import STARTED, ProcessProbe, Statistics
 
 #: Seconds: from a few milliseconds (no-op jobs) to the default five-minute timeout.
 JOB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -51,13 +50,8 @@ class Metrics:
         self._gauges = _Gauges(stats)
         self.registry.register(self._gauges)
 
-    def on_change(self, change: StoreChange) -> None:
-        if not isinstance(change, Job):
-            return
-        seen = observe(change)
-        if seen is None:
-            return
-        what, ms = seen
+    def observed(self, change: Job, what: str, ms: int | None) -> None:
+        """A change as `stats.observe` read it (`Statistics.observers`): counted once there."""
         if what is STARTED:
             assert ms is not None
             self._child(self.queue_wait, change.type).observe(ms / 1000)

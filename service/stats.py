@@ -237,6 +237,9 @@ class Statistics:
     finished: FinishedMinutes = field(default_factory=FinishedMinutes)
     types: RecentTypes = field(init=False)
     probe: ProcessProbe = field(default_factory=ProcessProbe)
+    #: Told of every change `observe` reads something in, with that reading (the metrics):
+    #: a change is read once, whoever counts it.
+    observers: list[Callable[[Job, str, int | None], None]] = field(default_factory=list)
     _cache: dict[tuple[str, str | None], _Cached] = field(default_factory=dict)
     _reading: dict[tuple[str, str | None], asyncio.Future[Any]] = field(default_factory=dict)
 
@@ -263,6 +266,8 @@ class Statistics:
         if seen is None:
             return
         what, ms = seen
+        for observer in self.observers:
+            observer(change, what, ms)
         if what is STARTED:
             assert change.started_at is not None and ms is not None
             self.types.waited(change.owner, change.type, change.started_at, ms)

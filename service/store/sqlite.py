@@ -444,10 +444,10 @@ class SQLiteStore(Store):
                 batch = [op for op, _ in ops]
                 started = time.perf_counter()
                 try:
-                    seqs, outcomes = await self._run_batch(db, rows, batch, changes)
+                    seqs, outcomes = await self._commit_batch(db, rows, batch, changes)
                 except _Recheck:  # a corrupt row: the batch again, each statement in a savepoint
                     changes = self._changes = []
-                    seqs, outcomes = await self._run_batch(db, rows, batch, changes, careful=True)
+                    seqs, outcomes = await self._commit_batch(db, rows, batch, changes, careful=True)
             except Exception as exc:  # the batch rolled back: each of its writes fails, the writer goes on
                 self._changes = []  # nothing changed after all
                 if isinstance(exc, sqlite3.Error):
@@ -476,7 +476,7 @@ class SQLiteStore(Store):
                 if on_commit is not None and seq is not None:
                     on_commit(seq)
 
-    async def _run_batch(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]], ops: list[WriteOp],
+    async def _commit_batch(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]], ops: list[WriteOp],
                          changes: list[StoreChange], careful: bool = False,
                          ) -> tuple[list[int | None], list[tuple[bool, Any]]]:
         if self._on_loop:
