@@ -266,7 +266,8 @@ class WorkerPool:
         release(slots)
 
     async def run(self, slot: Slot, job_id: str, attempt: int, type: str, data: Any,
-                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
+                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink,
+                  extras: Mapping[str, Any] | None = None) -> Outcome:
         """Run one attempt on `slot`; returns when it ended, however it ended: what the
         handler reported, or STOPPED when its process ended under a stop. What the ending
         becomes is not decided here (`endings.decide`)."""
@@ -279,7 +280,7 @@ class WorkerPool:
         slot.cancel_flag.value = 0
         slot.waiter = waiter = self._loop.create_future()
         try:
-            message = orjson.dumps([job_id, attempt, type, data, settings, results_dir])
+            message = orjson.dumps([job_id, attempt, type, data, settings, results_dir, extras])
             try:
                 if len(message) <= INLINE_SEND:
                     slot.jobs.send_bytes(message)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from offload.service.endings import Outcome, OutcomeKind, StopReason
-from offload.workers.context import Context
+from offload.workers.context import context_of
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.registry import JobType
 from offload.workers.tracebacks import handler_traceback
@@ -35,8 +35,11 @@ class Runner(Protocol):
         """Hand back held slots that got no job."""
 
     async def run(self, slot: Any, job_id: str, attempt: int, type: str, data: Any,
-                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
-        """Run one attempt on a held slot; return how it ended, however it ended."""
+                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink,
+                  extras: Mapping[str, Any] | None = None) -> Outcome:
+        """Run one attempt on a held slot; return how it ended, however it ended. `extras`
+        (JSON) carries what the handler's `Context` gets besides its data: `inputs` (a list
+        of `Input.to_json()`) and `checkpoint`."""
 
     def stop(self, job_id: str, reason: StopReason) -> bool:
         """Ask the running attempt of `job_id` to stop; False when it runs nowhere here."""
@@ -99,14 +102,15 @@ class AsyncRunner:
         release(slots)
 
     async def run(self, slot: AsyncSlot, job_id: str, attempt: int, type: str, data: Any,
-                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink) -> Outcome:
+                  settings: Mapping[str, Any], results_dir: str, progress: ProgressSink,
+                  extras: Mapping[str, Any] | None = None) -> Outcome:
         job_type = self._job_types(type)
         if job_type is None or not job_type.is_async:
             slot.reserved = False
             return Outcome(OutcomeKind.FAILED, permanent=True, error={
                 "type": "UnknownJobType", "message": f"job type {type!r} is not registered on this node"})
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
-        ctx = Context(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None)
+        ctx = context_of(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None, extras)
         slot.task = task = asyncio.ensure_future(job_type.handler(data, ctx))
         try:
             value = await task

@@ -316,7 +316,8 @@ class Scheduler:
             timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
             try:
                 outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                                 str(self.config.results_path), self._progress_of(job))
+                                                 str(self.config.results_path), self._progress_of(job),
+                                                 self._extras_of(job))
             finally:
                 timer.cancel()
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
@@ -328,6 +329,10 @@ class Scheduler:
                 del self.running[job.id]
             entry.done.set()
             self._wake.set()
+
+    def _extras_of(self, job: Job) -> dict[str, Any] | None:
+        """What the attempt's `Context` gets besides the data (`Runner.run`'s `extras`)."""
+        return None
 
     def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:

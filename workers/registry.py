@@ -11,7 +11,9 @@ it is stored, and raises `ValidationError` naming the field; a job that passes i
 as sent. Keep it fast: it runs on the event loop. An optional `schema(settings)` gives the
 same rules as an OpenAPI 3.0 schema of `data`, for `/api/openapi.json`. An optional
 `warm_up()` runs once in each worker process before its first job, never in the service
-(see `runtime.warm_up`): for set-up that would otherwise slow a type's first job.
+(see `runtime.warm_up`): for set-up that would otherwise slow a type's first job. An
+optional `needs(data)` names the job ids a valid `data` refers to (an `email`'s
+attachments): the job waits for them as if they were in `options.after`.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Callable, Mapping
 Validator = Callable[[Any, Mapping[str, Any]], None]
 DataSchema = Callable[[Mapping[str, Any]], dict[str, Any]]
 WarmUp = Callable[[], None]
+Needs = Callable[[Any], "list[str]"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class JobType:
     schema: DataSchema | None = None
     #: Runs in worker processes at start-up (imports, fonts, caches a first job would pay for).
     warm_up: WarmUp | None = None
+    #: The job ids `data` refers to, which the job waits for as for `options.after`.
+    needs: Needs | None = None
     #: An `async def` handler runs on the service's event loop instead of in a process.
     is_async: bool = field(init=False)
 
@@ -65,12 +70,13 @@ DECLARED = "__offload_job_types__"
 
 
 def job_type(name: str, *, validate: Validator | None = None,
-             schema: DataSchema | None = None, warm_up: WarmUp | None = None) -> Callable[[Callable], Callable]:
+             schema: DataSchema | None = None, warm_up: WarmUp | None = None,
+             needs: Needs | None = None) -> Callable[[Callable], Callable]:
     """Mark the decorated function as the handler of job type `name`. Nothing is
     registered here: a `Registry` that loads the function's module collects it."""
 
     def mark(handler: Callable) -> Callable:
-        declared = JobType(name, handler, validate, schema, warm_up)
+        declared = JobType(name, handler, validate, schema, warm_up, needs)
         setattr(handler, MARK, declared)
         module = sys.modules.get(handler.__module__)
         if module is not None:  # the module being imported: it keeps its own list

@@ -1,7 +1,7 @@
 """The code that runs inside a worker process: start-up, then one job at a time.
 
-The service sends jobs on one pipe, `[job_id, attempt, type, data, settings, results_dir]`
-as JSON; the process answers on another with any number of
+The service sends jobs on one pipe, `[job_id, attempt, type, data, settings, results_dir,
+extras]` as JSON (`extras`: see `Runner.run`); the process answers on another with any number of
 `["p", job_id, attempt, percent, message]` progress messages, then one `["r", outcome]`,
 each framed as a 4-byte big-endian length and the JSON bytes (`frame`). Everything is
 written from the job's own thread, with no helper thread to win the GIL from a CPU-bound
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from offload.workers.context import Context
+from offload.workers.context import context_of
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.filenames import safe_filename
 from offload.workers.registry import FileOutput, Registry
@@ -52,10 +52,10 @@ def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple
     initialize(events, cancel_flag, modules, memory_limit_bytes)
     while True:
         try:
-            job_id, attempt, type, data, settings, results_dir = orjson.loads(jobs.recv_bytes())
+            job_id, attempt, type, data, settings, results_dir, extras = orjson.loads(jobs.recv_bytes())
         except (EOFError, OSError):  # the service retired this process, or is gone
             return
-        outcome = run(job_id, attempt, type, data, settings, results_dir)
+        outcome = run(job_id, attempt, type, data, settings, results_dir, extras)
         try:
             message = orjson.dumps(["r", outcome])
         except TypeError as exc:
@@ -138,7 +138,8 @@ def _is_cancelled() -> bool:
     return bool(_cancel is not None and _cancel.value)
 
 
-def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any], results_dir: str) -> dict[str, Any]:
+def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any], results_dir: str,
+        extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one job. Never raises: the outcome says how it ended, in plain data."""
     global _types
     if _types is None:  # run outside `serve` (in process, by a test): the built-ins
@@ -147,7 +148,7 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     if job_type is None:
         return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
                 "permanent": True}
-    ctx = Context(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled)
+    ctx = context_of(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled, extras)
     try:
         value = job_type.handler(data, ctx)
     except Cancelled:
