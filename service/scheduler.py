@@ -75,6 +75,9 @@ class Scheduler:
         #: passes (`_dry`): otherwise every finished job would cost a claim that finds nothing.
         self._pending_seen = 0
         self._dry: dict[object, int] = {}
+        #: Jobs `submitted` announced whose insert has not been heard yet: their insert does
+        #: not count as news a second time (`_on_change`).
+        self._announced: set[str] = set()
         #: Of those, the ones not due yet when heard (delayed, or retried after a backoff), and
         #: `store.next_due` as read at a count of `_due_seen`, good while the count stays there.
         self._delayed_seen = 0
@@ -152,11 +155,17 @@ class Scheduler:
         transaction stores and starts the job). Should the insert not happen after all (an
         idempotent repeat), the claim finds nothing, as any claim may."""
         self._pending_seen += 1  # claim again, even if the last claim found nothing
+        self._announced.add(job.id)
         if job.due_at > self.clock.now():
             self._delayed_seen += 1
         if self.reserved and self._outranks_reserved(job):
             self._reservations_stale = True
         self._wake.set()
+
+    def settled(self, job_id: str) -> None:
+        """The insert `submitted` announced has committed, or will not happen (an idempotent
+        repeat, a refused request)."""
+        self._announced.discard(job_id)
 
     # ---- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -403,6 +412,13 @@ class Scheduler:
         reserved job cancelled meanwhile is dropped."""
         if not isinstance(change, Job):
             return
+        if change.id in self._announced:
+            # The insert of a job `submitted` already counted: counting it again would make
+            # the claim that started it (in the same commit) look stale, and send a second,
+            # empty claim after it.
+            self._announced.discard(change.id)
+            if change.status is JobStatus.PENDING and not self.config.limits.max_running_per_user:
+                return
         if change.status is JobStatus.PENDING or (self.config.limits.max_running_per_user
                                                    and change.status is not JobStatus.RUNNING):
             self._pending_seen += 1  # with a per-user cap, a job that stops running frees a turn

@@ -76,6 +76,8 @@ class Submissions:
             job, created = await self.store.create(submission.job, submission.request_hash)
         except IdempotencyMismatch as exc:
             raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
+        finally:
+            self.scheduler.settled(submission.job.id)
         if created:
             self.limits.pending.add(job.owner)
         return job, created
@@ -113,6 +115,9 @@ class Submissions:
         except IdempotencyMismatch as exc:
             raise Invalid(f"jobs[{exc.index}].options.idempotencyKey",
                           f"was already used for job {exc.job.id} with a different request") from None
+        finally:
+            for submission in submissions:
+                self.scheduler.settled(submission.job.id)
         created = [job for job, new in answers if new]
         if created:
             self.limits.pending.add(owner, len(created))

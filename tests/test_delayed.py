@@ -40,9 +40,11 @@ async def test_a_delayed_job_survives_a_restart_and_runs_when_due(tmp_path):
 
         await server.start()
         async with server.session() as http:
-            for job_id in (soon, later):  # the same jobs, still waiting, for the same time
-                job = await get(http, job_id)
-                assert (job["status"], job["runAt"], job["attempts"]) == ("pending", before[job_id]["runAt"], 0), job
+            job = await get(http, later)  # the same job, still waiting, for the same time
+            assert (job["status"], job["runAt"], job["attempts"]) == ("pending", before[later]["runAt"], 0), job
+            job = await get(http, soon)  # on a slow machine the restart can outlast its 4 s
+            if job["status"] == "pending":
+                assert (job["runAt"], job["attempts"]) == (before[soon]["runAt"], 0), job
             pending = {j["id"]: j for j in await listed(http, "pending")}
             assert pending[later]["runAt"] == before[later]["runAt"]
             done = await until(http, soon, lambda j: j["status"] in ("completed", "failed"), "to run", timeout=30)
