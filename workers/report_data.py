@@ -256,9 +256,9 @@ def _chart(value: Any, path: str, limits: ReportSettings) -> Chart:
 
 def _object(value: Any, path: str) -> Mapping[str, Any]:
     if value is None:
-        raise ValidationError(path or "data", "is required")
+        raise ValidationError(path, "is required")
     if not isinstance(value, Mapping):
-        raise ValidationError(path or "data", "must be an object")
+        raise ValidationError(path, "must be an object")
     return value
 
 
