@@ -21,7 +21,6 @@ table row has at most as many cells as there are columns (fewer are padded with 
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date
@@ -29,6 +28,7 @@ from typing import Any, Literal
 
 from offload.workers.errors import ValidationError
 from offload.workers.invoice_data import InvoiceSettings
+from offload.workers.invoice_data import _date as _iso_date
 from offload.workers.invoice_model import Paper
 
 Align = Literal["left", "right", "center"]
@@ -36,7 +36,6 @@ ALIGNS: tuple[Align, ...] = ("left", "right", "center")
 KINDS = ("bar", "line")
 #: Bound on a chart value's magnitude, so an axis label stays a number a person can read.
 MAX_VALUE = 1e15
-_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +317,5 @@ def _value(value: Any, path: str) -> float | None:
 
 
 def _date(value: Any, path: str) -> date | None:
-    if value is None:
-        return None
-    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise ValidationError(path, "must be a date as YYYY-MM-DD")
+    """YYYY-MM-DD as the invoice reads it; no date (not today's) when none is given."""
+    return None if value is None else _iso_date(value, path)
