@@ -646,8 +646,10 @@ def _validate_pdf_settings(cfg: Config) -> None:
     """`[jobs.settings.pdf]` belongs to the built-in invoice type, which reads it again at every
     submission and in every job: a bad value stops start-up here instead of failing them all."""
     from offload.workers.invoice_data import InvoiceSettings  # the worker side owns its settings' rules
+    from offload.workers.report_data import ReportSettings
 
     try:
         InvoiceSettings.from_settings(cfg.jobs.settings.get("pdf", {}))
+        ReportSettings.from_settings(cfg.jobs.settings.get("pdf", {}))
     except ValueError as exc:
         raise ConfigError(f"[jobs.settings.pdf] {exc}") from None

@@ -33,7 +33,11 @@ def live_config(make_config) -> Config:  # type: ignore[no-untyped-def]
     # Small invoice limits, so that the fuzzer reaches them (and the bodies beyond them) often.
     return make_config(workers={"processes": 1, "modules": ()}, limits={"submit_burst": 100_000},
                        jobs={"settings": {"pdf": {"currency": "EUR", "max_items": 5, "max_text_length": 40,
-                                                  "max_notes_length": 200}}}, **TOKENS)
+                                                  "max_notes_length": 200,
+                                                  "report": {"max_sections": 3, "max_paragraphs": 3,
+                                                             "max_paragraph_length": 40, "max_text_length": 20,
+                                                             "max_columns": 3, "max_table_rows": 4,
+                                                             "max_series": 2, "max_points": 4}}}}, **TOKENS)
 
 
 @pytest.fixture
@@ -120,6 +124,28 @@ def _rules_beyond_the_schema(case: Any, used_keys: set[str]) -> bool:
     return reused
 
 
+def _report_breaks_a_rule_in_prose(submission: Any) -> bool:
+    """A report's rules across fields, which its schema states in prose (workers/report_schema.py):
+    a row has at most one cell per column, `align` at most one entry per column, a series one
+    value per category."""
+    data = submission.get("data") if isinstance(submission, dict) else None
+    if not isinstance(data, dict) or data.get("type") != "report" or not isinstance(data.get("sections"), list):
+        return False
+    for section in data["sections"]:
+        table = section.get("table") if isinstance(section, dict) else None
+        if isinstance(table, dict) and isinstance(table.get("columns"), list):
+            width = len(table["columns"])
+            if any(isinstance(row, list) and len(row) > width for row in table.get("rows") or ()) or \
+                    len(table.get("align") or ()) > width:
+                return True
+        chart = section.get("chart") if isinstance(section, dict) else None
+        if isinstance(chart, dict) and isinstance(chart.get("categories"), list):
+            if any(isinstance(series, dict) and isinstance(series.get("values"), list)
+                   and len(series["values"]) != len(chart["categories"]) for series in chart.get("series") or ()):
+                return True
+    return False
+
+
 def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
     """The batch's form of the same rule: a job's key used before (in this batch or an
     earlier request) with another body is refused, and nothing of the batch is stored."""
@@ -139,8 +165,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
     assert served == orjson.loads(orjson.dumps(build_spec(live_config, Registry.from_modules(live_config.workers.modules))))
-    assert served["components"]["schemas"]["Submission"]["oneOf"][0]["properties"]["data"]["properties"][
-        "items"]["maxItems"] == 5  # the configured limit, not the default
+    assert served["components"]["schemas"]["Submission"]["oneOf"][0]["properties"]["data"]["oneOf"][0][
+        "properties"]["items"]["maxItems"] == 5  # the configured limit, not the default
     # The token given as the document's bearer scheme, so that schemathesis knows the
     # requests it sends are authenticated (and judges each by what it really sends).
     schema = schemathesis.openapi.from_dict(served, config=SchemathesisConfig.from_dict(
@@ -162,9 +188,11 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
         @given(case=operation.as_strategy(mode))
         def check(case: Any) -> None:
             if operation.label == "POST /api/jobs":  # noqa: B023 (called at once, below)
-                beyond = _rules_beyond_the_schema(case, used_keys)
+                beyond = _rules_beyond_the_schema(case, used_keys) | _report_breaks_a_rule_in_prose(case.body)
             elif operation.label == "POST /api/jobs/batch":  # noqa: B023
-                beyond = _batch_reuses_keys(case, used_keys)
+                jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+                beyond = _batch_reuses_keys(case, used_keys) | any(
+                    _report_breaks_a_rule_in_prose(job) for job in (jobs if isinstance(jobs, list) else ()))
             else:  # a cursor is opaque: only one this server gave out is one (tests/test_api.py)
                 beyond = bool((case.query or {}).get("cursor"))
             excluded = [st_checks.positive_data_acceptance] if beyond else []

@@ -201,8 +201,11 @@ def _read_settings(cls: type[InvoiceSettings], settings: Mapping[str, Any]) -> I
     raw = dict(settings)
     seller_raw = _table(raw.pop("seller", None), "seller")
     labels_raw = _table(raw.pop("labels", None), "labels")
+    raw.pop("report", None)  # the report's own limits: `report_data.ReportSettings` reads them
     for key in list(raw):
-        if key not in known and key.startswith("seller_"):
+        if key.startswith("report_"):
+            del raw[key]
+        elif key not in known and key.startswith("seller_"):
             seller_raw[key[len("seller_"):]] = raw.pop(key)
         elif key not in known and key.startswith("labels_"):
             labels_raw[key[len("labels_"):]] = raw.pop(key)

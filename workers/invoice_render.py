@@ -185,6 +185,11 @@ def _metadata(canvas: Canvas, invoice: Invoice, created: datetime) -> None:
     canvas.setCreator("offload")
     canvas.setProducer(PRODUCER)
     canvas.setKeywords("")
+    set_created(canvas, created)
+
+
+def set_created(canvas: Canvas, created: datetime) -> None:
+    """The document's creation date, in place of reportlab's invariant one (2000-01-01)."""
     stamp = TimeStamp(invariant=True)
     utc = created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
     stamp.t = utc.timestamp()

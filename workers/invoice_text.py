@@ -220,6 +220,19 @@ class Fonts:
             if self._family_of(char) is None and not _ignorable(char):
                 raise MissingGlyph(char, field)
 
+    def covering(self, texts: Iterable[str], bold: bool = False) -> str | None:
+        """The reportlab name of the first face that has every character of `texts` (spaces
+        and other ignorable characters aside), for drawing that cannot switch fonts within a
+        string (chart labels); None when no one face has them all."""
+        needed = {ord(c) for text in texts for c in text if not _ignorable(c) and not c.isspace()}
+        if not self._families:
+            return (HELVETICA_BOLD if bold else HELVETICA) if all(code <= 0xFF for code in needed) else None
+        for family in self._families:
+            faces = family.faces()
+            if faces[0].cmap.issuperset(needed):
+                return faces[1].name if bold and faces[1].cmap.issuperset(needed) else faces[0].name
+        return None
+
     def rtl(self, text: str) -> bool:
         if text.isascii():
             return False
