@@ -161,6 +161,9 @@ def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
     return reused
 
 
+# Fuzzing every operation for every job type's schema is CPU work that grows with the types
+# (about a minute of CPU on a quiet 2-core machine): it gets its own, longer timeout.
+@pytest.mark.timeout(300)
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_server, live_config):
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
