@@ -135,6 +135,13 @@ def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
     return reused
 
 
+def _follows(job: Any) -> bool:
+    """options.after must name the caller's existing jobs (a rule over the server's state,
+    and `#i` within a batch one over its order): tests/test_after.py checks it."""
+    options = job.get("options") if isinstance(job, dict) else None
+    return isinstance(options, dict) and bool(options.get("after"))
+
+
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_server, live_config):
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
@@ -162,9 +169,11 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
         @given(case=operation.as_strategy(mode))
         def check(case: Any) -> None:
             if operation.label == "POST /api/jobs":  # noqa: B023 (called at once, below)
-                beyond = _rules_beyond_the_schema(case, used_keys)
+                beyond = _rules_beyond_the_schema(case, used_keys) or _follows(case.body)
             elif operation.label == "POST /api/jobs/batch":  # noqa: B023
-                beyond = _batch_reuses_keys(case, used_keys)
+                jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+                beyond = _batch_reuses_keys(case, used_keys) or any(_follows(j) for j in jobs or [] if
+                                                                     isinstance(jobs, list))
             else:  # a cursor is opaque: only one this server gave out is one (tests/test_api.py)
                 beyond = bool((case.query or {}).get("cursor"))
             excluded = [st_checks.positive_data_acceptance] if beyond else []
