@@ -2,15 +2,20 @@
 inputs, failure and cancel cascades, batches, refusals, restarts and the events clients see."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import os
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from offload import AsyncClient
 from offload.service.models import Job, JobStatus, new_job_id, now_ms
 from offload.service.store import open_store
 from offload.service.store.sqlite import SCHEMA_VERSION
@@ -307,3 +312,30 @@ async def test_a_schema_3_file_gains_the_dependency_columns(tmp_path: Path) -> N
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+# ---- the clients ------------------------------------------------------------------------------------
+async def test_the_python_client_and_the_cli_pass_after(server, tmp_path: Path) -> None:
+    url = str(server.make_url("")).rstrip("/")
+    gate = tmp_path / "gate"
+    async with AsyncClient(url) as offload:
+        parent = await offload.submit("test.steps", {"n": 1, "gate": str(gate)})
+        child = await offload.submit("after.inputs", {"tag": "client"}, after=[parent.id], after_failed="run")
+        assert child.waiting_for == (parent.id,) and child.after_failed == "run"
+        data = tmp_path / "x.json"
+        data.write_text('{"tag": "cli"}')
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "offload", "submit", "after.inputs", "--url", url, "--data", f"@{data}",
+            "--after", f"{parent.id},{child.id}", "--wait", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")})
+        await eventually(lambda: _waiting(offload), 30, "the CLI's job waiting")
+        gate.touch()
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr
+        seen = json.loads(stdout)
+        assert [i["id"] for i in seen["inputs"]] == [parent.id, child.id] and seen["tag"] == "cli"
+
+
+async def _waiting(offload: Any) -> bool:
+    jobs = [job async for job in offload.jobs()]
+    return any(job.after and len(job.after) == 2 and job.waiting_for for job in jobs)

@@ -642,7 +642,7 @@ class SQLiteStore(Store):
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
-    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool, int]]:
+    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool | None, int]]:
         mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
         pending = "jobs_due" if owner is None else "jobs_fair"
         rows = await self._read(
@@ -704,7 +704,7 @@ class SQLiteStore(Store):
             emitted = len(self._changes)
             db.execute("SAVEPOINT create_many")
             try:
-                answers = []
+                answers: list[tuple[Job, bool]] = []
                 for index, (job, request_hash) in enumerate(jobs):
                     try:
                         answers.append(self._insert_row(db, batch_refs(job, [a.id for a, _ in answers]),
@@ -778,7 +778,8 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    def _begin_transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Awaitable[Job | None]:
+    def _begin_transition(self, job_id: str, fence: Fence,
+                          change: Change | Decide | WithParents) -> Awaitable[Job | None]:
         where, fence_params = _fence_sql(fence)
 
         def op(db: sqlite3.Connection) -> Job | None:
@@ -1059,16 +1060,17 @@ def _fence_sql(fence: Fence) -> tuple[str, list[Any]]:
 
 
 def _apply(db: sqlite3.Connection, job_id: str, where: str, where_params: list[Any], change: Change,
-           changes: list[StoreChange]) -> Job | None:
+           changes: list[StoreChange], *, follow: bool = True) -> Job | None:
     """Write `change` to the job if its row matches `where`; the new job (a change, recorded
-    in `changes`), or None. A corrupt row is failed instead (also a change) and None returned."""
+    in `changes`), or None. A corrupt row is failed instead (also a change) and None returned.
+    A job that ends takes its children along (`_follow`; `follow=False`: the caller does)."""
     sets, params = _assignments(change)
     jobs = _guarded(db, lambda: db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {where} RETURNING {_COLS}",
                                            (*params, job_id, *where_params)).fetchall(), changes)
     if not jobs:
         return None
     changes.append(jobs[0])
-    if jobs[0].status.terminal:
+    if follow and jobs[0].status.terminal:
         _follow(db, jobs[0], changes)
     return jobs[0]
 
@@ -1083,23 +1085,21 @@ def _follow(db: sqlite3.Connection, ended: Job, changes: list[StoreChange]) -> N
         job = queue.pop(0)
         if job.after:
             db.execute("DELETE FROM job_deps WHERE child = ?", (job.id,))
-        while True:  # until the children decode: each pass fails the corrupt ones it found
-            children = _guarded(db, lambda job=job: db.execute(
-                f"SELECT {_COLS} FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = ?) "
-                "AND status = 'pending'", (job.id,)).fetchall(), changes)
-            if children is not None:
-                break
+        children: list[Job] | None = None
+        while children is None:  # until the children decode: each pass fails the corrupt ones it found
+            children = _guarded(db, functools.partial(_children_of, db, job.id), changes)
         for child in children:
             change = follow_change(child, job)
             if change is None:
                 continue
-            sets, params = _assignments({**change, "seq": BUMP})
-            rows = _guarded(db, lambda: db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND status = 'pending' "
-                                                   f"RETURNING {_COLS}", (*params, child.id)).fetchall(), changes)
-            if rows:
-                changes.append(rows[0])
-                if rows[0].status.terminal:
-                    queue.append(rows[0])
+            followed = _apply(db, child.id, "status = 'pending'", [], {**change, "seq": BUMP}, changes, follow=False)
+            if followed is not None and followed.status.terminal:
+                queue.append(followed)
+
+
+def _children_of(db: sqlite3.Connection, job_id: str) -> list[sqlite3.Row]:
+    return db.execute(f"SELECT {_COLS} FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = ?) "
+                      "AND status = 'pending'", (job_id,)).fetchall()
 
 
 def _parents(db: sqlite3.Connection, job: Job, marked: list[StoreChange]) -> dict[str, Job]:
