@@ -973,16 +973,23 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
         row = db.execute("SELECT MIN(owner) FROM jobs INDEXED BY jobs_fair WHERE status = 'pending' AND owner > ?",
                          (row[0],)).fetchone()
     # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
-    due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ? AND lease_owner IS NULL"
-           f"{type_filter} "
-           "ORDER BY priority, due_at, pos")
     if len(owners) <= 1 and not cap:  # nobody to share with (single-user mode): plain priority order
-        plain = [r[0] for r in db.execute(f"SELECT pos {due} LIMIT ?", (now, *type_params, limit))]
+        # One seek per priority: a walk in (priority, due_at) order would read every job not
+        # due yet at a better priority first (delayed ones, and jobs waiting for others).
+        per_priority = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT pos, priority, due_at FROM jobs INDEXED BY jobs_due WHERE status = 'pending' "
+            f"AND priority = {int(p)} AND due_at <= ? AND lease_owner IS NULL{type_filter} "
+            "ORDER BY due_at, pos LIMIT ?)" for p in Priority)
+        plain = [r[0] for r in db.execute(f"SELECT pos FROM ({per_priority}) ORDER BY priority, due_at, pos LIMIT ?",
+                                          (*((now, *type_params, limit) * len(Priority)), limit))]
         if plain:
             served.mark(owners[0])
         return plain
-    top = db.execute(f"SELECT priority {due} LIMIT 1", (now, *type_params)).fetchone()
-    if top is None:
+    top = db.execute("SELECT MIN(priority) FROM (" + " UNION ALL ".join(
+        f"SELECT * FROM (SELECT priority FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND priority = {int(p)} "
+        f"AND due_at <= ? AND lease_owner IS NULL{type_filter} LIMIT 1)" for p in Priority) + ")",
+        (now, *type_params) * len(Priority)).fetchone()
+    if top[0] is None:
         return []
     running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs INDEXED BY jobs_lease WHERE status = 'running' "
                               "GROUP BY owner").fetchall())
@@ -1098,8 +1105,10 @@ def _follow(db: sqlite3.Connection, ended: Job, changes: list[StoreChange]) -> N
 
 
 def _children_of(db: sqlite3.Connection, job_id: str) -> list[sqlite3.Row]:
-    return db.execute(f"SELECT {_COLS} FROM jobs WHERE id IN (SELECT child FROM job_deps WHERE parent = ?) "
-                      "AND status = 'pending'", (job_id,)).fetchall()
+    # CROSS JOIN fixes the order: the seek on job_deps first (most jobs have no child), not a
+    # walk of every pending job that the planner would otherwise pick for `status = 'pending'`.
+    return db.execute(f"SELECT {_COLS} FROM job_deps CROSS JOIN jobs ON jobs.id = job_deps.child "
+                      "WHERE job_deps.parent = ? AND jobs.status = 'pending'", (job_id,)).fetchall()
 
 
 def _parents(db: sqlite3.Connection, job: Job, marked: list[StoreChange]) -> dict[str, Job]:
