@@ -2,19 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 from offload.workers.errors import PermanentError
 from offload.workers.registry import FileOutput, job_type
-
-
-def _wait_for(gate: str | None, ctx) -> None:
-    if gate:
-        deadline = time.monotonic() + 30
-        while not Path(gate).exists() and time.monotonic() < deadline:
-            ctx.check_cancelled()
-            time.sleep(0.005)
+from tests.jobtypes import _wait_for
 
 
 @job_type("after.inputs")
