@@ -275,12 +275,15 @@ class AsyncClient:
     async def submit(self, type: str, data: Any, **options: Any) -> Job:
         """Submit a job; returns it as stored. Keywords: `priority`, `max_retries`,
         `retry_delay`, `timeout` and `delay` (seconds), `run_at` (a datetime, naive means
-        UTC, or an ISO string), `idempotency_key`."""
+        UTC, or an ISO string), `idempotency_key`, `after` (ids of your jobs it waits for:
+        it starts once they all completed) and `after_failed` ("cancel" or "run": what one of
+        them failing does to it)."""
         return await self.get(await self.submit_id(type, data, **options))
 
     async def submit_id(self, type: str, data: Any, *, priority: str | None = None, max_retries: int | None = None,
                         retry_delay: float | None = None, timeout: float | None = None, delay: float | None = None,
-                        run_at: datetime | str | None = None, idempotency_key: str | None = None) -> str:
+                        run_at: datetime | str | None = None, idempotency_key: str | None = None,
+                        after: list[str] | tuple[str, ...] | str | None = None, after_failed: str | None = None) -> str:
         """`submit` without reading the stored job back: the new job's id, one request."""
         options: dict[str, Any] = {"idempotencyKey": idempotency_key or f"client-{uuid.uuid4().hex}"}
         if priority is not None:
@@ -292,6 +295,10 @@ class AsyncClient:
                 options[key] = round(seconds * 1000)
         if run_at is not None:
             options["runAt"] = _iso(run_at)
+        if after:
+            options["after"] = [after] if isinstance(after, str) else list(after)
+        if after_failed is not None:
+            options["afterFailed"] = after_failed
         answer = await self._json("POST", "/api/jobs", json={"type": type, "data": data, "options": options})
         return str(answer["jobId"])
 

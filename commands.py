@@ -77,6 +77,10 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("--max-retries", type=int, metavar="N", help="attempts after the first (0-10)")
     submit.add_argument("--timeout", type=float, metavar="S", help="seconds an attempt may run")
     submit.add_argument("--delay", type=float, metavar="S", help="seconds to wait before the job may start")
+    submit.add_argument("--after", action="append", metavar="ID",
+                        help="start once this job of yours completed (repeat, or separate ids with commas)")
+    submit.add_argument("--after-failed", choices=("cancel", "run"),
+                        help="when a job it follows fails or is cancelled: cancel this one (default) or run it anyway")
     submit.add_argument("--idempotency-key", metavar="K", help="a second submission with this key answers the first job")
     submit.add_argument("--wait", action="store_true",
                         help="follow the job with a progress bar, then write its result (exit code as below)")
@@ -178,7 +182,9 @@ def _write(stream: TextIO, text: str) -> None:
 async def _submit(client: AsyncClient, args: argparse.Namespace, out: Output) -> int:
     data = read_data(args.data)
     job = await client.submit(args.type, data, priority=args.priority, max_retries=args.max_retries,
-                              timeout=args.timeout, delay=args.delay, idempotency_key=args.idempotency_key)
+                              timeout=args.timeout, delay=args.delay, idempotency_key=args.idempotency_key,
+                              after=[i.strip() for ids in args.after or () for i in ids.split(",") if i.strip()],
+                              after_failed=args.after_failed)
     if not args.wait:
         out.line(job.id)
         return OK

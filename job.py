@@ -62,6 +62,10 @@ class Job:
     result: JobResult | None = None
     #: True while a cancel was asked for and the running attempt is still stopping (DELETE's 202).
     cancel_requested: bool = False
+    #: The jobs this one follows (`after`), what a failed one does to it, and those it still waits for.
+    after: tuple[str, ...] = ()
+    after_failed: str = "cancel"
+    waiting_for: tuple[str, ...] = ()
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Job:
@@ -78,6 +82,8 @@ class Job:
             if isinstance(error, dict) else None,
             result=_result(result) if isinstance(result, dict) else None,
             cancel_requested=bool(wire.get("cancelRequested", False)),
+            after=tuple(wire.get("after") or ()), after_failed=str(wire.get("afterFailed") or "cancel"),
+            waiting_for=tuple(wire.get("waitingFor") or ()),
         )
 
 
@@ -92,6 +98,7 @@ class Job:
             "error": {"type": self.error.type, "message": self.error.message} if self.error else None,
             "result": _wire_result(self.result) if self.result is not None else None,
             "cancelRequested": self.cancel_requested,
+            "after": list(self.after), "afterFailed": self.after_failed, "waitingFor": list(self.waiting_for),
         }
         return wire
 

@@ -39,6 +39,8 @@ from offload.workers.runtime import is_media_type
 routes = web.RouteTableDef()
 #: `GET /api/jobs?status=scheduled`: the pending jobs not due yet (a filter, not a job status).
 SCHEDULED = "scheduled"
+#: `GET /api/jobs?status=waiting`: the pending jobs that wait for other jobs (`options.after`).
+WAITING = "waiting"
 JOB_ID = re.compile(JOB_ID_PATTERN)
 MAX_PAGE = 200
 
@@ -121,13 +123,14 @@ async def submit_batch(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query
     status = None
-    scheduled = query.get("status") == SCHEDULED
+    waiting = query.get("status") == WAITING
+    scheduled = query.get("status") == SCHEDULED or waiting
     if query.get("status") and not scheduled:
         try:
             status = JobStatus(query["status"])
         except ValueError:
-            raise Invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)} "
-                                    f"or {SCHEDULED}") from None
+            raise Invalid("status", f"must be one of {', '.join(s.value for s in JobStatus)}, "
+                                    f"{SCHEDULED} or {WAITING}") from None
     limit = 50
     if query.get("limit"):
         digits = query["limit"]  # ASCII digits only: int() would also take " 5", "+5", "1_0"
@@ -138,7 +141,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         if scheduled:
             page = await request.app[STORE].list_scheduled(owner_of(request), request.app[CLOCK].now(),
                                                            type=query.get("type") or None, limit=limit,
-                                                           cursor=query.get("cursor") or None)
+                                                           cursor=query.get("cursor") or None, waiting=waiting)
         else:
             page = await request.app[STORE].list_jobs(owner_of(request), status=status,
                                                       type=query.get("type") or None, limit=limit,

@@ -123,6 +123,8 @@ class LimitsConfig:
     max_pending_per_user: int = 10_000
     #: Jobs one `POST /api/jobs/batch` may carry (422 naming the limit beyond).
     max_batch_jobs: int = 1000
+    #: Jobs one job may follow (`options.after` with those its `data` names; 422 beyond).
+    max_after: int = 50
     #: Jobs one user may have running at once (the rest wait their turn); 0 = no cap.
     max_running_per_user: int = 0
     #: Open WebSocket connections per user (429 beyond).
@@ -587,6 +589,7 @@ def validate(cfg: Config) -> None:
         (cfg.limits.submit_rate > 0, "[limits] submit_rate must be > 0"),
         (cfg.limits.submit_burst >= 1, "[limits] submit_burst must be >= 1"),
         (cfg.limits.max_batch_jobs >= 1, "[limits] max_batch_jobs must be >= 1"),
+        (cfg.limits.max_after >= 1, "[limits] max_after must be >= 1"),
         (cfg.limits.max_pending_per_user >= 0, "[limits] max_pending_per_user must be >= 0 (0 = no cap)"),
         (cfg.limits.max_websockets_per_user >= 1, "[limits] max_websockets_per_user must be >= 1"),
         (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),

@@ -95,6 +95,19 @@ def iso(ms: int | None) -> str | None:
             f".{millis:03d}Z")
 
 
+#: The due time of a job that waits for other jobs (`options.after`) is this offset plus the
+#: time it would be due otherwise (its `delay` or `runAt`, or its creation): never due, so the
+#: claim, which reads due jobs on an index, passes waiting jobs over at no cost, and the wait
+#: keeps the job's own due time for when its last parent completes (`store.base.release_due`).
+#: 2**50 ms is beyond the year 37,000; a real due time (at most the year 9999) stays below it.
+WAITING_DUE = 1 << 50
+
+
+def own_due(due_at: int) -> int:
+    """The time a job is due by its own options, waiting or not."""
+    return due_at - WAITING_DUE if due_at >= WAITING_DUE else due_at
+
+
 #: What every job id looks like (`new_job_id`): the path check and the OpenAPI document use it.
 JOB_ID_PATTERN = r"^job_[a-z2-7]{24}$"
 
@@ -133,6 +146,12 @@ class Job:
     #: A cancel was requested while the job ran: its attempt is being stopped, and whatever
     #: it ends as (except completed) becomes cancelled.
     cancel_requested: bool = False
+    #: The jobs this one follows (`options.after` and its type's `needs`), in order, and what
+    #: a parent's failure does to it: "cancel" (default) or "run".
+    after: tuple[str, ...] = ()
+    after_failed: str = "cancel"
+    #: The parents it still waits for, while pending (it is not due until this is empty).
+    waiting_for: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.due_at:
@@ -157,8 +176,12 @@ class Job:
             "startedAt": iso(self.started_at),
             "completedAt": iso(self.completed_at),
             # Only a waiting job has a time to wait for: once claimed, a delay or a retry is over.
-            "runAt": iso(self.due_at) if self.status is JobStatus.PENDING and self.due_at > self.created_at else None,
+            "runAt": iso(own_due(self.due_at)) if self.status is JobStatus.PENDING
+            and own_due(self.due_at) > self.created_at else None,
             "error": self.error,
             "result": result,
             "cancelRequested": self.cancel_requested,
+            "after": list(self.after),
+            "afterFailed": self.after_failed,
+            "waitingFor": list(self.waiting_for) if self.status is JobStatus.PENDING else [],
         }

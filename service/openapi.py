@@ -64,7 +64,8 @@ SCHEMAS: dict[str, Any] = {
     "Job": {
         "type": "object",
         "required": ["id", "type", "status", "priority", "progress", "message", "attempts", "maxRetries", "seq",
-                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result", "cancelRequested"],
+                     "createdAt", "startedAt", "completedAt", "runAt", "error", "result", "cancelRequested",
+                     "after", "afterFailed", "waitingFor"],
         "properties": {
             "id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "type": {"type": "string"},
@@ -88,6 +89,12 @@ SCHEMAS: dict[str, Any] = {
                                                              "innermost 50 frames, at most the last 8192 characters"}}}),
             "result": {"nullable": True, "description": "the job type's JSON result; for a file: filename, "
                        "contentType, size and url (GET it for the bytes)"},
+            "after": {"type": "array", "items": {"type": "string", "pattern": JOB_ID_PATTERN},
+                      "description": "the jobs this one follows (options.after, then those its data names)"},
+            "afterFailed": {"type": "string", "enum": ["cancel", "run"],
+                            "description": "what a parent that failed or was cancelled does to this job"},
+            "waitingFor": {"type": "array", "items": {"type": "string", "pattern": JOB_ID_PATTERN},
+                           "description": "while pending: the parents it still waits for (it is not due before)"},
         },
     },
     "Submission": {
@@ -112,6 +119,14 @@ SCHEMAS: dict[str, Any] = {
             "idempotencyKey": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
                                "nullable": True,
                                "description": "must equal the Idempotency-Key header when both are given"},
+            "after": {"type": "array", "nullable": True, "maxItems": 50,
+                      "items": {"type": "string", "pattern": r"^(job_[a-z2-7]{24}|#(0|[1-9][0-9]{0,8}))$"},
+                      "description": "ids of your jobs this one waits for: it starts once all completed. In a "
+                                     "batch, #i names the batch's job i, which must come before this one. An "
+                                     "id that is not one of your jobs is a 422. At most [limits] max_after"},
+            "afterFailed": {"type": "string", "enum": ["cancel", "run"], "nullable": True,
+                            "description": "cancel (default): a parent that failed or was cancelled cancels this "
+                                           "job (DependencyFailed); run: it runs anyway"},
         },
         # delay and runAt exclude each other (a null one is not given)
         "not": {"required": ["delay", "runAt"],
@@ -148,6 +163,8 @@ SCHEMAS: dict[str, Any] = {
             "queue": {"type": "object", "description": "pending jobs due now, per priority",
                       "additionalProperties": {"type": "integer", "minimum": 0}},
             "delayed": {"type": "integer", "minimum": 0, "description": "pending jobs not yet due"},
+            "waiting": {"type": "integer", "minimum": 0,
+                        "description": "pending jobs that wait for other jobs (options.after)"},
             "recent": {"type": "object", "description": "jobs finished in the last hour and today (UTC), by "
                                                         "status, with the error rate (failed / completed + failed)"},
             "types": {"type": "object", "description": "per job type, over the recent window: jobs finished and "
@@ -215,8 +232,10 @@ SPEC: dict[str, Any] = {
                     # the default limit (50), the first page.
                     {"name": "status", "in": "query", "schema": {
                         "type": "string",
-                        "enum": ["", "pending", "running", "completed", "failed", "cancelled", "scheduled"]},
-                     "description": "`scheduled`: the pending jobs not due yet (`delay`, `runAt`, a retry's backoff)"},
+                        "enum": ["", "pending", "running", "completed", "failed", "cancelled", "scheduled",
+                                 "waiting"]},
+                     "description": "`scheduled`: the pending jobs not due yet (`delay`, `runAt`, a retry's "
+                                    "backoff); `waiting`: the pending jobs that wait for other jobs (`after`)"},
                     {"name": "type", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"anyOf": [
                         {"type": "integer", "minimum": 1, "maximum": 200}, {"type": "string", "enum": [""]}]}},
@@ -382,6 +401,7 @@ def build_spec(config: Config, registry: Registry) -> dict[str, Any]:
     spec = copy.deepcopy(SPEC)
     spec["components"]["schemas"]["Submission"]["oneOf"] = submission_branches(config, registry)
     spec["components"]["schemas"]["Batch"]["properties"]["jobs"]["maxItems"] = config.limits.max_batch_jobs
+    spec["components"]["schemas"]["Options"]["properties"]["after"]["maxItems"] = config.limits.max_after
     return spec
 
 

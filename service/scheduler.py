@@ -23,11 +23,12 @@ from typing import Any
 from offload.service.config import Config
 from offload.service.errors import OffloadError, StoreUnavailable
 from offload.service.models import Clock, Job, JobStatus
-from offload.service.endings import EndingKind, Outcome, StopReason, decide
+from offload.service.endings import EndingKind, Outcome, OutcomeKind, StopReason, decide
 from offload.service.pool import Slot, WorkerPool
 from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
+from offload.workers.context import Input
 from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
@@ -322,13 +323,19 @@ class Scheduler:
         timeout_ms = job.timeout_ms or self.config.jobs.timeout_ms
         settings = self.config.jobs.settings.get(job.type, {})
         try:
-            timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry, StopReason.TIMEOUT)
             try:
-                outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                                 str(self.config.results_path), self._progress_of(job),
-                                                 self._extras_of(job))
-            finally:
-                timer.cancel()
+                extras = await self._extras_of(job)
+            except OffloadError as exc:  # the store did not answer: this attempt fails, and may retry
+                entry.runner.unreserve([slot])
+                outcome = Outcome(OutcomeKind.FAILED, error={"type": "InputsUnavailable", "message": exc.message})
+            else:
+                timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry,
+                                                              StopReason.TIMEOUT)
+                try:
+                    outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
+                                                     str(self.config.results_path), self._progress_of(job), extras)
+                finally:
+                    timer.cancel()
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._record(entry, outcome)
         except Exception:
@@ -339,9 +346,27 @@ class Scheduler:
             entry.done.set()
             self._wake.set()
 
-    def _extras_of(self, job: Job) -> dict[str, Any] | None:
-        """What the attempt's `Context` gets besides the data (`Runner.run`'s `extras`)."""
-        return None
+    async def _extras_of(self, job: Job) -> dict[str, Any] | None:
+        """What the attempt's `Context` gets besides the data (`Runner.run`'s `extras`):
+        `inputs`, the jobs it followed in the order they were named (`ctx.inputs`), each with
+        its result as stored and the absolute path of its result file. They are read now:
+        a job that follows is only due once every parent ended, and a parent is kept
+        (retention) while a job that follows it is unfinished. A failed or cancelled parent
+        is an input only for a job that runs anyway (`afterFailed = "run"`)."""
+        if not job.after:
+            return None
+        parents = await self.store.get_many(job.after, job.owner)
+        results = Path(self.config.results_path).absolute()
+        inputs = []
+        for job_id in job.after:
+            parent = parents.get(job_id)
+            if parent is None:  # deleted before this job was retried
+                continue
+            file = (parent.result or {}).get("file")
+            path = str(results / file) if isinstance(file, str) and parent.status is JobStatus.COMPLETED else None
+            inputs.append(Input(parent.id, parent.type, parent.result if parent.status is JobStatus.COMPLETED
+                                else None, path, parent.status.value, parent.error).to_json())
+        return {"inputs": inputs}
 
     def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:

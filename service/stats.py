@@ -300,16 +300,18 @@ class Statistics:
         labels = [p.label for p in Priority]
         by_priority = {label: {"pending": 0, "running": 0} for label in labels}
         queue = dict.fromkeys(labels, 0)
-        delayed = 0
+        delayed = waiting = 0
         for status, priority, due, count in rows:
             label = Priority(priority).label
             by_priority[label][status] += count
             if status == "pending":
-                if due:
+                if due is None:  # waits for other jobs (`options.after`)
+                    waiting += count
+                elif due:
                     queue[label] += count
                 else:
                     delayed += count
-        return {"byPriority": by_priority, "queue": queue, "delayed": delayed}
+        return {"byPriority": by_priority, "queue": queue, "delayed": delayed, "waiting": waiting}
 
     # ---- the answer ------------------------------------------------------------------------------
     def recent(self, owner: str | None) -> dict[str, Any]:

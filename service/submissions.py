@@ -13,6 +13,13 @@ is read first), then the rate (one token per job) and the owner's pending cap (t
 must fit), then every job is validated (422 naming `jobs[i].…`), then the global cap, and
 all of them are stored in one transaction. All or nothing: one invalid job, or one
 idempotency key reused with another request, refuses the whole batch and stores nothing.
+
+A job that follows others (`options.after`) is checked against its parents in the
+transaction that stores it: a parent that is not the owner's (unknown, or another user's:
+the same answer) is a 422 naming `options.after[i]`, and nothing is stored. A batch job may
+follow an earlier job of its batch as `#i`; naming itself or a later one is refused, so a
+batch holds no cycle (and no other request can make one: a job follows only jobs that
+existed before it).
 """
 from __future__ import annotations
 
@@ -22,10 +29,11 @@ from typing import Any
 from offload.service.config import Config
 from offload.service.errors import Invalid, ShuttingDown, TooManyRequests
 from offload.service.limits import Limits
-from offload.service.models import Job
+from offload.service.models import Job, JobStatus
 from offload.service.scheduler import Scheduler
 from offload.service.store import IdempotencyMismatch, Store
-from offload.service.validation import parse_submission
+from offload.service.store.base import UnknownParent
+from offload.service.validation import Submission, parse_submission
 from offload.workers.registry import Registry
 
 #: What a client at its pending cap is told to wait: jobs start within seconds when workers are free.
@@ -76,9 +84,11 @@ class Submissions:
             job, created = await self.store.create(submission.job, submission.request_hash)
         except IdempotencyMismatch as exc:
             raise Invalid("idempotencyKey", f"was already used for job {exc.job.id} with a different request") from None
+        except UnknownParent as exc:
+            raise unknown_parent(submission, exc) from None
         finally:
             self.scheduler.settled(submission.job.id)
-        if created:
+        if created and job.status is JobStatus.PENDING:  # not one cancelled at once by a failed parent
             self.limits.pending.add(job.owner)
         return job, created
 
@@ -101,7 +111,8 @@ class Submissions:
         submissions = []
         for index, body in enumerate(bodies):
             try:
-                submissions.append(parse_submission(body, owner, self.config, now=now, registry=self.registry))
+                submissions.append(parse_submission(body, owner, self.config, now=now, registry=self.registry,
+                                                    batch_index=index))
             except Invalid as exc:
                 field = f"jobs[{index}]" if exc.field == "body" else f"jobs[{index}].{exc.field}"
                 raise Invalid(field, exc.problem) from None
@@ -115,10 +126,20 @@ class Submissions:
         except IdempotencyMismatch as exc:
             raise Invalid(f"jobs[{exc.index}].options.idempotencyKey",
                           f"was already used for job {exc.job.id} with a different request") from None
+        except UnknownParent as exc:
+            assert exc.index is not None
+            error = unknown_parent(submissions[exc.index], exc)
+            raise Invalid(f"jobs[{exc.index}].{error.field}", error.problem) from None
         finally:
             for submission in submissions:
                 self.scheduler.settled(submission.job.id)
-        created = [job for job, new in answers if new]
+        created = [job for job, new in answers if new and job.status is JobStatus.PENDING]
         if created:
             self.limits.pending.add(owner, len(created))
         return answers
+
+
+def unknown_parent(submission: Submission, exc: UnknownParent) -> Invalid:
+    """The one answer for a parent that is not the caller's job: unknown and another user's
+    read alike, so the answer never tells that a job of someone else exists."""
+    return Invalid(submission.after_field(exc.position), f"there is no job {exc.job_id} of yours to follow")

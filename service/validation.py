@@ -15,11 +15,16 @@ import orjson
 
 from offload.service.config import Config
 from offload.service.errors import Invalid
-from offload.service.models import Job, Priority, new_job_id, now_ms
+from offload.service.models import JOB_ID_PATTERN, Job, Priority, new_job_id, now_ms
 from offload.workers.registry import Registry
 from offload.workers.errors import ValidationError
 
-OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey"}
+OPTION_KEYS = {"priority", "maxRetries", "retryDelay", "timeout", "delay", "runAt", "idempotencyKey", "after",
+               "afterFailed"}
+#: What a parent that failed or was cancelled does to a job that follows it (`options.afterFailed`).
+AFTER_FAILED = ("cancel", "run")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+_BATCH_REF = re.compile(r"#(0|[1-9][0-9]{0,8})")
 MAX_DELAY_MS = 365 * 24 * 3600 * 1000
 #: The bounds of the whole-number options, in one place for the check and the OpenAPI document.
 INT_OPTIONS = {"maxRetries": (0, 10), "retryDelay": (0, 3_600_000), "timeout": (1, 24 * 3600 * 1000),
@@ -34,6 +39,47 @@ _RUN_AT_PROBLEM = "must be an RFC 3339 date-time string with an offset, such as 
 class Submission:
     job: Job
     request_hash: str | None
+    #: The field that named each of `job.after`, for a 422 about it (`after_field`).
+    after_fields: tuple[str, ...] = ()
+
+    def after_field(self, position: int) -> str:
+        return self.after_fields[position] if position < len(self.after_fields) else "options.after"
+
+
+def _after(options: dict[str, Any], needs: list[str], max_after: int,
+           batch_index: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The jobs a submission follows, `options.after` then those its type's `needs` found in
+    its data, each once in the order first named, with the field that named each. Ids are
+    checked for shape only here; whether each is the owner's job is known in the store's
+    transaction (`store.base.UnknownParent`). In a batch (`batch_index`), `#i` names the
+    batch's job `i`, which must come before this one."""
+    given = options.get("after")
+    if given is None:
+        given = []
+    if not isinstance(given, list):
+        raise Invalid("options.after", 'must be an array of job ids, such as ["job_…"]')
+    named: dict[str, str] = {}
+    for position, job_id in enumerate(given):
+        field = f"options.after[{position}]"
+        if isinstance(job_id, str) and _BATCH_REF.fullmatch(job_id):
+            if batch_index is None:
+                raise Invalid(field, "#i names a job of the same batch; use it in POST /api/jobs/batch")
+            if int(job_id[1:]) >= batch_index:
+                raise Invalid(field, f"{job_id} is not an earlier job of this batch: a job can follow only the "
+                                     "jobs before it (no cycles)")
+        elif not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise Invalid(field, "must be a job id (job_…)")
+        named.setdefault(job_id, field)
+    for job_id in needs:
+        if not isinstance(job_id, str) or not (_JOB_ID.match(job_id) or
+                                               (batch_index is not None and _BATCH_REF.fullmatch(job_id)
+                                                and int(job_id[1:]) < batch_index)):
+            raise Invalid("data", f"names {str(job_id)[:80]!r}, which is not a job id")
+        named.setdefault(job_id, "data")
+    if len(named) > max_after:
+        raise Invalid("options.after", f"a job may follow {max_after:,} jobs at most ([limits] max_after); this one "
+                                       f"names {len(named):,} (with those its data names)")
+    return tuple(named), tuple(named.values())
 
 
 def _int(options: dict[str, Any], key: str) -> int | None:
@@ -65,7 +111,7 @@ def _run_at(value: Any) -> int:
 
 
 def parse_submission(body: Any, owner: str, config: Config, idempotency_header: str | None = None,
-                     now: int | None = None, *, registry: Registry) -> Submission:
+                     now: int | None = None, *, registry: Registry, batch_index: int | None = None) -> Submission:
     """`type` and `data` are required and never null; `options` and each option may be
     null, which means "not given" (the default applies), as absent does. `now` is the
     service's clock (`models.Clock`), so due times compare with its claims."""
@@ -116,11 +162,17 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         raise Invalid("options.idempotencyKey", "differs from the Idempotency-Key header")
     key = idempotency_header if key is None else key
 
+    after_failed = options.get("afterFailed")
+    if after_failed is not None and after_failed not in AFTER_FAILED:
+        raise Invalid("options.afterFailed", "must be cancel (the default) or run")
+
     if job_type.validate is not None:
         try:
             job_type.validate(data, config.jobs.settings.get(type_name, {}))
         except ValidationError as exc:
             raise Invalid(f"data.{exc.field}" if exc.field else "data", exc.problem) from None
+    needs = list(job_type.needs(data)) if job_type.needs is not None else []
+    after, after_fields = _after(options, needs, config.limits.max_after, batch_index)
 
     created = now_ms() if now is None else now
     due = created
@@ -133,13 +185,14 @@ def parse_submission(body: Any, owner: str, config: Config, idempotency_header: 
         max_retries=config.jobs.max_retries if max_retries is None else max_retries,
         retry_delay_ms=config.jobs.retry_delay_ms if retry_delay is None else retry_delay,
         timeout_ms=timeout, created_at=created, due_at=due, idempotency_key=key,
+        after=after, after_failed=after_failed or "cancel",
     )
     fingerprint = None
     if key is not None:  # only a keyed submission is ever compared with an earlier one
         fingerprint = hashlib.sha256(orjson.dumps([type_name, data, {k: v for k, v in options.items()
                                                                       if k != "idempotencyKey" and v is not None}],
                                                   option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return Submission(job, fingerprint)
+    return Submission(job, fingerprint, after_fields)
 
 
 def check_depth(value: Any, max_depth: int, field: str = "data") -> None:

@@ -161,6 +161,13 @@ def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
     return reused
 
 
+def _follows(job: Any) -> bool:
+    """options.after must name the caller's existing jobs (a rule over the server's state,
+    and `#i` within a batch one over its order): tests/test_after.py checks it."""
+    options = job.get("options") if isinstance(job, dict) else None
+    return isinstance(options, dict) and bool(options.get("after"))
+
+
 # Fuzzing every operation for every job type's schema is CPU work that grows with the types
 # (about a minute of CPU on a quiet 2-core machine): it gets its own, longer timeout.
 @pytest.mark.timeout(300)
@@ -191,11 +198,13 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
         @given(case=operation.as_strategy(mode))
         def check(case: Any) -> None:
             if operation.label == "POST /api/jobs":  # noqa: B023 (called at once, below)
-                beyond = _rules_beyond_the_schema(case, used_keys) | _report_breaks_a_rule_in_prose(case.body)
+                beyond = (_rules_beyond_the_schema(case, used_keys) | _report_breaks_a_rule_in_prose(case.body)
+                          | _follows(case.body))
             elif operation.label == "POST /api/jobs/batch":  # noqa: B023
                 jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+                listed = jobs if isinstance(jobs, list) else ()
                 beyond = _batch_reuses_keys(case, used_keys) | any(
-                    _report_breaks_a_rule_in_prose(job) for job in (jobs if isinstance(jobs, list) else ()))
+                    _report_breaks_a_rule_in_prose(job) or _follows(job) for job in listed)
             else:  # a cursor is opaque: only one this server gave out is one (tests/test_api.py)
                 beyond = bool((case.query or {}).get("cursor"))
             excluded = [st_checks.positive_data_acceptance] if beyond else []

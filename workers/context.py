@@ -16,12 +16,23 @@ class Input:
 
     `result` is the job's result as stored: `{"value": ...}` for a JSON result, or the file's
     metadata (`filename`, `contentType`, `size`) for a file result, whose bytes are at
-    `path` (None for a JSON result). Open them with `open()`; never write there."""
+    `path` (None for a JSON result). Open them with `open()`; never write there.
+
+    `status` is "completed", except for a job that follows with `options.afterFailed =
+    "run"`: a parent that failed or was cancelled is an input too, with its `error` and no
+    result."""
 
     job_id: str
     type: str
     result: Mapping[str, Any] | None
     path: str | None = None
+    status: str = "completed"
+    error: Mapping[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The job completed (its result is there)."""
+        return self.status == "completed"
 
     @property
     def value(self) -> Any:
@@ -48,7 +59,7 @@ class Input:
 
     def to_json(self) -> list[Any]:
         """How an input crosses the pipe to a worker process (`from_json`)."""
-        return [self.job_id, self.type, self.result, self.path]
+        return [self.job_id, self.type, self.result, self.path, self.status, self.error]
 
     @classmethod
     def from_json(cls, item: list[Any]) -> Input:

@@ -30,6 +30,17 @@ What a backend must guarantee
   store publishes a status.
 - Deletion (retention): `purge_finished` removes finished rows for good. A deletion is not a
   change of the job: it takes no `seq` and emits nothing (nobody is told a job is gone).
+- Jobs that follow jobs (`Job.after`): a job is stored, and retried, with its parents read
+  in the same transaction (the owner's own: another user's job reads as missing), as
+  `arm_change` decides: waiting (pending, `waiting_for`, never due: `models.WAITING_DUE`),
+  runnable, or cancelled at once; a parent missing from a new job raises `UnknownParent`
+  and stores nothing. The backend keeps a row per (parent, child) while the child is
+  unfinished (`INSERT` when it is stored or retried pending, `DELETE` when it ends), so it
+  finds a parent's children with one index seek. Every transition that ends a job, by any
+  path (an ending, a cancel, a rescue, a corrupt row failed), applies `follow_change` to each
+  child that waits for it, in the same transaction, each child's change with its `seq` and
+  emitted after the parent's, and so on down to the grandchildren a cancel reaches. A
+  finished job with an unfinished child is never purged (its result is the child's input).
 - `exclusive`: True when this service alone uses the database (an SQLite file with its lock
   file): running jobs found at start were left by this service's previous run and can be
   taken back at once. A shared database (several nodes) says False: only expired leases
@@ -39,11 +50,11 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
-from offload.service.models import TERMINAL, Job, JobStatus, now_ms
+from offload.service.models import TERMINAL, WAITING_DUE, Job, JobStatus, now_ms, own_due
 
 log = logging.getLogger("offload.store")
 
@@ -61,6 +72,15 @@ BUMP: Any = _Bump()
 
 #: A decision applied by the backend to the row as it is inside the transaction.
 Decide = Callable[[Job], Change]
+
+
+@dataclass(frozen=True)
+class WithParents:
+    """A decision that also needs the row's parents (`Job.after`) as they are inside the
+    transaction: `decide(row, parents)`, `parents` by id, the owner's own, a deleted one
+    missing (a retry)."""
+
+    decide: Callable[[Job, Mapping[str, Job]], Change]
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,18 @@ class IdempotencyMismatch(Exception):
         self.index = index
 
 
+class UnknownParent(ValueError):
+    """A job named in `after` is not one of the owner's: unknown and another user's alike.
+    `position`: its place in `Job.after`; `index`: the new job's place in a `create_many`
+    call (None for `create`)."""
+
+    def __init__(self, job_id: str, position: int, index: int | None = None) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.position = position
+        self.index = index
+
+
 # ---- the rules, as pure functions -------------------------------------------------------------
 def claim_change(node: str, now: int, lease_ms: int) -> Change:
     """What a claim makes of a pending job: running on `node`, one more attempt, a change."""
@@ -223,6 +255,70 @@ def rescue_change(job: Job, now: int, exhausted_error: dict[str, str]) -> Change
     return change
 
 
+# ---- jobs that follow jobs ------------------------------------------------------------------------
+#: What a batch job writes in `after` to name an earlier job of the same batch: `#0` is the first.
+BATCH_REF = "#"
+
+
+def batch_refs(job: Job, earlier: list[str]) -> Job:
+    """`job` with each `#i` of its `after` replaced by the id of the batch's job `i` (the
+    jobs stored before it in the same call, an idempotent repeat's earlier job included)."""
+    if not any(ref.startswith(BATCH_REF) for ref in job.after):
+        return job
+    after = [earlier[int(ref[1:])] if ref.startswith(BATCH_REF) else ref for ref in job.after]
+    return replace(job, after=tuple(dict.fromkeys(after)))
+
+
+def dependency_error(parent: Job | None, job_id: str) -> dict[str, str]:
+    """The error of a job cancelled because a job it follows did not complete."""
+    if parent is None:
+        return {"type": "DependencyFailed", "message": f"job {job_id} no longer exists"}
+    why = str(parent.error.get("message") or "") if parent.error else ""
+    if parent.error and parent.error.get("type") == "DependencyFailed" and ": job " in why:
+        why = why.split(": ", 1)[1]  # name the first job that failed, however long the chain: "job A failed: …"
+    return {"type": "DependencyFailed", "message": f"job {job_id} {parent.status.value}" + (f": {why}" if why else "")}
+
+
+def arm_change(job: Job, parents: Mapping[str, Job], now: int, *, new: bool) -> Change:
+    """What a job that follows `job.after` is as it is stored (`new`) or retried, with its
+    parents as they are in that transaction: it waits (never due, `waiting_for`) for the
+    ones not finished; a completed one is satisfied already. A failed, cancelled or (on a
+    retry) deleted parent cancels it at once with `DependencyFailed` naming that job, unless
+    `after_failed` is "run", which counts it as done. A new job naming a job that is not
+    the owner's raises `UnknownParent`, whatever that job is."""
+    if new:
+        for position, job_id in enumerate(job.after):
+            if job_id not in parents:
+                raise UnknownParent(job_id, position)
+    due = own_due(job.due_at)
+    if job.after_failed != "run":
+        for job_id in job.after:
+            parent = parents.get(job_id)
+            if parent is None or parent.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return {**cancelled_change(now), "error": dependency_error(parent, job_id), "waiting_for": (),
+                        "due_at": due}
+    waiting = tuple(job_id for job_id in job.after if job_id in parents and not parents[job_id].status.terminal)
+    return {"waiting_for": waiting, "due_at": WAITING_DUE + due if waiting else due}
+
+
+def follow_change(child: Job, parent: Job) -> Change | None:
+    """What a pending `child` becomes when `parent`, which it waits for, ended: it stops
+    waiting for it, and is due (at its own due time, or now) once it waits for nothing. A
+    parent that failed for good or was cancelled cancels it, naming the parent (its own
+    children follow in turn), unless it runs anyway (`after_failed = "run"`). None when
+    the child does not wait for `parent`."""
+    if parent.id not in child.waiting_for or child.status is not JobStatus.PENDING:
+        return None
+    now = parent.completed_at or now_ms()
+    if parent.status is not JobStatus.COMPLETED and child.after_failed != "run":
+        return {**cancelled_change(now), "error": dependency_error(parent, parent.id), "waiting_for": (),
+                "due_at": own_due(child.due_at)}
+    waiting = tuple(job_id for job_id in child.waiting_for if job_id != parent.id)
+    if waiting:
+        return {"waiting_for": waiting}
+    return {"waiting_for": (), "due_at": max(now, own_due(child.due_at))}
+
+
 class Store(ABC):
     """A job database. `open()` creates or migrates the schema; `close()` flushes and closes."""
 
@@ -264,6 +360,15 @@ class Store(ABC):
     async def get(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or None when it does not exist or belongs to another owner."""
 
+    async def get_many(self, job_ids: Iterable[str], owner: str | None = None) -> dict[str, Job]:
+        """The jobs among `job_ids` that exist (and are `owner`'s, when given), by id."""
+        found = {}
+        for job_id in job_ids:
+            job = await self.get(job_id, owner)
+            if job is not None:
+                found[job_id] = job
+        return found
+
     @abstractmethod
     async def list_jobs(
         self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
@@ -276,9 +381,10 @@ class Store(ABC):
         """Jobs per status (every status present, zero included): `owner`'s, or everyone's."""
 
     @abstractmethod
-    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool, int]]:
+    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool | None, int]]:
         """Pending and running jobs of `owner` (everyone's when None) as `(status, priority,
-        due, count)` rows, `due` telling a pending job due at `now` from a later one. Read on
+        due, count)` rows, `due` telling a pending job due at `now` from a later one, and None
+        for a job that waits for other jobs (`Job.waiting_for`). Read on
         the partial indexes of unfinished jobs: its cost follows the queue, not the table."""
 
     @abstractmethod
@@ -296,7 +402,8 @@ class Store(ABC):
 
     @abstractmethod
     async def next_due(self, now: int) -> int | None:
-        """When the earliest pending job that is not yet due becomes due, if any."""
+        """When the earliest pending job that is not yet due becomes due, if any (a job that
+        waits for other jobs has no time to become due at)."""
 
     @abstractmethod
     async def latest_time(self) -> int | None:
@@ -305,9 +412,10 @@ class Store(ABC):
 
     @abstractmethod
     async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> Page:
+                             cursor: str | None = None, waiting: bool = False) -> Page:
         """`list_jobs` of the pending jobs that are not due at `now` (delayed with `delay` or
-        `runAt`, or waiting out a retry's backoff): newest first, paged the same way."""
+        `runAt`, or waiting out a retry's backoff): newest first, paged the same way. With
+        `waiting`, the pending jobs that wait for other jobs instead (and only those)."""
 
     @abstractmethod
     async def result_files(self, ended_before: int, *, limit: int,
@@ -343,7 +451,9 @@ class Store(ABC):
     async def create(self, job: Job, request_hash: str | None = None) -> tuple[Job, bool]:
         """Store a new pending job; durable when this returns. With an idempotency key that
         the owner used before, returns `(existing, False)` instead, or raises
-        `IdempotencyMismatch` when the earlier request differed."""
+        `IdempotencyMismatch` when the earlier request differed. A job with `after` is
+        stored as `arm_change` makes it (waiting, or cancelled at once), or raises
+        `UnknownParent` and stores nothing."""
         if job.status is not JobStatus.PENDING:
             raise ValueError("a new job must be pending")
         return await self._insert(job, request_hash)
@@ -353,7 +463,9 @@ class Store(ABC):
         none: durable together when this returns, their changes emitted in the given order.
         Each answer is `create`'s for its job (an idempotency key used before answers the
         earlier job, also one used earlier in the same call). A key used with a different
-        request raises `IdempotencyMismatch` (with its `index`) and stores none of them."""
+        request raises `IdempotencyMismatch` (with its `index`) and stores none of them. A
+        job's `after` may name an earlier job of the call as `#i` (`batch_refs`); a parent
+        that is not the owner's raises `UnknownParent` (with its `index`), storing none."""
         if any(job.status is not JobStatus.PENDING for job, _ in jobs):
             raise ValueError("a new job must be pending")
         if not jobs:
@@ -459,7 +571,13 @@ class Store(ABC):
         """Queue a failed or cancelled job again as a new attempt cycle (`retry_change`):
         the same id, pending and due `now`, attempts from zero. None unless the job is
         still failed or cancelled (and `owner`'s, when given) as the change commits."""
-        return await self._transition(job_id, Fence(RETRYABLE, owner=owner), retry_change(now))
+        def decide(row: Job, parents: Mapping[str, Job]) -> Change:
+            change = retry_change(now)
+            if row.after:  # it follows its parents again, as they are now (`arm_change`)
+                change.update(arm_change(replace(row, due_at=now), parents, now, new=False))
+            return change
+
+        return await self._transition(job_id, Fence(RETRYABLE, owner=owner), WithParents(decide))
 
     async def purge_finished(self, status: JobStatus, ended_before: int, limit: int) -> list[Purged]:
         """Delete up to `limit` jobs of the finished `status` that ended before
@@ -479,7 +597,7 @@ class Store(ABC):
         has nothing to do."""
         return 0
 
-    async def _transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Job | None:
+    async def _transition(self, job_id: str, fence: Fence, change: Change | Decide | WithParents) -> Job | None:
         return await self._begin_transition(job_id, fence, change)
 
     @staticmethod
@@ -505,9 +623,11 @@ class Store(ABC):
         """Pick the jobs (`claim`'s order, atomically) and apply `change` to each."""
 
     @abstractmethod
-    def _begin_transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Awaitable[Job | None]:
-        """Apply `change` (or `change(row)`, decided on the row inside the transaction) with the
-        next `seq` if the row matches `fence`. Queued at once, in order with the writes before
+    def _begin_transition(self, job_id: str, fence: Fence,
+                          change: Change | Decide | WithParents) -> Awaitable[Job | None]:
+        """Apply `change` (or `change(row)`, decided on the row inside the transaction, or
+        `change.decide(row, parents)` for `WithParents`) with the next `seq` if the row
+        matches `fence`; a job that ends takes its children along (`follow_change`). Queued at once, in order with the writes before
         and after it; the awaitable gives the new row, or None."""
 
     @abstractmethod
@@ -538,6 +658,7 @@ class Store(ABC):
         to every running row whose lease did, in one transaction."""
 
 
-__all__ = ["BUMP", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page", "ProgressChange",
-           "Purged", "ResultFile", "SlotRecord", "Store", "StoreChange", "claim_change", "ending_change",
-           "progress_fence", "rescue_change", "retry_change"]
+__all__ = ["BATCH_REF", "BUMP", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page",
+           "ProgressChange", "Purged", "ResultFile", "SlotRecord", "Store", "StoreChange", "UnknownParent",
+           "WithParents", "arm_change", "batch_refs", "claim_change", "dependency_error", "ending_change",
+           "follow_change", "progress_fence", "rescue_change", "retry_change"]

@@ -25,7 +25,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_hash    TEXT,
     lease_owner     TEXT,
     lease_until     INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    -- Jobs that follow jobs: the parents (JSON array of ids, in order), what a parent's
+    -- failure does ('run', or NULL: cancel), and the parents still waited for.
+    after           TEXT,
+    after_failed    TEXT,
+    waiting_for     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
 -- Per owner: the pending count (per-user cap) and each owner's next job (fair claims).
@@ -48,3 +53,13 @@ CREATE TABLE IF NOT EXISTS schedule_slots (
 -- Finished jobs by status and when they ended: retention deletes the oldest endings first,
 -- and result files expire in that order. Only finished jobs have a `completed_at`.
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (status, completed_at) WHERE completed_at IS NOT NULL;
+
+-- Jobs that follow jobs: a row per parent of each unfinished child, so the transition that
+-- ends a parent finds its children with one seek, and retention keeps a parent whose
+-- result an unfinished child will read. A child's rows go when it ends.
+CREATE TABLE IF NOT EXISTS job_deps (
+    parent TEXT NOT NULL,
+    child  TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_child ON job_deps (child);

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import contextvars
+import dataclasses
 import functools
 import logging
 import sqlite3
@@ -34,9 +35,10 @@ import orjson
 
 from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
+from offload.service.models import WAITING_DUE
 from offload.service.store.base import (
     BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
-    StoreChange,
+    StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
 )
 from offload.service.store.fairness import Served, round_robin
 
@@ -44,15 +46,19 @@ log = logging.getLogger("offload.store")
 
 #: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files);
 #: 3: `auto_vacuum = INCREMENTAL`, so that retention's deletions shrink the file (`compact`),
-#: and the `jobs_ended` index retention walks.
-SCHEMA_VERSION = 3
+#: and the `jobs_ended` index retention walks; 4: jobs that follow jobs (`after`,
+#: `after_failed`, `waiting_for` and the `job_deps` table).
+SCHEMA_VERSION = 4
 _JOB_COLUMNS = (
     "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
     "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
     "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
+    "after", "after_failed", "waiting_for",
 )
 _COLS = ", ".join(_JOB_COLUMNS)
 _JSON_COLUMNS = frozenset({"error", "result", "data"})
+#: Lists of job ids, stored as JSON arrays; an empty one as NULL, as most jobs follow none.
+_IDS_COLUMNS = frozenset({"after", "waiting_for"})
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 
@@ -60,6 +66,10 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 def _encode(column: str, value: Any) -> Any:
     if value is None:
         return None
+    if column in _IDS_COLUMNS:
+        return orjson.dumps(list(value)).decode() if value else None
+    if column == "after_failed":
+        return None if value == "cancel" else value
     if column in _JSON_COLUMNS:
         return orjson.dumps(value).decode()
     if isinstance(value, JobStatus):
@@ -109,21 +119,36 @@ def _job(row: sqlite3.Row) -> Job:
         error = None if values[_ERROR_AT] is None else orjson.loads(values[_ERROR_AT])
         result = None if values[_RESULT_AT] is None else orjson.loads(values[_RESULT_AT])
         data = None if data_at is None or row[data_at] is None else orjson.loads(row[data_at])
-    except (orjson.JSONDecodeError, TypeError):
+        after, waiting = _ids(values[_AFTER_AT]), _ids(values[_WAITING_AT])
+    except (orjson.JSONDecodeError, TypeError, ValueError):
         return _checked_job(row)
-    if (error is not None and type(error) is not dict) or (result is not None and type(result) is not dict):
+    if (error is not None and type(error) is not dict) or (result is not None and type(result) is not dict) \
+            or values[_AFTER_FAILED_AT] not in (None, "run"):
         return _checked_job(row)
     values[_STATUS_AT], values[_PRIORITY_AT], values[_CANCEL_AT] = status, priority, bool(values[_CANCEL_AT])
     values[_ERROR_AT], values[_RESULT_AT] = error, result
+    values[_AFTER_AT], values[_WAITING_AT] = after, waiting
+    values[_AFTER_FAILED_AT] = values[_AFTER_FAILED_AT] or "cancel"
     fields = dict(zip(_JOB_COLUMNS, values, strict=True))
     fields["data"] = data
     return Job(**fields)
+
+
+def _ids(raw: Any) -> tuple[str, ...]:
+    """A stored list of job ids (NULL: none); ValueError when it is not one."""
+    if raw is None:
+        return ()
+    ids = orjson.loads(raw)
+    if type(ids) is not list or any(type(i) is not str for i in ids):
+        raise ValueError("not a list of job ids")
+    return tuple(ids)
 
 
 _STATUSES = {status.value: status for status in JobStatus}
 _PRIORITIES: dict[Any, Priority] = {int(priority): priority for priority in Priority}
 _STATUS_AT, _PRIORITY_AT, _CANCEL_AT, _ERROR_AT, _RESULT_AT = (
     _JOB_COLUMNS.index(c) for c in ("status", "priority", "cancel_requested", "error", "result"))
+_AFTER_AT, _AFTER_FAILED_AT, _WAITING_AT = (_JOB_COLUMNS.index(c) for c in ("after", "after_failed", "waiting_for"))
 _WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.items() if repair is not None)
 _OPTIONAL_WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.items() if repair is None)
 
@@ -169,6 +194,16 @@ def _checked_job(row: sqlite3.Row) -> Job:
         if not (type(value) is int or (value is None and repair is None)):
             problems.append(f"{column} {value!r} is not a whole number")
             repairs[column] = repair
+    for column in _IDS_COLUMNS:
+        try:
+            values[column] = _ids(values.get(column))
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            problems.append(f"{column} is not a list of job ids")
+            repairs[column] = ()
+    if values.get("after_failed") not in (None, "run"):
+        problems.append(f"after_failed {values['after_failed']!r} is not run or null")
+        repairs["after_failed"] = "cancel"
+    values["after_failed"] = values.get("after_failed") or "cancel"
     flag = values.get("cancel_requested", 0)
     if flag not in (0, 1) or type(flag) is not int:
         problems.append(f"cancel_requested {flag!r} is not 0 or 1")
@@ -195,6 +230,7 @@ def _mark_corrupt(db: sqlite3.Connection, corrupt: CorruptRow, marked: list[Stor
               "; ".join(corrupt.problems))
     job = _job(row)  # every field `_job` checks was repaired above
     marked.append(job)
+    _follow(db, job, marked)
     return job
 
 
@@ -574,6 +610,16 @@ class SQLiteStore(Store):
         _, jobs = await self._read_jobs(sql, params)
         return jobs[0] if jobs else None
 
+    async def get_many(self, job_ids: Iterable[str], owner: str | None = None) -> dict[str, Job]:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
+        sql = f"SELECT {_COLS} FROM jobs WHERE id IN ({', '.join('?' * len(ids))})"
+        if owner is not None:
+            sql += " AND owner = ?"
+        _, jobs = await self._read_jobs(sql, [*ids, *([] if owner is None else [owner])])
+        return {job.id: job for job in jobs}
+
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None = None, type: str | None = None,
                    limit: int = 50, cursor: str | None = None) -> Page:
         where, params = _filters([], [], cursor, owner=owner, status=status and status.value, type=type)
@@ -596,15 +642,16 @@ class SQLiteStore(Store):
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
-    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool, int]]:
+    async def count_unfinished(self, owner: str | None, now: int) -> list[tuple[str, int, bool | None, int]]:
         mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
         pending = "jobs_due" if owner is None else "jobs_fair"
         rows = await self._read(
-            f"SELECT 'pending', priority, due_at <= ?, COUNT(*) FROM jobs INDEXED BY {pending} "
+            f"SELECT 'pending', priority, CASE WHEN due_at >= {WAITING_DUE} THEN NULL ELSE due_at <= ? END, "
+            f"COUNT(*) FROM jobs INDEXED BY {pending} "
             f"WHERE status = 'pending'{mine} GROUP BY 1, 2, 3 UNION ALL "
             f"SELECT 'running', priority, 1, COUNT(*) FROM jobs INDEXED BY jobs_lease "
             f"WHERE status = 'running'{mine} GROUP BY 1, 2, 3", (now, *params, *params))
-        return [(r[0], int(r[1]), bool(r[2]), int(r[3])) for r in rows]
+        return [(r[0], int(r[1]), None if r[2] is None else bool(r[2]), int(r[3])) for r in rows]
 
     async def finished_since(self, since: int) -> list[tuple[str, str, str, int, int]]:
         rows = await self._read("SELECT owner, type, status, completed_at / 60000, COUNT(*) FROM jobs "
@@ -625,7 +672,7 @@ class SQLiteStore(Store):
         # One index seek per priority rather than a walk over every pending job.
         per_priority = " UNION ALL ".join(
             f"SELECT MIN(due_at) AS due FROM jobs INDEXED BY jobs_due WHERE status = 'pending' "
-            f"AND priority = {int(p)} AND due_at > ?" for p in Priority)
+            f"AND priority = {int(p)} AND due_at > ? AND due_at < {WAITING_DUE}" for p in Priority)
         rows = await self._read(f"SELECT MIN(due) AS due FROM ({per_priority})", (now,) * len(Priority))
         return rows[0]["due"]
 
@@ -657,12 +704,15 @@ class SQLiteStore(Store):
             emitted = len(self._changes)
             db.execute("SAVEPOINT create_many")
             try:
-                answers = []
+                answers: list[tuple[Job, bool]] = []
                 for index, (job, request_hash) in enumerate(jobs):
                     try:
-                        answers.append(self._insert_row(db, job, request_hash))
+                        answers.append(self._insert_row(db, batch_refs(job, [a.id for a, _ in answers]),
+                                                        request_hash))
                     except IdempotencyMismatch as exc:
                         raise IdempotencyMismatch(exc.job, index) from None
+                    except UnknownParent as exc:
+                        raise UnknownParent(exc.job_id, exc.position, index) from None
             except BaseException:
                 db.execute("ROLLBACK TO create_many")
                 db.execute("RELEASE create_many")
@@ -674,7 +724,14 @@ class SQLiteStore(Store):
         return await self._write(op)
 
     def _insert_row(self, db: sqlite3.Connection, job: Job, request_hash: str | None) -> tuple[Job, bool]:
-        """In the writer's transaction: insert `job`, or find the owner's job with its key."""
+        """In the writer's transaction: insert `job`, or find the owner's job with its key. A
+        job that follows others is stored as `arm_change` makes it, with its parents as they
+        are now (`UnknownParent` when one is not the owner's)."""
+        parents: dict[str, Job] = {}
+        if job.after:
+            parents = _parents(db, job, self._changes)
+            fields = {k: v for k, v in arm_change(job, parents, job.created_at, new=True).items()}
+            job = dataclasses.replace(job, **fields)
         values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
         values["data"] = _encode("data", job.data)
         values["request_hash"] = request_hash
@@ -682,6 +739,7 @@ class SQLiteStore(Store):
         if rows:
             created = _job(rows[0])
             self._changes.append(created)
+            _link(db, created, parents)
             return created, True
         existing = db.execute(
             f"SELECT {_COLS}, request_hash FROM jobs WHERE owner = ? AND idempotency_key = ?",
@@ -720,18 +778,27 @@ class SQLiteStore(Store):
 
         return await self._write(op)
 
-    def _begin_transition(self, job_id: str, fence: Fence, change: Change | Decide) -> Awaitable[Job | None]:
+    def _begin_transition(self, job_id: str, fence: Fence,
+                          change: Change | Decide | WithParents) -> Awaitable[Job | None]:
         where, fence_params = _fence_sql(fence)
 
         def op(db: sqlite3.Connection) -> Job | None:
             concrete = change
-            if callable(concrete):  # decided on the row as it is now, inside this transaction
+            parents: dict[str, Job] = {}
+            if callable(concrete) or isinstance(concrete, WithParents):  # decided on the row as it is now
                 found = _guarded(db, lambda: db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ? AND {where}",
                                                         (job_id, *fence_params)).fetchall(), self._changes)
                 if not found:
                     return None  # None also when the row was corrupt: it is failed now
-                concrete = concrete(found[0])
-            return _apply(db, job_id, where, fence_params, {**concrete, "seq": BUMP}, self._changes)
+                if isinstance(concrete, WithParents):
+                    parents = _parents(db, found[0], self._changes)
+                    concrete = concrete.decide(found[0], parents)
+                else:
+                    concrete = concrete(found[0])
+            job = _apply(db, job_id, where, fence_params, {**concrete, "seq": BUMP}, self._changes)
+            if job is not None and parents:
+                _link(db, job, parents)
+            return job
 
         return self._enqueue(op)
 
@@ -810,8 +877,11 @@ class SQLiteStore(Store):
     # ---- retention (its own methods: the write path above is not touched) ---------------------
     async def _purge(self, status: JobStatus, ended_before: int, limit: int) -> list[Purged]:
         def op(db: sqlite3.Connection) -> list[Purged]:
+            # A job an unfinished job follows is kept: its result is that job's input (`job_deps`).
             rows = db.execute("DELETE FROM jobs WHERE pos IN (SELECT pos FROM jobs INDEXED BY jobs_ended "
-                              "WHERE status = ? AND completed_at < ? ORDER BY completed_at LIMIT ?) "
+                              "WHERE status = ? AND completed_at < ? "
+                              "AND NOT EXISTS (SELECT 1 FROM job_deps WHERE parent = jobs.id) "
+                              "ORDER BY completed_at LIMIT ?) "
                               "RETURNING id, owner, result", (status.value, ended_before, limit)).fetchall()
             return [Purged(str(row[0]), str(row[1]), status, _result_file(row[2])) for row in rows]
 
@@ -828,8 +898,10 @@ class SQLiteStore(Store):
         return files, (_encode_marker(rows[-1][2], rows[-1][0]) if rows else after)
 
     async def list_scheduled(self, owner: str | None, now: int, *, type: str | None = None, limit: int = 50,
-                             cursor: str | None = None) -> Page:
-        where, params = _filters(["status = 'pending'", "due_at > ?"], [now], cursor, owner=owner, type=type)
+                             cursor: str | None = None, waiting: bool = False) -> Page:
+        due = ["due_at >= ?"] if waiting else ["due_at > ?", "due_at < ?"]
+        bounds = [WAITING_DUE] if waiting else [now, WAITING_DUE]
+        where, params = _filters(["status = 'pending'", *due], bounds, cursor, owner=owner, type=type)
         rows, jobs = await self._read_jobs(f"SELECT pos, {_COLS} FROM jobs WHERE {' AND '.join(where)} "
                                            "ORDER BY pos DESC LIMIT ?", [*params, limit + 1])
         more = len(rows) > limit
@@ -894,14 +966,18 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     grows with the number of owners that have pending jobs (two seeks each)."""
     type_filter = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
     type_params = types or ()
-    # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
-    due = (f"FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND due_at <= ? AND lease_owner IS NULL"
-           f"{type_filter} "
-           "ORDER BY priority, due_at, pos")
     if not cap:
         # Fewer due jobs than room: every one of them starts now, so nobody waits and there is
-        # nobody to be fair to (the usual case of a service that keeps up: one seek, no more).
-        plain = db.execute(f"SELECT pos, owner {due} LIMIT ?", (now, *type_params, limit)).fetchall()
+        # nobody to be fair to (the usual case of a service that keeps up: one statement).
+        # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
+        # One seek per priority: a walk in (priority, due_at) order would read every job not
+        # due yet at a better priority first (delayed ones, and jobs waiting for others).
+        per_priority = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT pos, owner, priority, due_at FROM jobs INDEXED BY jobs_due "
+            f"WHERE status = 'pending' AND priority = {int(p)} AND due_at <= ? AND lease_owner IS NULL{type_filter} "
+            "ORDER BY due_at, pos LIMIT ?)" for p in Priority)
+        plain = db.execute(f"SELECT pos, owner FROM ({per_priority}) ORDER BY priority, due_at, pos LIMIT ?",
+                           (*((now, *type_params, limit) * len(Priority)), limit)).fetchall()
         if len(plain) < limit:
             for _, owner in plain:
                 served.mark(owner)
@@ -916,8 +992,11 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
         if plain:
             served.mark(owners[0])
         return [pos for pos, _ in plain]
-    top = db.execute(f"SELECT priority {due} LIMIT 1", (now, *type_params)).fetchone()
-    if top is None:
+    top = db.execute("SELECT MIN(priority) FROM (" + " UNION ALL ".join(
+        f"SELECT * FROM (SELECT priority FROM jobs INDEXED BY jobs_due WHERE status = 'pending' AND priority = {int(p)} "
+        f"AND due_at <= ? AND lease_owner IS NULL{type_filter} LIMIT 1)" for p in Priority) + ")",
+        (now, *type_params) * len(Priority)).fetchone()
+    if top[0] is None:
         return []
     running = dict(db.execute("SELECT owner, COUNT(*) FROM jobs INDEXED BY jobs_lease WHERE status = 'running' "
                               "GROUP BY owner").fetchall())
@@ -995,16 +1074,64 @@ def _fence_sql(fence: Fence) -> tuple[str, list[Any]]:
 
 
 def _apply(db: sqlite3.Connection, job_id: str, where: str, where_params: list[Any], change: Change,
-           changes: list[StoreChange]) -> Job | None:
+           changes: list[StoreChange], *, follow: bool = True) -> Job | None:
     """Write `change` to the job if its row matches `where`; the new job (a change, recorded
-    in `changes`), or None. A corrupt row is failed instead (also a change) and None returned."""
+    in `changes`), or None. A corrupt row is failed instead (also a change) and None returned.
+    A job that ends takes its children along (`_follow`; `follow=False`: the caller does)."""
     sets, params = _assignments(change)
     jobs = _guarded(db, lambda: db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {where} RETURNING {_COLS}",
                                            (*params, job_id, *where_params)).fetchall(), changes)
     if not jobs:
         return None
     changes.append(jobs[0])
+    if follow and jobs[0].status.terminal:
+        _follow(db, jobs[0], changes)
     return jobs[0]
+
+
+def _follow(db: sqlite3.Connection, ended: Job, changes: list[StoreChange]) -> None:
+    """In the transaction that ended `ended`: it stops holding its parents (its rows in
+    `job_deps` go), and each child waiting for it follows (`follow_change`), level by level,
+    so a cancel reaches every descendant however long the chain, each change recorded in
+    `changes` after the one that caused it."""
+    queue = [ended]
+    while queue:
+        job = queue.pop(0)
+        if job.after:
+            db.execute("DELETE FROM job_deps WHERE child = ?", (job.id,))
+        children: list[Job] | None = None
+        while children is None:  # until the children decode: each pass fails the corrupt ones it found
+            children = _guarded(db, functools.partial(_children_of, db, job.id), changes)
+        for child in children:
+            change = follow_change(child, job)
+            if change is None:
+                continue
+            followed = _apply(db, child.id, "status = 'pending'", [], {**change, "seq": BUMP}, changes, follow=False)
+            if followed is not None and followed.status.terminal:
+                queue.append(followed)
+
+
+def _children_of(db: sqlite3.Connection, job_id: str) -> list[sqlite3.Row]:
+    # CROSS JOIN fixes the order: the seek on job_deps first (most jobs have no child), not a
+    # walk of every pending job that the planner would otherwise pick for `status = 'pending'`.
+    return db.execute(f"SELECT {_COLS} FROM job_deps CROSS JOIN jobs ON jobs.id = job_deps.child "
+                      "WHERE job_deps.parent = ? AND jobs.status = 'pending'", (job_id,)).fetchall()
+
+
+def _parents(db: sqlite3.Connection, job: Job, marked: list[StoreChange]) -> dict[str, Job]:
+    """The jobs `job` follows that exist and are its owner's, as they are in this transaction."""
+    if not job.after:
+        return {}
+    rows = db.execute(f"SELECT {_COLS} FROM jobs WHERE owner = ? AND id IN ({', '.join('?' * len(job.after))})",
+                      (job.owner, *job.after)).fetchall()
+    return {parent.id: parent for parent in (_decode_or_mark(db, row, marked) for row in rows)}
+
+
+def _link(db: sqlite3.Connection, job: Job, parents: dict[str, Job]) -> None:
+    """While `job` is unfinished, its parents are kept (retention) and find it (`_follow`)."""
+    if job.status is JobStatus.PENDING and parents:
+        db.executemany("INSERT OR IGNORE INTO job_deps (parent, child) VALUES (?, ?)",
+                       [(parent, job.id) for parent in parents])
 
 
 async def _migrate(db: aiosqlite.Connection, version: int) -> None:
@@ -1013,6 +1140,11 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
         await db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
     if version < 3:
         await _enable_incremental_vacuum(db)
+    if version < 4:  # `job_deps` comes with schema.sql
+        present = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}
+        for column in ("after", "after_failed", "waiting_for"):
+            if column not in present:
+                await db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
 
 async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
