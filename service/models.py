@@ -133,6 +133,9 @@ class Job:
     #: A cancel was requested while the job ran: its attempt is being stopped, and whatever
     #: it ends as (except completed) becomes cancelled.
     cancel_requested: bool = False
+    #: What the latest attempt saved with `ctx.save` (JSON), for the next attempt to resume
+    #: from. Read, like `data`, only where an attempt starts (a claim); not on the wire.
+    checkpoint: Any = None
 
     def __post_init__(self) -> None:
         if not self.due_at:

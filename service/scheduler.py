@@ -28,6 +28,7 @@ from offload.service.pool import Slot, WorkerPool
 from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
+from offload.workers.errors import Cancelled
 from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
@@ -90,6 +91,8 @@ class Scheduler:
         process_types = [name for name in types.names() if name not in async_types]
         if async_runner is None:
             async_runner = AsyncRunner(types.get, config.workers.async_concurrency)
+        if async_runner.savers is None:
+            async_runner.savers = self._saver_of
         self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -332,7 +335,23 @@ class Scheduler:
 
     def _extras_of(self, job: Job) -> dict[str, Any] | None:
         """What the attempt's `Context` gets besides the data (`Runner.run`'s `extras`)."""
-        return None
+        extras: dict[str, Any] = {}
+        if job.checkpoint is not None:  # what an earlier attempt saved (`ctx.save`), read by the claim
+            extras["checkpoint"] = job.checkpoint
+        return extras or None
+
+    def _saver_of(self, job_id: str, attempt: int) -> Callable[[Any], Awaitable[None]]:
+        """The `ctx.save` of one attempt: a store write fenced to that attempt (see
+        `Store.save_checkpoint`), committed before it returns. An attempt that no longer
+        holds the job (stopped, its lease lost, replaced) gets `Cancelled` and saves nothing."""
+
+        async def save(value: Any) -> None:
+            entry = self.running.get(job_id)
+            if entry is None or entry.job.attempts != attempt or entry.lost \
+                    or not await self.store.save_checkpoint(entry.job, value):
+                raise Cancelled(f"job {job_id}: attempt {attempt} no longer holds the job; nothing was saved")
+
+        return save
 
     def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:

@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_hash    TEXT,
     lease_owner     TEXT,
     lease_until     INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    -- What the latest attempt saved with ctx.save (JSON), for the next attempt (schema 4).
+    checkpoint      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
 -- Per owner: the pending count (per-user cap) and each owner's next job (fair claims).

@@ -44,15 +44,16 @@ log = logging.getLogger("offload.store")
 
 #: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files);
 #: 3: `auto_vacuum = INCREMENTAL`, so that retention's deletions shrink the file (`compact`),
-#: and the `jobs_ended` index retention walks.
-SCHEMA_VERSION = 3
+#: and the `jobs_ended` index retention walks; 4: `checkpoint` (what an attempt saved with
+#: `ctx.save`, read by the next one).
+SCHEMA_VERSION = 4
 _JOB_COLUMNS = (
     "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
     "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
     "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
 )
 _COLS = ", ".join(_JOB_COLUMNS)
-_JSON_COLUMNS = frozenset({"error", "result", "data"})
+_JSON_COLUMNS = frozenset({"error", "result", "data", "checkpoint"})
 
 WriteOp = Callable[[sqlite3.Connection], Any]
 
@@ -97,7 +98,7 @@ def _job(row: sqlite3.Row) -> Job:
     columns by position (a name lookup in `sqlite3.Row` compares it with every column name)
     and a handful of type checks; anything that fails one is decoded again by
     `_checked_job`, which names every problem."""
-    columns, data_at = _layout(tuple(row.keys()))
+    columns, data_at, checkpoint_at = _layout(tuple(row.keys()))
     values = [row[i] for i in columns]
     status, priority = _STATUSES.get(values[_STATUS_AT]), _PRIORITIES.get(values[_PRIORITY_AT])
     if status is None or priority is None or values[_CANCEL_AT] not in (0, 1) \
@@ -109,6 +110,7 @@ def _job(row: sqlite3.Row) -> Job:
         error = None if values[_ERROR_AT] is None else orjson.loads(values[_ERROR_AT])
         result = None if values[_RESULT_AT] is None else orjson.loads(values[_RESULT_AT])
         data = None if data_at is None or row[data_at] is None else orjson.loads(row[data_at])
+        checkpoint = None if checkpoint_at is None or row[checkpoint_at] is None else orjson.loads(row[checkpoint_at])
     except (orjson.JSONDecodeError, TypeError):
         return _checked_job(row)
     if (error is not None and type(error) is not dict) or (result is not None and type(result) is not dict):
@@ -117,6 +119,7 @@ def _job(row: sqlite3.Row) -> Job:
     values[_ERROR_AT], values[_RESULT_AT] = error, result
     fields = dict(zip(_JOB_COLUMNS, values, strict=True))
     fields["data"] = data
+    fields["checkpoint"] = checkpoint
     return Job(**fields)
 
 
@@ -129,14 +132,14 @@ _OPTIONAL_WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.i
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(keys: tuple[str, ...]) -> tuple[tuple[int, ...], int | None]:
-    """Where each job column, and `data`, sit in a row with these column names."""
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[int, ...], int | None, int | None]:
+    """Where each job column, `data` and `checkpoint` sit in a row with these column names."""
     at = {key: i for i, key in enumerate(keys)}
-    return tuple(at[c] for c in _JOB_COLUMNS), at.get("data")
+    return tuple(at[c] for c in _JOB_COLUMNS), at.get("data"), at.get("checkpoint")
 
 
 def _checked_job(row: sqlite3.Row) -> Job:
-    values = {k: row[k] for k in row.keys() if k in _JOB_COLUMNS or k == "data"}
+    values = {k: row[k] for k in row.keys() if k in _JOB_COLUMNS or k in ("data", "checkpoint")}
     problems: list[str] = []
     repairs: Change = {}
     try:
@@ -148,7 +151,7 @@ def _checked_job(row: sqlite3.Row) -> Job:
     except (ValueError, TypeError):
         problems.append(f"priority {values['priority']!r} is not a priority")
         repairs["priority"] = Priority.MEDIUM
-    for column in ("error", "result", "data"):
+    for column in ("error", "result", "data", "checkpoint"):
         raw = values.get(column)
         if raw is None:
             continue
@@ -158,12 +161,12 @@ def _checked_job(row: sqlite3.Row) -> Job:
         except (orjson.JSONDecodeError, TypeError):
             problem = f"{column} is not valid JSON"
         else:
-            if column != "data" and not isinstance(values[column], dict):
+            if column in ("error", "result") and not isinstance(values[column], dict):
                 problem = f"{column} is not a JSON object"
         if problem is not None:
             problems.append(problem)
-            if column == "result":
-                repairs["result"] = None
+            if column in ("result", "checkpoint"):
+                repairs[column] = None
     for column, repair in _INT_REPAIRS.items():
         value = values.get(column)
         if not (type(value) is int or (value is None and repair is None)):
@@ -708,7 +711,7 @@ class SQLiteStore(Store):
 
                 def update(chosen: list[int] = chosen, order: dict[int, int] = order) -> list[sqlite3.Row]:
                     rows = db.execute(f"UPDATE jobs SET {sets} "
-                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
+                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data, checkpoint",
                                       (*params, *chosen)).fetchall()
                     return sorted(rows, key=lambda r: order[r["pos"]])
 
@@ -742,6 +745,16 @@ class SQLiteStore(Store):
         self._progress.pop(job_id, None)  # re-inserted last: the dict stays in queueing order
         self._progress[job_id] = (progress, message, job_id, fence, len(self._ops), on_commit)
         self._wake.set()
+
+    async def _save_checkpoint(self, job_id: str, fence: Fence, value: Any) -> bool:
+        encoded = _encode("checkpoint", value)  # a TypeError here, not inside the batch
+        where, params = _fence_sql(fence)
+
+        def op(db: sqlite3.Connection) -> bool:
+            return db.execute(f"UPDATE jobs SET checkpoint = ? WHERE id = ? AND {where}",
+                              (encoded, job_id, *params)).rowcount == 1
+
+        return await self._write(op)
 
     async def _renew(self, node: str, until: int) -> int:
         def op(db: sqlite3.Connection) -> int:
@@ -1006,6 +1019,10 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
         await db.execute("ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
     if version < 3:
         await _enable_incremental_vacuum(db)
+    # 4: the checkpoint of `ctx.save`. Its own step, and it looks before it adds the column,
+    # so it stays correct whatever number it ends up with beside other version-4 changes.
+    if version < 4 and "checkpoint" not in {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}:
+        await db.execute("ALTER TABLE jobs ADD COLUMN checkpoint TEXT")
 
 
 async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
