@@ -1,5 +1,6 @@
 -- offload job table, SQLite. `pos` is the submission order (FIFO and list cursors);
--- times are milliseconds since the epoch; data, error and result are JSON text.
+-- times are milliseconds since the epoch; data, error and result are JSON text, and so is
+-- checkpoint: what the latest attempt saved with ctx.save, for the next one (schema 4).
 CREATE TABLE IF NOT EXISTS jobs (
     pos             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT    NOT NULL UNIQUE,
@@ -26,7 +27,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_owner     TEXT,
     lease_until     INTEGER,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    -- What the latest attempt saved with ctx.save (JSON), for the next attempt (schema 4).
     checkpoint      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
