@@ -248,7 +248,7 @@ def build_message(request: EmailRequest, recipient: Recipient, message_id: str,
     if attachments:
         message.make_mixed()
         for part in attachments:
-            message.attach(part)
+            message.attach(part)  # type: ignore[arg-type]  # any MIMEPart attaches; typeshed says EmailMessage
     return message.as_bytes()
 
 
