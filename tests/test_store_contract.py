@@ -18,6 +18,7 @@ import pytest
 from offload.service.models import Job, JobStatus, Priority, new_job_id, now_ms
 from offload.service.store import IdempotencyMismatch, Store, open_store
 from offload.service.store.base import ProgressChange, StoreChange
+from offload.service.store.sqlite import SCHEMA_VERSION
 
 #: Backend ids; the PostgreSQL backend adds "postgres" here.
 BACKENDS = ["sqlite"]
@@ -509,7 +510,7 @@ async def test_a_schema_2_file_is_converted_to_incremental_vacuum_once(tmp_path:
         await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 async def test_a_schema_1_file_opens_and_gains_cancel_requests(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
