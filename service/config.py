@@ -477,6 +477,7 @@ def load_config_sources(
         layers[name].update(_section(name, values, "command line"))
         sources.update({f"{name}.{key}": "flag" for key in values})
     _resolve_pdf_paths(layers["jobs"], base_dir)
+    _resolve_email_paths(layers["jobs"], base_dir)
     try:
         cfg = Config(
             server=ServerConfig(**layers["server"]),
@@ -606,6 +607,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     _validate_retention(cfg.retention)
     _validate_pdf_settings(cfg)
+    _validate_email_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
@@ -656,3 +658,26 @@ def _validate_pdf_settings(cfg: Config) -> None:
         ReportSettings.from_settings(cfg.jobs.settings.get("pdf", {}))
     except ValueError as exc:
         raise ConfigError(f"[jobs.settings.pdf] {exc}") from None
+
+
+# ---- [jobs.settings.email] ------------------------------------------------------------------------
+def _resolve_email_paths(jobs: dict[str, Any], base_dir: Path) -> None:
+    """`password_file` and `ca_file` of `[jobs.settings.email]`, relative to the config file's folder."""
+    settings = jobs.get("settings")
+    if isinstance(settings, Mapping) and isinstance(settings.get("email"), Mapping):
+        from offload.workers.email_settings import resolve_paths
+
+        jobs["settings"] = {**settings, "email": resolve_paths(settings["email"], base_dir)}
+
+
+def _validate_email_settings(cfg: Config) -> None:
+    """A bad `[jobs.settings.email]`, or a password it names that is not there, stops start-up
+    instead of failing every email job. The message names the variable or file, never a value."""
+    from offload.workers.email_settings import EmailSettings  # the worker side owns its settings' rules
+
+    if "email" not in cfg.jobs.settings:
+        return
+    try:
+        EmailSettings.from_settings(cfg.jobs.settings["email"]).password()
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(f"[jobs.settings.email] {exc}") from None

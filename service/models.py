@@ -152,6 +152,9 @@ class Job:
     after_failed: str = "cancel"
     #: The parents it still waits for, while pending (it is not due until this is empty).
     waiting_for: tuple[str, ...] = ()
+    #: What the latest attempt saved with `ctx.save` (JSON), for the next attempt to resume
+    #: from. Read, like `data`, only where an attempt starts (a claim); not on the wire.
+    checkpoint: Any = None
 
     def __post_init__(self) -> None:
         if not self.due_at:

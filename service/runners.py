@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from offload.service.endings import Outcome, OutcomeKind, StopReason
-from offload.workers.context import context_of
+from offload.workers.context import Saver, context_of
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.registry import JobType
 from offload.workers.tracebacks import handler_traceback
 
 #: Where one attempt's progress goes: `(percent, message)`.
 ProgressSink = Callable[[int, "str | None"], None]
+#: `savers(job_id, attempt)`: the `ctx.save` of that attempt (`Scheduler._saver_of`).
+Savers = Callable[[str, int], Saver]
 
 
 class Runner(Protocol):
@@ -87,11 +89,14 @@ class AsyncSlot:
 
 class AsyncRunner:
     """Runs `async def` handlers on the loop. `job_types(name)` gives a job type
-    (`Registry.get`), or None when this node has none."""
+    (`Registry.get`), or None when this node has none. `savers` gives each attempt its
+    `ctx.save` (the scheduler sets it: a save is a fenced store write)."""
 
-    def __init__(self, job_types: Callable[[str], JobType | None], concurrency: int) -> None:
+    def __init__(self, job_types: Callable[[str], JobType | None], concurrency: int,
+                 savers: Savers | None = None) -> None:
         self.size = concurrency
         self._job_types = job_types
+        self.savers = savers
         self.slots = [AsyncSlot(i) for i in range(concurrency)]
 
     def reserve(self) -> list[AsyncSlot]:
@@ -110,7 +115,8 @@ class AsyncRunner:
             return Outcome(OutcomeKind.FAILED, permanent=True, error={
                 "type": "UnknownJobType", "message": f"job type {type!r} is not registered on this node"})
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
-        ctx = context_of(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None, extras)
+        save = None if self.savers is None else self.savers(job_id, attempt)
+        ctx = context_of(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None, extras, save=save)
         slot.task = task = asyncio.ensure_future(job_type.handler(data, ctx))
         try:
             value = await task

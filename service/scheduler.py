@@ -29,6 +29,7 @@ from offload.service.runners import AsyncRunner, Runner
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
 from offload.workers.context import Input
+from offload.workers.errors import Cancelled
 from offload.workers.registry import Registry
 
 log = logging.getLogger("offload.scheduler")
@@ -94,6 +95,8 @@ class Scheduler:
         process_types = [name for name in types.names() if name not in async_types]
         if async_runner is None:
             async_runner = AsyncRunner(types.get, config.workers.async_concurrency)
+        if async_runner.savers is None:
+            async_runner.savers = self._saver_of
         self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -348,13 +351,16 @@ class Scheduler:
 
     async def _extras_of(self, job: Job) -> dict[str, Any] | None:
         """What the attempt's `Context` gets besides the data (`Runner.run`'s `extras`):
-        `inputs`, the jobs it followed in the order they were named (`ctx.inputs`), each with
+        `checkpoint`, what an earlier attempt saved (`ctx.save`), and `inputs`, the jobs it followed in the order they were named (`ctx.inputs`), each with
         its result as stored and the absolute path of its result file. They are read now:
         a job that follows is only due once every parent ended, and a parent is kept
         (retention) while a job that follows it is unfinished. A failed or cancelled parent
         is an input only for a job that runs anyway (`afterFailed = "run"`)."""
+        extras: dict[str, Any] = {}
+        if job.checkpoint is not None:  # what an earlier attempt saved (`ctx.save`), read by the claim
+            extras["checkpoint"] = job.checkpoint
         if not job.after:
-            return None
+            return extras or None
         parents = await self.store.get_many(job.after, job.owner)
         results = Path(self.config.results_path).absolute()
         inputs = []
@@ -366,7 +372,21 @@ class Scheduler:
             path = str(results / file) if isinstance(file, str) and parent.status is JobStatus.COMPLETED else None
             inputs.append(Input(parent.id, parent.type, parent.result if parent.status is JobStatus.COMPLETED
                                 else None, path, parent.status.value, parent.error).to_json())
-        return {"inputs": inputs}
+        extras["inputs"] = inputs
+        return extras
+
+    def _saver_of(self, job_id: str, attempt: int) -> Callable[[Any], Awaitable[None]]:
+        """The `ctx.save` of one attempt: a store write fenced to that attempt (see
+        `Store.save_checkpoint`), committed before it returns. An attempt that no longer
+        holds the job (stopped, its lease lost, replaced) gets `Cancelled` and saves nothing."""
+
+        async def save(value: Any) -> None:
+            entry = self.running.get(job_id)
+            if entry is None or entry.job.attempts != attempt or entry.lost \
+                    or not await self.store.save_checkpoint(entry.job, value):
+                raise Cancelled(f"job {job_id}: attempt {attempt} no longer holds the job; nothing was saved")
+
+        return save
 
     def _stop_entry(self, entry: Running, reason: StopReason | str) -> None:
         if entry.stop_reason is not None:

@@ -495,7 +495,7 @@ class Store(ABC):
         A completion stands even when a cancel was requested meanwhile: the work is done."""
         return await self._transition(job.id, self._fence_attempt(job), {
             "status": JobStatus.COMPLETED, "progress": 100, "completed_at": now, "result": result,
-            "error": None, "lease_owner": None, "lease_until": None})
+            "error": None, "lease_owner": None, "lease_until": None, "checkpoint": None})
 
     async def fail(self, job: Job, error: dict[str, str], now: int, retry_at: int | None) -> Job | None:
         """End the attempt with an error: back to pending until `retry_at`, or failed when
@@ -515,6 +515,16 @@ class Store(ABC):
                           "lease_owner": None, "lease_until": None}
         at = now_ms() if now is None else now
         return await self._transition(job.id, self._fence_attempt(job), lambda row: ending_change(row, change, at))
+
+    async def save_checkpoint(self, job: Job, value: Any) -> bool:
+        """Store `value` (JSON) as the checkpoint of the running attempt `job` describes,
+        committed when this returns; False, storing nothing, when that attempt no longer
+        holds the job (`_fence_attempt`: running, the same attempt, the same lease owner), so
+        a replaced attempt can never overwrite what its successor saved. Not a change: no
+        `seq`, no event (the checkpoint is not on the wire). A completion clears it; a
+        failure, a release and `retry` keep it, so a retried job resumes where it stopped.
+        Raises `TypeError` for a value that is not JSON, before anything is queued."""
+        return await self._save_checkpoint(job.id, self._fence_attempt(job), value)
 
     async def cancel_pending(self, job_id: str, owner: str | None, now: int) -> Job | None:
         return await self._transition(job_id, Fence(frozenset({JobStatus.PENDING}), owner=owner), cancelled_change(now))
@@ -641,6 +651,10 @@ class Store(ABC):
                          request_hash: str | None) -> tuple[Job | None, bool] | None:
         """In one transaction: unless a slot >= `slot` of `schedule` is recorded, record it
         (with the job's id) and `_insert` the job; a clash stores neither."""
+
+    @abstractmethod
+    async def _save_checkpoint(self, job_id: str, fence: Fence, value: Any) -> bool:
+        """Write the job's checkpoint if its row matches `fence` (not a change); True if it did."""
 
     @abstractmethod
     async def _renew(self, node: str, until: int) -> int: ...

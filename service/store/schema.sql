@@ -1,5 +1,6 @@
 -- offload job table, SQLite. `pos` is the submission order (FIFO and list cursors);
--- times are milliseconds since the epoch; data, error and result are JSON text.
+-- times are milliseconds since the epoch; data, error and result are JSON text, and so is
+-- checkpoint: what the latest attempt saved with ctx.save, for the next one (schema 4).
 CREATE TABLE IF NOT EXISTS jobs (
     pos             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT    NOT NULL UNIQUE,
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     -- failure does ('run', or NULL: cancel), and the parents still waited for.
     after           TEXT,
     after_failed    TEXT,
-    waiting_for     TEXT
+    waiting_for     TEXT,
+    checkpoint      TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority, due_at, pos) WHERE status = 'pending';
 -- Per owner: the pending count (per-user cap) and each owner's next job (fair claims).

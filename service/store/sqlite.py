@@ -47,7 +47,8 @@ log = logging.getLogger("offload.store")
 #: 1: the first release; 2: `cancel_requested` (added by `_migrate` to older files);
 #: 3: `auto_vacuum = INCREMENTAL`, so that retention's deletions shrink the file (`compact`),
 #: and the `jobs_ended` index retention walks; 4: jobs that follow jobs (`after`,
-#: `after_failed`, `waiting_for` and the `job_deps` table).
+#: `after_failed`, `waiting_for` and the `job_deps` table); also `checkpoint`
+#: (what an attempt saved with `ctx.save`, read by the next one).
 SCHEMA_VERSION = 4
 _JOB_COLUMNS = (
     "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
@@ -56,7 +57,7 @@ _JOB_COLUMNS = (
     "after", "after_failed", "waiting_for",
 )
 _COLS = ", ".join(_JOB_COLUMNS)
-_JSON_COLUMNS = frozenset({"error", "result", "data"})
+_JSON_COLUMNS = frozenset({"error", "result", "data", "checkpoint"})
 #: Lists of job ids, stored as JSON arrays; an empty one as NULL, as most jobs follow none.
 _IDS_COLUMNS = frozenset({"after", "waiting_for"})
 
@@ -107,7 +108,7 @@ def _job(row: sqlite3.Row) -> Job:
     columns by position (a name lookup in `sqlite3.Row` compares it with every column name)
     and a handful of type checks; anything that fails one is decoded again by
     `_checked_job`, which names every problem."""
-    columns, data_at = _layout(tuple(row.keys()))
+    columns, data_at, checkpoint_at = _layout(tuple(row.keys()))
     values = [row[i] for i in columns]
     status, priority = _STATUSES.get(values[_STATUS_AT]), _PRIORITIES.get(values[_PRIORITY_AT])
     if status is None or priority is None or values[_CANCEL_AT] not in (0, 1) \
@@ -119,6 +120,7 @@ def _job(row: sqlite3.Row) -> Job:
         error = None if values[_ERROR_AT] is None else orjson.loads(values[_ERROR_AT])
         result = None if values[_RESULT_AT] is None else orjson.loads(values[_RESULT_AT])
         data = None if data_at is None or row[data_at] is None else orjson.loads(row[data_at])
+        checkpoint = None if checkpoint_at is None or row[checkpoint_at] is None else orjson.loads(row[checkpoint_at])
         after, waiting = _ids(values[_AFTER_AT]), _ids(values[_WAITING_AT])
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return _checked_job(row)
@@ -131,6 +133,7 @@ def _job(row: sqlite3.Row) -> Job:
     values[_AFTER_FAILED_AT] = values[_AFTER_FAILED_AT] or "cancel"
     fields = dict(zip(_JOB_COLUMNS, values, strict=True))
     fields["data"] = data
+    fields["checkpoint"] = checkpoint
     return Job(**fields)
 
 
@@ -154,14 +157,14 @@ _OPTIONAL_WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.i
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(keys: tuple[str, ...]) -> tuple[tuple[int, ...], int | None]:
-    """Where each job column, and `data`, sit in a row with these column names."""
+def _layout(keys: tuple[str, ...]) -> tuple[tuple[int, ...], int | None, int | None]:
+    """Where each job column, `data` and `checkpoint` sit in a row with these column names."""
     at = {key: i for i, key in enumerate(keys)}
-    return tuple(at[c] for c in _JOB_COLUMNS), at.get("data")
+    return tuple(at[c] for c in _JOB_COLUMNS), at.get("data"), at.get("checkpoint")
 
 
 def _checked_job(row: sqlite3.Row) -> Job:
-    values = {k: row[k] for k in row.keys() if k in _JOB_COLUMNS or k == "data"}
+    values = {k: row[k] for k in row.keys() if k in _JOB_COLUMNS or k in ("data", "checkpoint")}
     problems: list[str] = []
     repairs: Change = {}
     try:
@@ -173,7 +176,7 @@ def _checked_job(row: sqlite3.Row) -> Job:
     except (ValueError, TypeError):
         problems.append(f"priority {values['priority']!r} is not a priority")
         repairs["priority"] = Priority.MEDIUM
-    for column in ("error", "result", "data"):
+    for column in ("error", "result", "data", "checkpoint"):
         raw = values.get(column)
         if raw is None:
             continue
@@ -183,12 +186,12 @@ def _checked_job(row: sqlite3.Row) -> Job:
         except (orjson.JSONDecodeError, TypeError):
             problem = f"{column} is not valid JSON"
         else:
-            if column != "data" and not isinstance(values[column], dict):
+            if column in ("error", "result") and not isinstance(values[column], dict):
                 problem = f"{column} is not a JSON object"
         if problem is not None:
             problems.append(problem)
-            if column == "result":
-                repairs["result"] = None
+            if column in ("result", "checkpoint"):
+                repairs[column] = None
     for column, repair in _INT_REPAIRS.items():
         value = values.get(column)
         if not (type(value) is int or (value is None and repair is None)):
@@ -766,7 +769,7 @@ class SQLiteStore(Store):
 
                 def update(chosen: list[int] = chosen, order: dict[int, int] = order) -> list[sqlite3.Row]:
                     rows = db.execute(f"UPDATE jobs SET {sets} "
-                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data",
+                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data, checkpoint",
                                       (*params, *chosen)).fetchall()
                     return sorted(rows, key=lambda r: order[r["pos"]])
 
@@ -809,6 +812,16 @@ class SQLiteStore(Store):
         self._progress.pop(job_id, None)  # re-inserted last: the dict stays in queueing order
         self._progress[job_id] = (progress, message, job_id, fence, len(self._ops), on_commit)
         self._wake.set()
+
+    async def _save_checkpoint(self, job_id: str, fence: Fence, value: Any) -> bool:
+        encoded = _encode("checkpoint", value)  # a TypeError here, not inside the batch
+        where, params = _fence_sql(fence)
+
+        def op(db: sqlite3.Connection) -> bool:
+            return db.execute(f"UPDATE jobs SET checkpoint = ? WHERE id = ? AND {where}",
+                              (encoded, job_id, *params)).rowcount == 1
+
+        return await self._write(op)
 
     async def _renew(self, node: str, until: int) -> int:
         def op(db: sqlite3.Connection) -> int:
@@ -1145,6 +1158,10 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
         for column in ("after", "after_failed", "waiting_for"):
             if column not in present:
                 await db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+    # 4: the checkpoint of `ctx.save`. Its own step, and it looks before it adds the column,
+    # so it stays correct whatever number it ends up with beside other version-4 changes.
+    if version < 4 and "checkpoint" not in {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}:
+        await db.execute("ALTER TABLE jobs ADD COLUMN checkpoint TEXT")
 
 
 async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
