@@ -240,8 +240,9 @@ class AsyncClient:
         503 retried within the bound."""
         waited = 0.0
         for attempt in itertools.count(1):
+            sent = {**kwargs, "data": kwargs["data"]()} if callable(kwargs.get("data")) else kwargs  # a fresh body per try
             try:
-                response = await self._http().request(method, self.url + path, **kwargs)
+                response = await self._http().request(method, self.url + path, **sent)
             except aiohttp.ClientConnectionError as exc:
                 raise ServiceUnreachable(f"offload at {self.url} cannot be reached: {exc}") from exc
             except TimeoutError as exc:
@@ -275,12 +276,14 @@ class AsyncClient:
     async def submit(self, type: str, data: Any, **options: Any) -> Job:
         """Submit a job; returns it as stored. Keywords: `priority`, `max_retries`,
         `retry_delay`, `timeout` and `delay` (seconds), `run_at` (a datetime, naive means
-        UTC, or an ISO string), `idempotency_key`."""
+        UTC, or an ISO string), `idempotency_key`, and `file`: the path of a file to upload
+        with the job, for a type that takes one (`image`), streamed from disk."""
         return await self.get(await self.submit_id(type, data, **options))
 
     async def submit_id(self, type: str, data: Any, *, priority: str | None = None, max_retries: int | None = None,
                         retry_delay: float | None = None, timeout: float | None = None, delay: float | None = None,
-                        run_at: datetime | str | None = None, idempotency_key: str | None = None) -> str:
+                        run_at: datetime | str | None = None, idempotency_key: str | None = None,
+                        file: str | os.PathLike[str] | None = None) -> str:
         """`submit` without reading the stored job back: the new job's id, one request."""
         options: dict[str, Any] = {"idempotencyKey": idempotency_key or f"client-{uuid.uuid4().hex}"}
         if priority is not None:
@@ -292,7 +295,11 @@ class AsyncClient:
                 options[key] = round(seconds * 1000)
         if run_at is not None:
             options["runAt"] = _iso(run_at)
-        answer = await self._json("POST", "/api/jobs", json={"type": type, "data": data, "options": options})
+        body = {"type": type, "data": data, "options": options}
+        if file is None:
+            answer = await self._json("POST", "/api/jobs", json=body)
+        else:
+            answer = await self._json("POST", "/api/jobs", data=_upload_form(body, Path(file)))
         return str(answer["jobId"])
 
     async def get(self, job_id: str) -> Job:
@@ -569,6 +576,20 @@ class Client:
     def run(self, type: str, data: Any, *, on_progress: Callable[[int, str | None], Any] | None = None,
             wait_timeout: float | None = None, **options: Any) -> Any:
         return self.wait(self.submit_id(type, data, **options), on_progress, timeout=wait_timeout)
+
+
+def _upload_form(body: dict[str, Any], path: Path) -> Callable[[], aiohttp.FormData]:
+    """The multipart body of a submission with a file, made anew for each try (a form's
+    file is read as it is sent, once). `OSError` at once when the file cannot be read."""
+    path.stat()
+
+    def form() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("job", orjson.dumps(body).decode(), content_type="application/json")
+        data.add_field("file", path.open("rb"), filename=path.name, content_type="application/octet-stream")
+        return data
+
+    return form
 
 
 def _close_at_exit(ref: weakref.ref[Client]) -> None:

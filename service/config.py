@@ -139,6 +139,10 @@ class LimitsConfig:
     #: Seconds a WebSocket client may stay above `ws_max_unsent_bytes` (a burst it reads
     #: through) before it is closed.
     ws_slow_close_s: float = 5.0
+    #: Largest file uploaded with a job (multipart `file` part), in bytes (413 beyond).
+    max_upload_bytes: int = 32 * 1024 * 1024
+    #: Largest file sent inside the JSON as base64 (`data.image.base64`), decoded, in bytes (413 beyond).
+    max_inline_upload_bytes: int = 1024 * 1024
 
 
 #: How a schedule treats the slots that passed while the service was down (or reached them
@@ -592,6 +596,8 @@ def validate(cfg: Config) -> None:
         (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),
         (cfg.limits.ws_max_unsent_bytes >= 65536, "[limits] ws_max_unsent_bytes must be >= 65536"),
         (cfg.limits.ws_slow_close_s >= 0, "[limits] ws_slow_close_s must be >= 0"),
+        (cfg.limits.max_upload_bytes >= 1024, "[limits] max_upload_bytes must be >= 1024"),
+        (cfg.limits.max_inline_upload_bytes >= 1024, "[limits] max_inline_upload_bytes must be >= 1024"),
         (cfg.stats.interval_s >= 0.05, "[stats] interval_s must be >= 0.05"),
         (cfg.stats.window_s > 0, "[stats] window_s must be > 0"),
         (cfg.stats.window_samples >= 1, "[stats] window_samples must be >= 1"),
