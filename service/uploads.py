@@ -183,13 +183,15 @@ async def with_upload(body: Any, upload: Upload | None, config: Config, registry
     base64 one to disk first); 422 for a file a type refuses or does not take. On any error
     the upload's file is gone."""
     try:
-        job_type = registry.get(body.get("type")) if isinstance(body, dict) and isinstance(body.get("type"), str) \
-            else None
-        takes = job_type.upload if job_type is not None else None
-        if takes is None:
-            if upload is not None and job_type is not None:
-                raise Invalid("file", f"job type {job_type.name!r} takes no file")
+        name = body.get("type") if isinstance(body, dict) else None
+        job_type = registry.get(name) if isinstance(name, str) else None
+        if job_type is None:
             return upload  # an unknown type: the submission's own checks answer it
+        takes = job_type.upload
+        if takes is None:
+            if upload is not None:
+                raise Invalid("file", f"job type {job_type.name!r} takes no file")
+            return None
         data = body.get("data")
         if not isinstance(data, dict):
             raise Invalid("data", "must be an object")

@@ -139,7 +139,7 @@ def render(source: Any, output: Output) -> Any:
         picture = picture.crop(output.crop)
     if output.resize is not None:
         width, height, fit = output.resize
-        if fit == "cover":
+        if fit == "cover" and width and height:  # both given: `parse_outputs` sees to it
             picture = ImageOps.fit(picture, (width, height), Image.Resampling.LANCZOS)
         else:
             picture = picture.resize(resized_size(picture.size, output.resize), Image.Resampling.LANCZOS)

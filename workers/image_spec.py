@@ -188,7 +188,7 @@ def parse_outputs(data: Any, settings: ImageSettings) -> list[Output]:
 def image_schema(settings: Mapping[str, Any]) -> dict[str, Any]:
     """`data` as a JSON submission sends it (the base64 form), for `/api/openapi.json`."""
     s = ImageSettings.from_settings(settings)
-    box = {"type": "object", "properties": {"width": {"type": "integer", "minimum": 1, "maximum": s.max_dimension},
+    box: dict[str, Any] = {"type": "object", "properties": {"width": {"type": "integer", "minimum": 1, "maximum": s.max_dimension},
                                             "height": {"type": "integer", "minimum": 1,
                                                        "maximum": s.max_dimension}}}
     return {"type": "object", "required": ["image", "outputs"], "properties": {
