@@ -609,6 +609,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     _validate_retention(cfg.retention)
     _validate_pdf_settings(cfg)
+    _validate_image_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
@@ -657,3 +658,13 @@ def _validate_pdf_settings(cfg: Config) -> None:
         InvoiceSettings.from_settings(cfg.jobs.settings.get("pdf", {}))
     except ValueError as exc:
         raise ConfigError(f"[jobs.settings.pdf] {exc}") from None
+
+
+def _validate_image_settings(cfg: Config) -> None:
+    """`[jobs.settings.image]`, read at every image submission and job: checked once, here."""
+    from offload.workers.image_spec import ImageSettings
+
+    try:
+        ImageSettings.from_settings(cfg.jobs.settings.get("image", {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

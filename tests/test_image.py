@@ -17,11 +17,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from offload import AsyncClient
 from offload.service.app import create_app
+from offload.service.config import ConfigError, load_config
 from offload.service.keys import RETENTION
 from offload.service.models import Clock
 from tests.conftest import wait_status, ws_events_until
@@ -306,3 +308,11 @@ async def test_the_python_client_and_the_cli_upload_a_file(start_server, tmp_pat
         "--data", f"@{ops}", env=cli_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2 and "--file: cannot read" in stderr.decode(), stderr.decode()
+
+
+def test_a_bad_image_setting_stops_start_up_naming_it():
+    for settings, problem in (({"max_pixels": 0}, "[jobs.settings.image] max_pixels must be a whole number >= 1"),
+                              ({"max_pixel": 5}, "[jobs.settings.image] max_pixel is not a setting")):
+        with pytest.raises(ConfigError) as caught:
+            load_config(None, environ={}, overrides={"jobs": {"settings": {"image": settings}}})
+        assert str(caught.value).startswith(problem), caught.value

@@ -49,6 +49,9 @@ class ImageSettings:
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ImageSettings:
         known = cls.__dataclass_fields__
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"[jobs.settings.image] {unknown[0]} is not a setting (known: {', '.join(known)})")
         values = {key: settings[key] for key in known if key in settings}
         for key, value in values.items():
             if type(value) is not int or value < 1:
