@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import orjson
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from offload.service.config import Config
-from offload.service.errors import Invalid, MalformedJSON, PayloadTooLarge
+from offload.service.errors import Invalid, MalformedJSON, PayloadTooLarge, UnsupportedMediaType
 from offload.workers.errors import ValidationError
 from offload.workers.registry import Registry, input_name
 
@@ -111,17 +111,41 @@ async def _receive(part: BodyPartReader, upload: Upload, limit: int) -> None:
         raise
 
 
+#: What a submission that is neither JSON nor such a multipart body is told (415).
+_SEND = ("send the job as JSON (Content-Type: application/json), or as multipart/form-data with a `job` part "
+         "sent as Content-Type: application/json and a `file` part")
+
+
+async def _next(reader: MultipartReader) -> Any:
+    """The next part, or 415 for a body that is not the multipart it says it is."""
+    try:
+        return await reader.next()
+    except (ValueError, AssertionError) as exc:  # aiohttp's words for a missing or wrong boundary
+        raise UnsupportedMediaType(f"the multipart/form-data body cannot be read ({exc}); {_SEND}") from None
+
+
+def _require_json(part: BodyPartReader) -> None:
+    """The `job` part must say it is JSON: a plain HTML form's fields carry no content type,
+    so a page elsewhere cannot submit a job with one (the Origin check is the first guard)."""
+    declared = part.headers.get("Content-Type", "")
+    mime, _, parameters = declared.partition(";")
+    charset = parameters.strip().lower().removeprefix("charset=").strip('"') if parameters.strip() else "utf-8"
+    if mime.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        found = f"not {declared[:100]!r}" if declared else "none was sent"
+        raise UnsupportedMediaType(f"the job part must be sent as Content-Type: application/json ({found}); {_SEND}")
+
+
 async def read_multipart(request: web.Request, config: Config) -> tuple[Any, Upload | None]:
     """A multipart/form-data submission: the `job` part's JSON and the `file` part, on disk."""
     limits = config.limits
     if (request.content_length or 0) > limits.max_upload_bytes + limits.max_body_bytes:
         raise PayloadTooLarge(f"the request is larger than {limits.max_upload_bytes:,} bytes of file "
                               f"([limits] max_upload_bytes) and {limits.max_body_bytes:,} of job")
-    reader = await request.multipart()
     body: Any = None
     upload: Upload | None = None
     try:
-        while (part := await reader.next()) is not None:
+        reader = await request.multipart()
+        while (part := await _next(reader)) is not None:
             name = getattr(part, "name", None)
             if not isinstance(part, BodyPartReader) or name not in ("job", "file"):
                 raise Invalid(name or "multipart", "is not a part of a job submission: send `job` (the JSON "
@@ -132,6 +156,7 @@ async def read_multipart(request: web.Request, config: Config) -> tuple[Any, Upl
                 upload = Upload.create(config.results_path, part.filename)
                 await _receive(part, upload, limits.max_upload_bytes)
                 continue
+            _require_json(part)
             raw = bytearray()
             while chunk := await part.read_chunk(CHUNK):
                 raw += chunk

@@ -254,6 +254,11 @@ async def test_bad_operations_are_422_naming_the_field_and_nothing_is_stored(sta
     message = await refused(client, await client.post("/api/jobs", json={
         "type": "image", "data": {"image": {"base64": "***"}, "outputs": [{}]}}), 422)
     assert message.startswith("data.image.base64: is not base64"), message
+    plain = aiohttp.FormData()  # what an HTML form sends: fields without a content type
+    plain.add_field("job", orjson.dumps({"type": "image", "data": {"outputs": [{}]}}).decode())
+    plain.add_field("file", png(), filename="photo.png")
+    message = await refused(client, await client.post("/api/jobs", data=plain), 415)
+    assert message.startswith("the job part must be sent as Content-Type: application/json"), message
     message = await refused(client, await client.post("/api/jobs", data=form({"type": "test.echo", "data": {}},
                                                                              png())), 422)
     assert message == "file: job type 'test.echo' takes no file"
