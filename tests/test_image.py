@@ -121,6 +121,15 @@ async def test_a_multipart_upload_is_resized_and_converted(start_server, tmp_pat
     stored_job = await (await client.get(f"/api/jobs/{done['id']}")).json()
     assert stored_job["result"]["outputs"][0]["width"] == 50
     assert (tmp_path / "results" / f"{done['id']}-input").read_bytes() == png(200, 100)
+    # An idempotent repeat of the same upload answers the first job and leaves no second file.
+    keyed = {**job, "options": {"idempotencyKey": "photo-1"}}
+    first = await (await client.post("/api/jobs", data=form(keyed, png(200, 100)))).json()
+    again = await client.post("/api/jobs", data=form(keyed, png(200, 100)))
+    assert again.status == 200 and (await again.json())["jobId"] == first["jobId"]
+    other = await client.post("/api/jobs", data=form(keyed, png(201, 100)))
+    assert other.status == 422  # the same key with another file
+    inputs = sorted(p.name for p in (tmp_path / "results").glob("*-input"))
+    assert inputs == sorted([f"{done['id']}-input", f"{first['jobId']}-input"])
 
 
 async def test_a_base64_jpeg_is_turned_upright_and_its_metadata_stripped_unless_kept(start_server):
