@@ -240,8 +240,9 @@ class AsyncClient:
         503 retried within the bound."""
         waited = 0.0
         for attempt in itertools.count(1):
+            sent = {**kwargs, "data": kwargs["data"]()} if callable(kwargs.get("data")) else kwargs  # a fresh body per try
             try:
-                response = await self._http().request(method, self.url + path, **kwargs)
+                response = await self._http().request(method, self.url + path, **sent)
             except aiohttp.ClientConnectionError as exc:
                 raise ServiceUnreachable(f"offload at {self.url} cannot be reached: {exc}") from exc
             except TimeoutError as exc:
@@ -277,13 +278,15 @@ class AsyncClient:
         `retry_delay`, `timeout` and `delay` (seconds), `run_at` (a datetime, naive means
         UTC, or an ISO string), `idempotency_key`, `after` (ids of your jobs it waits for:
         it starts once they all completed) and `after_failed` ("cancel" or "run": what one of
-        them failing does to it)."""
+        them failing does to it), and `file`: the path of a file to upload
+        with the job, for a type that takes one (`image`), streamed from disk."""
         return await self.get(await self.submit_id(type, data, **options))
 
     async def submit_id(self, type: str, data: Any, *, priority: str | None = None, max_retries: int | None = None,
                         retry_delay: float | None = None, timeout: float | None = None, delay: float | None = None,
                         run_at: datetime | str | None = None, idempotency_key: str | None = None,
-                        after: list[str] | tuple[str, ...] | str | None = None, after_failed: str | None = None) -> str:
+                        after: list[str] | tuple[str, ...] | str | None = None, after_failed: str | None = None,
+                        file: str | os.PathLike[str] | None = None) -> str:
         """`submit` without reading the stored job back: the new job's id, one request."""
         options: dict[str, Any] = {"idempotencyKey": idempotency_key or f"client-{uuid.uuid4().hex}"}
         if priority is not None:
@@ -299,7 +302,11 @@ class AsyncClient:
             options["after"] = [after] if isinstance(after, str) else list(after)
         if after_failed is not None:
             options["afterFailed"] = after_failed
-        answer = await self._json("POST", "/api/jobs", json={"type": type, "data": data, "options": options})
+        body = {"type": type, "data": data, "options": options}
+        if file is None:
+            answer = await self._json("POST", "/api/jobs", json=body)
+        else:
+            answer = await self._json("POST", "/api/jobs", data=_upload_form(body, Path(file)))
         return str(answer["jobId"])
 
     async def get(self, job_id: str) -> Job:
@@ -576,6 +583,20 @@ class Client:
     def run(self, type: str, data: Any, *, on_progress: Callable[[int, str | None], Any] | None = None,
             wait_timeout: float | None = None, **options: Any) -> Any:
         return self.wait(self.submit_id(type, data, **options), on_progress, timeout=wait_timeout)
+
+
+def _upload_form(body: dict[str, Any], path: Path) -> Callable[[], aiohttp.FormData]:
+    """The multipart body of a submission with a file, made anew for each try (a form's
+    file is read as it is sent, once). `OSError` at once when the file cannot be read."""
+    path.stat()
+
+    def form() -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        data.add_field("job", orjson.dumps(body).decode(), content_type="application/json")
+        data.add_field("file", path.open("rb"), filename=path.name, content_type="application/octet-stream")
+        return data
+
+    return form
 
 
 def _close_at_exit(ref: weakref.ref[Client]) -> None:

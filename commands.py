@@ -73,6 +73,7 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("type", help="the job type, e.g. pdf")
     submit.add_argument("--data", default="{}", metavar="JSON|@FILE|@-",
                         help="the job's data: JSON text, @file.json, or @- to read standard input (default {})")
+    submit.add_argument("--file", metavar="PATH", help="a file to upload with the job (the image of an image job)")
     submit.add_argument("--priority", choices=("high", "medium", "low"))
     submit.add_argument("--max-retries", type=int, metavar="N", help="attempts after the first (0-10)")
     submit.add_argument("--timeout", type=float, metavar="S", help="seconds an attempt may run")
@@ -181,10 +182,13 @@ def _write(stream: TextIO, text: str) -> None:
 # ---- submit -----------------------------------------------------------------------------------
 async def _submit(client: AsyncClient, args: argparse.Namespace, out: Output) -> int:
     data = read_data(args.data)
-    job = await client.submit(args.type, data, priority=args.priority, max_retries=args.max_retries,
-                              timeout=args.timeout, delay=args.delay, idempotency_key=args.idempotency_key,
-                              after=[i.strip() for ids in args.after or () for i in ids.split(",") if i.strip()],
-                              after_failed=args.after_failed)
+    try:
+        job = await client.submit(args.type, data, priority=args.priority, max_retries=args.max_retries,
+                                  timeout=args.timeout, delay=args.delay, idempotency_key=args.idempotency_key,
+                                  after=[i.strip() for ids in args.after or () for i in ids.split(",") if i.strip()],
+                                  after_failed=args.after_failed, file=args.file)
+    except OSError as exc:  # the file to upload cannot be read
+        raise UsageError(f"--file: cannot read {args.file}: {exc.strerror or exc}") from None
     if not args.wait:
         out.line(job.id)
         return OK

@@ -28,11 +28,12 @@ from offload.service.errors import (
     not_retryable,
 )
 from offload.service.keys import (
-    AUTH, CLOCK, CONFIG, LIMITS, METRICS, OWNER, RETENTION, SCHEDULER, STATS, STORE, SUBMISSIONS,
+    AUTH, CLOCK, CONFIG, LIMITS, METRICS, OWNER, REGISTRY, RETENTION, SCHEDULER, STATS, STORE, SUBMISSIONS,
 )
 from offload.service.metrics import metrics_response
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
 from offload.service.store.base import RETRYABLE
+from offload.service.uploads import submission_of
 from offload.workers.filenames import safe_filename
 from offload.workers.runtime import is_media_type
 
@@ -97,10 +98,19 @@ async def ws_ticket(request: web.Request) -> web.Response:
 
 @routes.post("/api/jobs")
 async def submit(request: web.Request) -> web.Response:
+    """JSON, or multipart/form-data with a file for a type that takes one (`uploads`)."""
     submissions = request.app[SUBMISSIONS]
     await submissions.admit(owner_of(request))
-    job, created = await submissions.submit(owner_of(request), await read_json(request),
-                                            request.headers.get("Idempotency-Key"))
+    body, upload = await submission_of(request, request.app[CONFIG], request.app[REGISTRY], read_json)
+    try:
+        job, created = await submissions.submit(owner_of(request), body, request.headers.get("Idempotency-Key"),
+                                                upload=upload)
+    except BaseException:
+        if upload is not None:  # nothing stored: neither is its file
+            await upload.discard()
+        raise
+    if upload is not None and not created:  # the answer to an earlier job, which has its own
+        await upload.discard()
     answer = {"jobId": job.id, "status": job.status.value, "createdAt": iso(job.created_at)}
     return json_response(answer, 201 if created else 200)
 

@@ -141,6 +141,10 @@ class LimitsConfig:
     #: Seconds a WebSocket client may stay above `ws_max_unsent_bytes` (a burst it reads
     #: through) before it is closed.
     ws_slow_close_s: float = 5.0
+    #: Largest file uploaded with a job (multipart `file` part), in bytes (413 beyond).
+    max_upload_bytes: int = 32 * 1024 * 1024
+    #: Largest file sent inside the JSON as base64 (`data.image.base64`), decoded, in bytes (413 beyond).
+    max_inline_upload_bytes: int = 1024 * 1024
 
 
 #: How a schedule treats the slots that passed while the service was down (or reached them
@@ -596,6 +600,8 @@ def validate(cfg: Config) -> None:
         (cfg.limits.max_ws_message_bytes >= 1024, "[limits] max_ws_message_bytes must be >= 1024"),
         (cfg.limits.ws_max_unsent_bytes >= 65536, "[limits] ws_max_unsent_bytes must be >= 65536"),
         (cfg.limits.ws_slow_close_s >= 0, "[limits] ws_slow_close_s must be >= 0"),
+        (cfg.limits.max_upload_bytes >= 1024, "[limits] max_upload_bytes must be >= 1024"),
+        (cfg.limits.max_inline_upload_bytes >= 1024, "[limits] max_inline_upload_bytes must be >= 1024"),
         (cfg.stats.interval_s >= 0.05, "[stats] interval_s must be >= 0.05"),
         (cfg.stats.window_s > 0, "[stats] window_s must be > 0"),
         (cfg.stats.window_samples >= 1, "[stats] window_samples must be >= 1"),
@@ -608,6 +614,7 @@ def validate(cfg: Config) -> None:
     _validate_retention(cfg.retention)
     _validate_pdf_settings(cfg)
     _validate_email_settings(cfg)
+    _validate_image_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
@@ -681,3 +688,13 @@ def _validate_email_settings(cfg: Config) -> None:
         EmailSettings.from_settings(cfg.jobs.settings["email"]).password()
     except (ValueError, LookupError) as exc:
         raise ConfigError(f"[jobs.settings.email] {exc}") from None
+
+
+def _validate_image_settings(cfg: Config) -> None:
+    """`[jobs.settings.image]`, read at every image submission and job: checked once, here."""
+    from offload.workers.image_spec import ImageSettings
+
+    try:
+        ImageSettings.from_settings(cfg.jobs.settings.get("image", {}))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -7,7 +7,9 @@ tests, which call `run_once()` themselves). It never holds the store for long: e
 `[retention] batch` jobs is one transaction of its own in the store's writer queue, and the
 pass gives way between two batches for as long as the batch took, so submissions and claims
 go on at (at least) half the store's speed during a cleanup of any size. Files are deleted
-after their rows are committed, in a thread; one already gone is fine. Then the space the
+after their rows are committed, in a thread; one already gone is fine. A job's uploaded
+input file (`<job id>-input`, `registry.input_name`) goes with the job, and with the result
+files of a completed one (it cannot run again): one unlink tried per job, found or not. Then the space the
 rows held is given back to the file system (`Store.compact`), a few pages at a time.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from offload.service.config import RetentionConfig
 from offload.service.errors import OffloadError
 from offload.service.models import Clock, JobStatus, iso
 from offload.service.store import Store
+from offload.workers.registry import input_name
 
 log = logging.getLogger("offload.retention")
 
@@ -162,8 +165,9 @@ class Retention:
             cleaned.jobs[AGES[status]] += len(purged)
             paths = [p for job in purged if job.file
                      for p in [result_path(self.results, job.job_id, job.file)] if p is not None]
-            if paths:
-                cleaned.files += await asyncio.to_thread(_unlink, paths)
+            inputs = [self.results / input_name(job.job_id) for job in purged]
+            if paths or inputs:
+                cleaned.files += await asyncio.to_thread(_unlink, paths + inputs)
             if len(purged) < self.config.batch or self._stopping:
                 return
             await self._give_way(started)
@@ -173,10 +177,11 @@ class Retention:
             started, after = time.monotonic(), self._files_after
             files, self._files_after = await self.store.result_files(before, limit=self.config.batch, after=after)
             paths = [p for f in files for p in [result_path(self.results, f.job_id, f.file)] if p is not None]
+            inputs = [self.results / input_name(f.job_id) for f in files]
             if paths:
                 removed = await asyncio.to_thread(_unlink, paths)
                 cleaned.results += removed
-                cleaned.files += removed
+                cleaned.files += removed + await asyncio.to_thread(_unlink, inputs)
             if self._files_after == after or self._stopping:
                 return
             await self._give_way(started)

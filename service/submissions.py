@@ -34,6 +34,7 @@ from offload.service.scheduler import Scheduler
 from offload.service.store import IdempotencyMismatch, Store
 from offload.service.store.base import UnknownParent
 from offload.service.validation import Submission, parse_submission
+from offload.service.uploads import Upload
 from offload.workers.registry import Registry
 
 #: What a client at its pending cap is told to wait: jobs start within seconds when workers are free.
@@ -71,14 +72,19 @@ class Submissions:
             raise TooManyRequests(f"you may have {cap:,} pending jobs at most{more}; submit more as they start",
                                   PENDING_RETRY_AFTER)
 
-    async def submit(self, owner: str, body: Any, idempotency_key: str | None) -> tuple[Job, bool]:
+    async def submit(self, owner: str, body: Any, idempotency_key: str | None,
+                     upload: Upload | None = None) -> tuple[Job, bool]:
         """Parse, check the queue's room, store: the job and whether it is new (False: the
-        answer to an earlier request with the same idempotency key). Call `admit` first."""
+        answer to an earlier request with the same idempotency key). Call `admit` first.
+        An `upload` becomes the job's input file before the insert; the caller deletes it
+        when this raises or answers an earlier job (`uploads`)."""
         submission = parse_submission(body, owner, self.config, idempotency_key,
                                       now=self.scheduler.clock.now(), registry=self.registry)
         cap = self.config.jobs.max_pending
         if await self.limits.pending.count(self.store) >= cap:
             raise TooManyRequests(f"the queue is full ({cap} pending jobs); try again shortly", retry_after=1)
+        if upload is not None:
+            await upload.keep(self.config.results_path, submission.job.id)
         self.scheduler.submitted(submission.job)  # before the insert is queued: see `submitted`
         try:
             job, created = await self.store.create(submission.job, submission.request_hash)
@@ -116,6 +122,8 @@ class Submissions:
             except Invalid as exc:
                 field = f"jobs[{index}]" if exc.field == "body" else f"jobs[{index}].{exc.field}"
                 raise Invalid(field, exc.problem) from None
+            if self.registry.get(submissions[-1].job.type).upload is not None:  # type: ignore[union-attr]
+                raise Invalid(f"jobs[{index}].type", "takes an uploaded file: submit it alone to POST /api/jobs")
         cap = self.config.jobs.max_pending
         if await self.limits.pending.count(self.store) + len(submissions) > cap:
             raise TooManyRequests(f"the queue is full ({cap} pending jobs at most); try again shortly", retry_after=1)

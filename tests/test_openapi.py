@@ -119,7 +119,11 @@ def _rules_beyond_the_schema(case: Any, used_keys: set[str]) -> bool:
     """The two rules of POST /api/jobs that the document states only in prose, because no
     schema can: the Idempotency-Key header and options.idempotencyKey, when both are given,
     are equal (a rule across two parts of a request), and a key used before with another
-    body is refused (a rule over the server's state). tests/test_api.py checks both."""
+    body is refused (a rule over the server's state). tests/test_api.py checks both. And an
+    `image` job's upload must be an image within the pixel limit, which its outputs must fit
+    (rules over the file's content; tests/test_image.py checks them)."""
+    if isinstance(case.body, dict) and case.body.get("type") == "image":
+        return True
     header, key = _idempotency_keys(case)
     if header is not None and key is not None and key != header:
         return True
@@ -153,8 +157,11 @@ def _report_breaks_a_rule_in_prose(submission: Any) -> bool:
 
 def _batch_reuses_keys(case: Any, used_keys: set[str]) -> bool:
     """The batch's form of the same rule: a job's key used before (in this batch or an
-    earlier request) with another body is refused, and nothing of the batch is stored."""
+    earlier request) with another body is refused, and nothing of the batch is stored. A batch
+    holding an `image` job is refused too: an upload is submitted alone."""
     jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+    if any(isinstance(job, dict) and job.get("type") == "image" for job in (jobs if isinstance(jobs, list) else ())):
+        return True
     keys = []
     for job in jobs if isinstance(jobs, list) else []:
         options = job.get("options") if isinstance(job, dict) else None

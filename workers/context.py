@@ -85,10 +85,12 @@ class Context:
     they were named. `ctx.checkpoint` is what an earlier attempt of this job last saved
     with `await ctx.save(value)` (None on a first attempt). `ctx.file(filename,
     content_type)` gives a file to write a large result into instead of returning bytes.
+    `ctx.upload` is the path of the file uploaded with the job, for a type that takes one
+    (`FileInput`; None otherwise): read it, never write there.
     """
 
     __slots__ = ("job_id", "attempt", "settings", "inputs", "checkpoint", "_send", "_is_cancelled",
-                 "_percent", "_message", "_save", "_files")
+                 "_percent", "_message", "_save", "_files", "upload")
 
     def __init__(
         self,
@@ -102,6 +104,7 @@ class Context:
         checkpoint: Any = None,
         save: Saver | None = None,
         files: FileMaker | None = None,
+        upload: str | None = None,
     ) -> None:
         self.job_id = job_id
         self.attempt = attempt
@@ -114,6 +117,7 @@ class Context:
         self._message: str | None = None
         self._save = save
         self._files = files
+        self.upload = upload
 
     @property
     def cancelled(self) -> bool:

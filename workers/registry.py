@@ -13,7 +13,8 @@ same rules as an OpenAPI 3.0 schema of `data`, for `/api/openapi.json`. An optio
 `warm_up()` runs once in each worker process before its first job, never in the service
 (see `runtime.warm_up`): for set-up that would otherwise slow a type's first job. An
 optional `needs(data)` names the job ids a valid `data` refers to (an `email`'s
-attachments): the job waits for them as if they were in `options.after`.
+attachments): the job waits for them as if they were in `options.after`. An optional
+`upload` (`FileInput`) makes the type take an uploaded file (the built-in `image`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ Validator = Callable[[Any, Mapping[str, Any]], None]
 DataSchema = Callable[[Mapping[str, Any]], dict[str, Any]]
 WarmUp = Callable[[], None]
 Needs = Callable[[Any], "list[str]"]
+#: `inspect(path, settings)`: what an uploaded file is (see `FileInput`).
+Inspect = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,33 @@ class FileOutput:
     filename: str
     content_type: str
     content: bytes
+    #: More of the result's metadata, beside `filename`, `contentType` and `size` (JSON; the
+    #: `image` type lists its outputs here).
+    meta: Mapping[str, Any] | None = None
+
+
+#: The name of a job's uploaded input file in the results folder: `<job id>` then this.
+INPUT_SUFFIX = "-input"
+
+
+def input_name(job_id: str) -> str:
+    """Where a job's uploaded file lives, named after the job alone (never after anything a
+    client sent), so retention finds it by the job id and no job can name another's."""
+    return f"{job_id}{INPUT_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """A job type that takes a file uploaded with the job: `POST /api/jobs` as
+    multipart/form-data with a `file` part beside the `job` part, or in JSON as
+    `data.<field> = {"base64": ..., "filename"?}`. The service stores the bytes as the
+    job's input file (`input_name`) before it stores the job, and puts what
+    `inspect(path, settings)` says of them (raising `ValidationError` for a file it
+    refuses, before the job is stored) in `data.<field>`; the handler reads the file at
+    `ctx.upload`. `inspect` runs in the service: it reads headers, never whole files."""
+
+    field: str
+    inspect: Inspect
 
 
 @dataclass(frozen=True)
@@ -51,6 +81,8 @@ class JobType:
     warm_up: WarmUp | None = None
     #: The job ids `data` refers to, which the job waits for as for `options.after`.
     needs: Needs | None = None
+    #: The file the type takes with each job, if it takes one.
+    upload: FileInput | None = None
     #: An `async def` handler runs on the service's event loop instead of in a process.
     is_async: bool = field(init=False)
 
@@ -62,7 +94,7 @@ class JobType:
 
 
 #: Modules holding the built-in job types; every registry loads them first.
-BUILTIN_MODULES = ("offload.workers.pdf", "offload.workers.email")
+BUILTIN_MODULES = ("offload.workers.pdf", "offload.workers.email", "offload.workers.image")
 #: The attribute `@job_type` sets on the function it marks: its `JobType`.
 MARK = "__offload_job_type__"
 #: The list, in each module's own namespace, of the job types its functions declared.
@@ -71,12 +103,12 @@ DECLARED = "__offload_job_types__"
 
 def job_type(name: str, *, validate: Validator | None = None,
              schema: DataSchema | None = None, warm_up: WarmUp | None = None,
-             needs: Needs | None = None) -> Callable[[Callable], Callable]:
+             needs: Needs | None = None, upload: FileInput | None = None) -> Callable[[Callable], Callable]:
     """Mark the decorated function as the handler of job type `name`. Nothing is
     registered here: a `Registry` that loads the function's module collects it."""
 
     def mark(handler: Callable) -> Callable:
-        declared = JobType(name, handler, validate, schema, warm_up, needs)
+        declared = JobType(name, handler, validate, schema, warm_up, needs, upload)
         setattr(handler, MARK, declared)
         module = sys.modules.get(handler.__module__)
         if module is not None:  # the module being imported: it keeps its own list

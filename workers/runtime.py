@@ -24,7 +24,7 @@ import orjson
 from offload.workers.context import context_of
 from offload.workers.errors import Cancelled, JobError
 from offload.workers.filenames import safe_filename
-from offload.workers.registry import FileOutput, Registry
+from offload.workers.registry import FileOutput, Registry, input_name
 from offload.workers.tracebacks import handler_traceback
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
@@ -148,7 +148,8 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     if job_type is None:
         return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
                 "permanent": True}
-    ctx = context_of(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled, extras)
+    upload = {} if job_type.upload is None else {"upload": str(Path(results_dir) / input_name(job_id))}
+    ctx = context_of(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled, extras, **upload)
     try:
         value = job_type.handler(data, ctx)
     except Cancelled:
@@ -200,4 +201,5 @@ def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> 
     except BaseException:  # never leave a partial file behind, whatever stopped the write
         partial.unlink(missing_ok=True)
         raise
-    return {"filename": output.filename, "contentType": output.content_type, "size": len(output.content), "file": name}
+    return {**(output.meta or {}), "filename": output.filename, "contentType": output.content_type,
+            "size": len(output.content), "file": name}
