@@ -285,3 +285,37 @@ async def test_the_progress_follows_the_recipients(start_server, email_config, m
     await ws.close()
     assert seen and seen[-1][0] in (75, 100)  # progress may be coalesced; the last one is late
     assert all(message.endswith("of 4 sent") for _, message in seen)
+
+
+async def test_an_email_after_an_invoice_attaches_its_pdf(start_server, email_config, mailbox):
+    """The food-orders case: render the invoice, then mail it. The email names the invoice
+    job as an attachment, so it waits for it (`needs`), and reads its file through ctx.inputs."""
+    client = await start_server(email_config(mailbox))
+    invoice = await submit(client, "pdf", {
+        "type": "invoice", "order": {"number": "INV-7", "customer": {"name": "Ada"}},
+        "items": [{"name": f"Item {i}", "quantity": 1, "unitPrice": 2.5} for i in range(300)]})
+    mail = await submit(client, "email", {"to": ["ada@example.com"], "subject": "Your invoice",
+                                          "text": "Attached.", "attachments": [{"job": invoice}]})
+    job = await (await client.get(f"/api/jobs/{mail}")).json()
+    assert job["after"] == [invoice], job
+    done = await wait_status(client, mail, "completed", "failed", "cancelled")
+    assert done["status"] == "completed" and done["result"]["value"]["sent"] == ["ada@example.com"], done
+    rendered = await (await client.get(f"/api/jobs/{invoice}")).json()
+    assert done["startedAt"] >= rendered["completedAt"]  # it waited for the invoice
+    pdf = await (await client.get(f"/api/jobs/{invoice}/download")).read()
+    (message,) = mailbox.received_by("ada@example.com")
+    (attachment,) = list(message.iter_attachments())
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_filename() == "invoice-INV-7.pdf"
+    assert attachment.get_content() == pdf and pdf.startswith(b"%PDF-")
+
+
+async def test_an_email_whose_attachment_job_failed_is_cancelled_naming_it(start_server, email_config, mailbox):
+    client = await start_server(email_config(mailbox))
+    failing = await submit(client, "test.fail", {"permanent": True}, maxRetries=0)
+    mail = await submit(client, "email", {"to": ["ada@example.com"], "subject": "Your invoice",
+                                          "text": "Attached.", "attachments": [{"job": failing}]})
+    done = await wait_status(client, mail, "completed", "failed", "cancelled")
+    assert done["status"] == "cancelled" and done["error"]["type"] == "DependencyFailed", done
+    assert failing in done["error"]["message"]
+    assert mailbox.messages == []
