@@ -1,4 +1,4 @@
-// offload demo page: submit a sample invoice, watch every job live over one WebSocket.
+// offload demo page: submit a sample of each built-in job type, watch every job live over one WebSocket.
 // A plain ES module on top of offload.js, the browser client (its first user). Job data only
 // ever reaches the DOM via textContent.
 
@@ -359,6 +359,103 @@ function sampleInvoice(itemCount, priority) {
   };
 }
 
+// ---------------------------------------------------------------- the other samples
+
+function sampleReport(rowCount, priority) {
+  const regions = ["North", "South", "East", "West", "Central"];
+  const rows = [];
+  for (let i = 0; i < rowCount; i++) {
+    rows.push([`${pick(regions)} ${i + 1}`, randomInt(50, 2000), randomInt(1000, 90000) / 100]);
+  }
+  const quarters = ["Q1", "Q2", "Q3", "Q4"];
+  const series = regions.slice(0, 3).map((name) => ({ name, values: quarters.map(() => randomInt(5, 40)) }));
+  return {
+    type: "pdf",
+    data: {
+      type: "report", title: "Quarterly operations", subtitle: "A sample report from the offload page", date: today(),
+      sections: [
+        { heading: "Summary", paragraphs: ["Orders grew in every region this quarter.", "Deliveries got faster."] },
+        { heading: "Orders by branch", table: { columns: ["Branch", "Orders", "Revenue"], rows } },
+        { heading: "Units by quarter", chart: { kind: "bar", title: "Units sold", categories: quarters, series } },
+        { heading: "Trend", chart: { kind: "line", title: "Units sold", categories: quarters, series } },
+      ],
+    },
+    options: { priority },
+  };
+}
+
+function sampleExport(rowCount, priority) {
+  const rows = [];
+  for (let i = 0; i < rowCount; i++) {
+    const [name, unitPrice] = pick(PRODUCTS);
+    rows.push({ order: `ORD-${1000 + i}`, product: name, quantity: randomInt(1, 12), unitPrice, date: today() });
+  }
+  return { type: "export", data: { format: "xlsx", filename: "orders.xlsx", rows }, options: { priority } };
+}
+
+/** A small picture drawn here, sent inline as base64 PNG: three sizes come back in one zip. */
+function sampleImage(priority) {
+  const canvas = document.createElement("canvas");
+  canvas.width = 640;
+  canvas.height = 480;
+  const g = canvas.getContext("2d");
+  const gradient = g.createLinearGradient(0, 0, 640, 480);
+  gradient.addColorStop(0, `hsl(${randomInt(0, 359)} 70% 55%)`);
+  gradient.addColorStop(1, `hsl(${randomInt(0, 359)} 70% 35%)`);
+  g.fillStyle = gradient;
+  g.fillRect(0, 0, 640, 480);
+  g.fillStyle = "rgba(255,255,255,0.85)";
+  g.font = "bold 64px sans-serif";
+  g.fillText("offload", 170, 260);
+  const base64 = canvas.toDataURL("image/png").split(",", 2)[1];
+  return {
+    type: "image",
+    data: {
+      image: { base64, filename: "sample.png" },
+      outputs: [
+        { name: "thumb", thumbnail: { width: 128, height: 128 }, format: "webp" },
+        { name: "banner", resize: { width: 600, height: 200, fit: "cover" }, format: "jpeg", quality: 80 },
+        { name: "square", crop: { left: 80, top: 0, width: 480, height: 480 }, format: "png" },
+      ],
+    },
+    options: { priority },
+  };
+}
+
+let lastInvoice = null; // {jobId, number, customer} of the last invoice this page submitted
+
+/** Mail the last invoice submitted here (attached: the email waits for its PDF). */
+function sampleEmail(priority) {
+  const customer = lastInvoice ? lastInvoice.customer : pick(CUSTOMERS);
+  const data = {
+    to: [{ address: customer.email, name: customer.name }],
+    subject: lastInvoice ? `Your invoice ${lastInvoice.number}` : "Hello from offload",
+    text: "Dear {name},\n\nthank you for your order.",
+  };
+  if (lastInvoice) data.attachments = [{ job: lastInvoice.jobId }];
+  return { type: "email", data, options: { priority } };
+}
+
+function sampleOf(kind, count, priority) {
+  switch (kind) {
+    case "report": return sampleReport(count, priority);
+    case "export": return sampleExport(count, priority);
+    case "image": return sampleImage(priority);
+    case "email": return sampleEmail(priority);
+    default: return sampleInvoice(count, priority);
+  }
+}
+
+function describe(payload, count) {
+  switch (payload.type === "pdf" ? payload.data.type : payload.type) {
+    case "invoice": return `invoice ${payload.data.order.number} (${count} items)`;
+    case "report": return `a report (${count} table rows)`;
+    case "export": return `an export of ${count} rows`;
+    case "image": return "an image in three sizes";
+    default: return payload.data.attachments ? `an email with invoice ${lastInvoice.number}` : "an email";
+  }
+}
+
 // ---------------------------------------------------------------- form
 
 let noticeTimer = null;
@@ -378,16 +475,20 @@ function setUpForm() {
     e.preventDefault();
     const count = Number(form.elements.namedItem("lineItems").value);
     const priority = form.elements.namedItem("priority").value;
+    const kind = form.elements.namedItem("sample").value;
     if (!Number.isInteger(count) || count < 1 || count > 10000) {
-      notice("Line items must be a whole number from 1 to 10000.", "error");
+      notice("Items / rows must be a whole number from 1 to 10000.", "error");
       return;
     }
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
-    const payload = sampleInvoice(count, priority);
+    const payload = sampleOf(kind, count, priority);
     try {
       const answer = await offload.submit(payload.type, payload.data, payload.options);
-      notice(`Submitted invoice ${payload.data.order.number} (${count} items) as ${answer.jobId}.`, "ok");
+      notice(`Submitted ${describe(payload, count)} as ${answer.jobId}.`, "ok");
+      if (kind === "invoice") {
+        lastInvoice = { jobId: answer.jobId, number: payload.data.order.number, customer: payload.data.order.customer };
+      }
       if (!jobs.has(answer.jobId)) fetchJob(answer.jobId); // in case the socket is down
     } catch (err) {
       notice(explain(err), "error");
