@@ -617,9 +617,9 @@ def _plain_line(entry: dict[str, Any], default_rate: Decimal, unit: Decimal) -> 
     price = Decimal(price) if type(price) is int else Decimal(str(price))
     gross = _MATH.multiply(quantity, price).quantize(unit, context=_MATH)
     discount = _ZEROS[unit]
-    return Line(name=" ".join(entry["name"].split()), quantity=quantity, unit=None, unit_price=price,
-                discount=discount, discount_percent=None, tax_rate=default_rate, net=gross - discount,
-                sku=None if sku is None else " ".join(sku.split()) or None)
+    # Positional: a frozen dataclass's keyword call costs a quarter more, 500 times an invoice.
+    return Line(" ".join(entry["name"].split()), quantity, None, price, discount, None, default_rate,
+                gross - discount, None if sku is None else " ".join(sku.split()) or None)
 
 
 # ---------------------------------------------------------------------------- schema
