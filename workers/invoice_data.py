@@ -436,7 +436,8 @@ def parse_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> In
             unit, context=_MATH)
 
     entries = _items_list(data, settings)
-    lines = tuple(_line(entry, f"items[{i}]", limit, default_rate, unit) for i, entry in enumerate(entries))
+    lines = tuple(_plain_line(entry, default_rate, unit) if _plain(entry, limit)
+                  else _line(entry, f"items[{i}]", limit, default_rate, unit) for i, entry in enumerate(entries))
     return Invoice(
         kind=kind, number=number, issue_date=issue_date, due_date=due_date,
         money=Money(currency, digits, locale, settings.currency_display),
@@ -589,18 +590,39 @@ def check_invoice(data: Any, settings: InvoiceSettings = DEFAULT_SETTINGS) -> No
     unit = Decimal(1).scaleb(-minor_units(_currency(order.get("currency"), settings.currency)))
     for index in range(1, len(items)):
         entry = items[index]
-        if type(entry) is dict:
-            name, sku = entry.get("name"), entry.get("sku")
-            quantity: Any = entry.get("quantity")
-            price: Any = entry.get("unitPrice")
-            if (type(name) is str and 0 < len(name) <= limit and not name.isspace()
-                    and type(quantity) in (int, float) and 0 < quantity < _FAST_MAX
-                    and type(price) in (int, float) and -_FAST_MAX < price < _FAST_MAX
-                    and (sku is None or (type(sku) is str and len(sku) <= limit))
-                    and entry.get("unit") is None and entry.get("discount") is None
-                    and entry.get("taxRate") is None):
-                continue
-        _line(entry, f"items[{index}]", limit, default_rate, unit)
+        if not _plain(entry, limit):
+            _line(entry, f"items[{index}]", limit, default_rate, unit)
+
+
+def _plain(entry: Any, limit: int) -> bool:
+    """Whether an item is plainly well-formed: a name, a quantity and a unit price within
+    bounds, at most a text SKU, nothing else given. Such an item passes `_line`'s every check,
+    so `check_invoice` passes over it and `parse_invoice` builds it without them
+    (`_plain_line`)."""
+    if type(entry) is not dict:
+        return False
+    name, sku = entry.get("name"), entry.get("sku")
+    quantity: Any = entry.get("quantity")
+    price: Any = entry.get("unitPrice")
+    return (type(name) is str and 0 < len(name) <= limit and not name.isspace()
+            and type(quantity) in (int, float) and 0 < quantity < _FAST_MAX
+            and type(price) in (int, float) and -_FAST_MAX < price < _FAST_MAX
+            and (sku is None or (type(sku) is str and len(sku) <= limit))
+            and entry.get("unit") is None and entry.get("discount") is None
+            and entry.get("taxRate") is None)
+
+
+def _plain_line(entry: dict[str, Any], default_rate: Decimal, unit: Decimal) -> Line:
+    """`_line` of an item `_plain` accepts, without the checks it is known to pass (an item's
+    checks cost about as much as its share of the rendering): the same Line, value for value."""
+    quantity, price, sku = entry["quantity"], entry["unitPrice"], entry.get("sku")
+    quantity = Decimal(quantity) if type(quantity) is int else Decimal(str(quantity))
+    price = Decimal(price) if type(price) is int else Decimal(str(price))
+    gross = _MATH.multiply(quantity, price).quantize(unit, context=_MATH)
+    discount = _ZEROS[unit]
+    # Positional: a frozen dataclass's keyword call costs a quarter more, 500 times an invoice.
+    return Line(" ".join(entry["name"].split()), quantity, None, price, discount, None, default_rate,
+                gross - discount, None if sku is None else " ".join(sku.split()) or None)
 
 
 # ---------------------------------------------------------------------------- schema
