@@ -34,7 +34,7 @@ from offload.service.metrics import metrics_response
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
 from offload.service.store.base import RETRYABLE
 from offload.workers.filenames import safe_filename
-from offload.workers.runtime import is_media_type
+from offload.workers.results import is_media_type
 
 routes = web.RouteTableDef()
 #: `GET /api/jobs?status=scheduled`: the pending jobs not due yet (a filter, not a job status).

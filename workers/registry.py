@@ -22,6 +22,7 @@ import inspect
 import sys
 import traceback
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Callable, Mapping
 
 Validator = Callable[[Any, Mapping[str, Any]], None]
@@ -37,7 +38,9 @@ class FileOutput:
 
     filename: str
     content_type: str
-    content: bytes
+    #: The bytes, or an iterable of bytes chunks (a generator) written one by one, so a
+    #: large file never sits in memory whole.
+    content: bytes | Iterable[bytes]
 
 
 @dataclass(frozen=True)
