@@ -65,7 +65,7 @@ class JobType:
 
 
 #: Modules holding the built-in job types; every registry loads them first.
-BUILTIN_MODULES = ("offload.workers.pdf",)
+BUILTIN_MODULES = ("offload.workers.pdf", "offload.workers.export")
 #: The attribute `@job_type` sets on the function it marks: its `JobType`.
 MARK = "__offload_job_type__"
 #: The list, in each module's own namespace, of the job types its functions declared.
