@@ -30,6 +30,7 @@ from offload.service.errors import (
 from offload.service.keys import (
     AUTH, CLOCK, CONFIG, LIMITS, METRICS, OWNER, RETENTION, SCHEDULER, STATS, STORE, SUBMISSIONS,
 )
+from offload.service.downloads import ResultFileResponse
 from offload.service.metrics import metrics_response
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
 from offload.service.store.base import RETRYABLE
@@ -232,7 +233,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     content_type = str(result.get("contentType") or "")
     if not is_media_type(content_type):
         content_type = "application/octet-stream"
-    return web.FileResponse(path, headers={
+    return ResultFileResponse(path, headers={
         "Content-Type": content_type,
         "Content-Disposition": content_disposition(str(result.get("filename") or ""), path.name),
         "X-Content-Type-Options": "nosniff",  # never rendered as anything but its declared type
