@@ -132,7 +132,7 @@ _ABSENT = object()
 def check_export(data: Any, settings: ExportSettings) -> None:
     """Raises `ValidationError(field, problem)` for the first thing wrong with `data`."""
     if not isinstance(data, dict):
-        raise ValidationError("data", "must be an object with format and rows or query")
+        raise ValidationError("", "must be an object with format and rows or query")
     unknown = sorted(set(data) - {"format", "filename", "columns", "rows", "query", "params", "sheet"})
     if unknown:
         raise ValidationError(unknown[0], "is not a field of an export (fields: format, filename, columns, rows, "
