@@ -139,8 +139,9 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(live_serve
     # The schema is the one the server serves (fetched with a token), built from its config.
     served = requests.get(f"{live_server}/api/openapi.json", headers=A, timeout=10).json()
     assert served == orjson.loads(orjson.dumps(build_spec(live_config, Registry.from_modules(live_config.workers.modules))))
-    assert served["components"]["schemas"]["Submission"]["oneOf"][0]["properties"]["data"]["properties"][
-        "items"]["maxItems"] == 5  # the configured limit, not the default
+    pdf = next(branch for branch in served["components"]["schemas"]["Submission"]["oneOf"]
+               if branch["properties"]["type"]["enum"] == ["pdf"])
+    assert pdf["properties"]["data"]["properties"]["items"]["maxItems"] == 5  # the configured limit, not the default
     # The token given as the document's bearer scheme, so that schemathesis knows the
     # requests it sends are authenticated (and judges each by what it really sends).
     schema = schemathesis.openapi.from_dict(served, config=SchemathesisConfig.from_dict(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.workers.registry import ModuleLoadError, Registry
+from offload.workers.registry import BUILTIN_MODULES, ModuleLoadError, Registry
 from tests.conftest import submit, wait_status
 
 
@@ -19,7 +19,7 @@ def test_each_registry_knows_the_builtins_and_its_own_modules_only() -> None:
     assert {"pdf", "test.echo", "test.async_steps"} <= set(with_tests.names())
     assert Registry.from_modules().names() == plain.names()  # loading tests.jobtypes changed nothing else
     with_tests.load(["tests.jobtypes"])  # loaded once, registered once
-    assert with_tests.modules == ("offload.workers.pdf", "tests.jobtypes")
+    assert with_tests.modules == (*BUILTIN_MODULES, "tests.jobtypes")
     assert with_tests.get("test.async_steps").is_async and not with_tests.get("test.echo").is_async
 
 
