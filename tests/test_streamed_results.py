@@ -201,3 +201,17 @@ async def test_the_cli_saves_a_large_result_to_a_file_and_to_stdout(server, tmp_
         env=cli_env(), stdout=asyncio.subprocess.PIPE)
     stdout, _ = await asyncio.wait_for(piped.communicate(), 60)
     assert stdout.split()[0].decode() == hashlib.sha256(expected(6 * CHUNK + 3)).hexdigest()
+
+
+def test_the_runtime_itself_discards_the_file_of_an_attempt_that_fails_or_returns_json(tmp_path, monkeypatch):
+    """In the worker, before the pool's own clean-up of killed attempts: nothing is left."""
+    from offload.workers import runtime
+    from offload.workers.registry import Registry
+
+    monkeypatch.setattr(runtime, "_types", Registry.from_modules(MODULES))
+    outcome = runtime.run("job_unit", 1, "test.stream_file", {"size": 3 * CHUNK, "fail_after": CHUNK}, {},
+                          str(tmp_path))
+    assert outcome["outcome"] == "failed" and "broke off" in outcome["error"]["message"]
+    assert list(tmp_path.iterdir()) == []
+    outcome = runtime.run("job_unit", 2, "test.stream_file", {"size": CHUNK}, {}, str(tmp_path))
+    assert outcome["outcome"] == "completed" and [p.name for p in tmp_path.iterdir()] == ["job_unit-2.bin"]
