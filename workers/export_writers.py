@@ -102,7 +102,7 @@ class JsonlWriter:
         if columns is None:
             lines = [dumps(row, default=_jsonable) for row in rows]
         else:
-            lines = [dumps(dict(zip(columns, row)), default=_jsonable) for row in rows]
+            lines = [dumps(dict(zip(columns, row, strict=False)), default=_jsonable) for row in rows]
         lines.append(b"")
         self._out.write(b"\n".join(lines))
 
