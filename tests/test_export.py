@@ -197,3 +197,22 @@ def test_named_queries_are_checked_at_start_up_and_the_database_is_relative_to_t
     config.write_text('[jobs.settings.export]\ndatabase = "postgresql://db/shop"\n')
     with pytest.raises(ConfigError, match="only a SQLite file"):
         load_config(config, environ={})
+
+
+async def test_the_readme_example_runs_as_written(start_server, make_config, tmp_path, database):
+    assert database == tmp_path / "shop.db"  # the file the README's config names
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Data export"):readme.index("## Large results")]
+    toml = next(block for block in re.findall(r"```toml\n(.*?)```", section, re.S) if "queries.orders" in block)
+    (tmp_path / "config.toml").write_text(toml)
+    settings = load_config(tmp_path / "config.toml", environ={}).jobs.settings
+    assert settings["export"]["database"] == str(tmp_path / "shop.db")
+    server = await start_server(make_config(jobs={"settings": settings}))
+    request = re.search(r"-d '(\{.*?\})'", section, re.S).group(1)
+    body = orjson.loads(request)
+    job, content = await exported(server, body["data"])
+    assert job["result"]["filename"] == "orders.xlsx"
+    got = list(openpyxl.load_workbook(io.BytesIO(content)).active.iter_rows(values_only=True))
+    assert got[0] == ("id", "customer", "total", "created") and len(got) > 1
