@@ -2,7 +2,8 @@
 or XLSX file, streamed into the job's result file with constant memory.
 
 The service imports this module to validate submissions (`export_data` alone); the
-writers, and XlsxWriter with them, are imported in worker processes only. Progress follows
+writers, and XlsxWriter with them, are imported in worker processes only, by the first
+export that needs them. Progress follows
 the rows written, out of the inline row count or the named query's `count`; cancellation
 is checked at every chunk.
 """
@@ -29,13 +30,9 @@ def schema_export(settings: Mapping[str, Any]) -> dict[str, Any]:
     return export_schema(ExportSettings.from_settings(settings))
 
 
-def warm_up_export() -> None:
-    import xlsxwriter  # noqa: F401 (its import is most of a first XLSX export's set-up)
-
-    from offload.workers import export_writers  # noqa: F401
-
-
-@job_type("export", validate=validate_export, schema=schema_export, warm_up=warm_up_export)
+# No warm-up: XlsxWriter's import (~0.1-0.2 s) would slow every worker's start, and a first
+# XLSX export, which takes seconds anyway, hardly notices it.
+@job_type("export", validate=validate_export, schema=schema_export)
 def export(data: Any, ctx: Context) -> Any:
     from offload.workers.export_sources import inline_source, query_source
     from offload.workers.export_writers import open_writer

@@ -119,7 +119,7 @@ class XlsxWriter:
     result. Past a sheet's 1,048,576 rows the export goes on in a next sheet, header repeated."""
 
     def __init__(self, out: ResultFile, sheet: str | None) -> None:
-        import xlsxwriter  # worker side only; loaded by the type's warm-up
+        import xlsxwriter  # worker side only, on the first XLSX export
 
         self._book = xlsxwriter.Workbook(out.path, {
             "constant_memory": True, "tmpdir": str(out.folder), "nan_inf_to_errors": True,
