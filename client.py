@@ -339,18 +339,46 @@ class AsyncClient:
 
     async def download_to(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """Stream the result file to `path`: written in chunks to a temporary file beside it,
-        renamed into place once complete, so `path` never holds a partial file."""
+        renamed into place once complete, so `path` never holds a partial file and memory
+        never holds the file (a broken connection resumes, see `download_chunks`)."""
         target = Path(path)
         part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-        async with self._request("GET", f"/api/jobs/{job_id}/download") as response:
-            try:
-                with open(part, "wb") as out:
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        out.write(chunk)
-                os.replace(part, target)
-            finally:
-                part.unlink(missing_ok=True)
+        try:
+            with open(part, "wb") as out:
+                async for chunk in self.download_chunks(job_id):
+                    out.write(chunk)
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
         return target
+
+    async def download_chunks(self, job_id: str, *, start: int = 0) -> AsyncIterator[bytes]:
+        """The result file's bytes from byte `start`, a chunk at a time. A connection that
+        breaks mid-file is opened again with `Range: bytes=<received>-` and `If-Range` (the
+        file's ETag, so the rest is of the same file), while each attempt gets further and up
+        to `max_attempts` times."""
+        path = f"/api/jobs/{job_id}/download"
+        received, validator = start, None
+        for attempt in itertools.count(1):
+            headers = {"Range": f"bytes={received}-"} if received else {}
+            if received and validator:
+                headers["If-Range"] = validator
+            before = received
+            try:
+                async with self._request("GET", path, headers=headers) as response:
+                    if received and response.status != 206:
+                        raise OffloadClientError(f"the result of {job_id} could not be resumed at byte {received} "
+                                                 f"(answered {response.status}, not 206)", code="not_resumable",
+                                                 status=response.status)
+                    validator = validator or response.headers.get("ETag")
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        received += len(chunk)
+                        yield chunk
+                    return
+            except ServiceUnreachable as exc:
+                if received == before or attempt >= self.max_attempts:
+                    raise
+                log.info("the download of %s broke at byte %d (%s); resuming", job_id, received, exc)
 
     # -- live events --------------------------------------------------------------------------
     async def watch(self, job_id: str | None = None) -> AsyncIterator[Event]:

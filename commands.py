@@ -346,7 +346,8 @@ async def save_result(client: AsyncClient, job: Job, output: str | None, out: Ou
         return
     if output == "-":
         sys.stdout.flush()
-        sys.stdout.buffer.write(await client.download(job.id))
+        async for chunk in client.download_chunks(job.id):  # a chunk at a time: the file may not fit in memory
+            sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
         return
     target = Path(output) if output is not None else unused(Path(Path(result.filename or "").name or f"{job.id}.bin"))

@@ -30,12 +30,13 @@ from offload.service.errors import (
 from offload.service.keys import (
     AUTH, CLOCK, CONFIG, LIMITS, METRICS, OWNER, REGISTRY, RETENTION, SCHEDULER, STATS, STORE, SUBMISSIONS,
 )
+from offload.service.downloads import ResultFileResponse
 from offload.service.metrics import metrics_response
 from offload.service.models import JOB_ID_PATTERN, Job, JobStatus, iso, now_ms
 from offload.service.store.base import RETRYABLE
 from offload.service.uploads import submission_of
 from offload.workers.filenames import safe_filename
-from offload.workers.runtime import is_media_type
+from offload.workers.results import is_media_type
 
 routes = web.RouteTableDef()
 #: `GET /api/jobs?status=scheduled`: the pending jobs not due yet (a filter, not a job status).
@@ -245,7 +246,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     content_type = str(result.get("contentType") or "")
     if not is_media_type(content_type):
         content_type = "application/octet-stream"
-    return web.FileResponse(path, headers={
+    return ResultFileResponse(path, headers={
         "Content-Type": content_type,
         "Content-Disposition": content_disposition(str(result.get("filename") or ""), path.name),
         "X-Content-Type-Options": "nosniff",  # never rendered as anything but its declared type

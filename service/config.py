@@ -482,6 +482,7 @@ def load_config_sources(
         sources.update({f"{name}.{key}": "flag" for key in values})
     _resolve_pdf_paths(layers["jobs"], base_dir)
     _resolve_email_paths(layers["jobs"], base_dir)
+    _resolve_export_paths(layers["jobs"], base_dir)
     try:
         cfg = Config(
             server=ServerConfig(**layers["server"]),
@@ -615,6 +616,7 @@ def validate(cfg: Config) -> None:
     _validate_pdf_settings(cfg)
     _validate_email_settings(cfg)
     _validate_image_settings(cfg)
+    _validate_export_settings(cfg)
     from offload.service.auth import Authenticator  # here, not at the top: auth reads Config
 
     auth = Authenticator.from_config(cfg)  # unreadable tokens, or no tokens on a public address
@@ -698,3 +700,22 @@ def _validate_image_settings(cfg: Config) -> None:
         ImageSettings.from_settings(cfg.jobs.settings.get("image", {}))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _resolve_export_paths(jobs: dict[str, Any], base_dir: Path) -> None:
+    """`[jobs.settings.export] database`, a SQLite file, relative to the config file's folder."""
+    settings = jobs.get("settings")
+    if isinstance(settings, Mapping) and isinstance(settings.get("export"), Mapping):
+        from offload.workers.export_data import resolve_database
+
+        jobs["settings"] = {**settings, "export": resolve_database(settings["export"], base_dir)}
+
+
+def _validate_export_settings(cfg: Config) -> None:
+    """`[jobs.settings.export]`: its named queries and limits, checked once at start-up."""
+    from offload.workers.export_data import ExportSettings  # the worker side owns its settings' rules
+
+    try:
+        ExportSettings.from_settings(cfg.jobs.settings.get("export", {}))
+    except ValueError as exc:
+        raise ConfigError(f"[jobs.settings.export] {exc}") from None

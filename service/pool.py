@@ -31,6 +31,7 @@ from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
 from offload.workers.registry import BUILTIN_MODULES
+from offload.workers.results import remove_partials
 
 log = logging.getLogger("offload.pool")
 
@@ -288,7 +289,10 @@ class WorkerPool:
                     await asyncio.to_thread(slot.jobs.send_bytes, message)
             except OSError:
                 pass  # the process is already gone: its sentinel resolves the waiter
-            return await waiter
+            outcome = await waiter
+            if outcome.kind is not OutcomeKind.COMPLETED:  # a killed process could not remove its partial file
+                await asyncio.to_thread(remove_partials, results_dir, job_id, attempt)
+            return outcome
         finally:
             slot.job_id = slot.waiter = slot.progress = None
             slot.idle_since = self._loop.time()

@@ -17,7 +17,8 @@ from typing import Any, Protocol, TypeVar
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.workers.context import Saver, context_of
 from offload.workers.errors import Cancelled, JobError
-from offload.workers.registry import JobType
+from offload.workers.registry import FileOutput, JobType
+from offload.workers.results import ResultFile, ResultFiles
 from offload.workers.tracebacks import handler_traceback
 
 #: Where one attempt's progress goes: `(percent, message)`.
@@ -116,10 +117,16 @@ class AsyncRunner:
                 "type": "UnknownJobType", "message": f"job type {type!r} is not registered on this node"})
         slot.job_id, slot.stop_reason, slot.reserved = job_id, None, False
         save = None if self.savers is None else self.savers(job_id, attempt)
-        ctx = context_of(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None, extras, save=save)
+        files = ResultFiles(job_id, attempt, results_dir)
+        ctx = context_of(job_id, attempt, settings, progress, lambda: slot.stop_reason is not None, extras,
+                         save=save, files=files)
         slot.task = task = asyncio.ensure_future(job_type.handler(data, ctx))
         try:
             value = await task
+            # A file result is written off the loop (a FileOutput's chunks are produced
+            # there too, so they must not touch ctx); a JSON value needs no thread.
+            result = await asyncio.to_thread(files.result_of, value) if isinstance(value, (FileOutput, ResultFile)) \
+                else files.result_of(value)
         except Cancelled:
             return Outcome(OutcomeKind.CANCELLED)
         except asyncio.CancelledError:
@@ -134,7 +141,8 @@ class AsyncRunner:
                                                       "traceback": handler_traceback(exc)})
         finally:
             slot.job_id = slot.task = None
-        return Outcome(OutcomeKind.COMPLETED, result={"value": value})
+            files.discard()
+        return Outcome(OutcomeKind.COMPLETED, result=result)
 
     def stop(self, job_id: str, reason: StopReason) -> bool:
         """Mark the stop (a cooperative handler sees it at its next `ctx.progress()`) and

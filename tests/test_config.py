@@ -86,10 +86,10 @@ def test_job_type_settings_come_from_the_environment(tmp_path):
     loaded = load_config(config, environ={
         "OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "USD", "OFFLOAD_JOBS_SETTINGS_PDF_MAX_ITEMS": "500",
         "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_STRICT": "true", "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_LOGO_WIDTH": "1.5",
-        "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_TITLE": "Quarterly", "OFFLOAD_JOBS_SETTINGS_EXPORT_SHEET_NAME": "Rows"})
+        "OFFLOAD_JOBS_SETTINGS_MY_APP_REPORT_TITLE": "Quarterly", "OFFLOAD_JOBS_SETTINGS_EXPORT_MAX_ROWS": "500"})
     assert loaded.jobs.settings["pdf"] == {"currency": "USD", "max_items": 500}
     assert loaded.jobs.settings["my_app.report"] == {"title": "Quarterly", "strict": True, "logo_width": 1.5}
-    assert loaded.jobs.settings["export"] == {"sheet_name": "Rows"}
+    assert loaded.jobs.settings["export"]["max_rows"] == 500
     # The default table takes the environment too: a config file without settings.
     config.write_text("")
     assert load_config(config, environ={"OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY": "GBP"}).jobs.settings["pdf"] == {

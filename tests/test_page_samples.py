@@ -20,10 +20,10 @@ async def test_the_page_submits_a_sample_of_every_job_type(start_server, make_co
 
     box = Mailbox()
     smtp = await serve_smtp(box)
-    base = make_config()
-    config = base.replace(jobs={"settings": {**base.jobs.settings, **email_settings(box)["jobs"]["settings"]}})
-    client = await start_server(config)
     try:
+        base = make_config()
+        config = base.replace(jobs={"settings": {**base.jobs.settings, **email_settings(box)["jobs"]["settings"]}})
+        client = await start_server(config)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
@@ -43,7 +43,7 @@ async def test_the_page_submits_a_sample_of_every_job_type(start_server, make_co
                     found = re.search(r"as (job_[a-z2-7]{24})\.", await notice.text_content() or "")
                     assert found, await notice.text_content()
                     ids[sample] = found.group(1)
-                for sample, job_id in ids.items():
+                for job_id in ids.values():
                     row = page.locator(f'#jobs li.job[data-id="{job_id}"]')
                     await expect(row).to_have_attribute("data-status", "completed", timeout=60_000)
                 assert errors == []

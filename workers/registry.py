@@ -23,6 +23,7 @@ import inspect
 import sys
 import traceback
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Callable, Mapping
 
 Validator = Callable[[Any, Mapping[str, Any]], None]
@@ -40,7 +41,9 @@ class FileOutput:
 
     filename: str
     content_type: str
-    content: bytes
+    #: The bytes, or an iterable of bytes chunks (a generator) written one by one, so a
+    #: large file never sits in memory whole.
+    content: bytes | Iterable[bytes]
     #: More of the result's metadata, beside `filename`, `contentType` and `size` (JSON; the
     #: `image` type lists its outputs here).
     meta: Mapping[str, Any] | None = None
@@ -94,7 +97,8 @@ class JobType:
 
 
 #: Modules holding the built-in job types; every registry loads them first.
-BUILTIN_MODULES = ("offload.workers.pdf", "offload.workers.email", "offload.workers.image")
+BUILTIN_MODULES = ("offload.workers.pdf", "offload.workers.email", "offload.workers.image",
+                   "offload.workers.export")
 #: The attribute `@job_type` sets on the function it marks: its `JobType`.
 MARK = "__offload_job_type__"
 #: The list, in each module's own namespace, of the job types its functions declared.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import threading
 from multiprocessing.connection import Connection
@@ -23,8 +22,8 @@ import orjson
 
 from offload.workers.context import context_of
 from offload.workers.errors import Cancelled, JobError
-from offload.workers.filenames import safe_filename
-from offload.workers.registry import FileOutput, Registry, input_name
+from offload.workers.registry import Registry, input_name
+from offload.workers.results import ResultFiles
 from offload.workers.tracebacks import handler_traceback
 
 _events: int | None = None  # the file descriptor progress and outcomes are written to
@@ -149,9 +148,12 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
         return {"outcome": "failed", "error": {"type": "UnknownJobType", "message": f"no job type {type!r} in this worker"},
                 "permanent": True}
     upload = {} if job_type.upload is None else {"upload": str(Path(results_dir) / input_name(job_id))}
-    ctx = context_of(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled, extras, **upload)
+    files = ResultFiles(job_id, attempt, results_dir)
+    ctx = context_of(job_id, attempt, settings, _send(job_id, attempt), _is_cancelled, extras, files=files, **upload)
     try:
-        value = job_type.handler(data, ctx)
+        # The result is written inside the same guard: a FileOutput's chunks are produced
+        # (and may raise, or be cancelled) while they are written.
+        result = files.result_of(job_type.handler(data, ctx))
     except Cancelled:
         return {"outcome": "cancelled"}
     except JobError as exc:
@@ -162,44 +164,6 @@ def run(job_id: str, attempt: int, type: str, data: Any, settings: dict[str, Any
     except Exception as exc:  # any handler bug: report it with its traceback, keep the process
         return {"outcome": "failed", "error": {"type": exc.__class__.__name__, "message": str(exc) or repr(exc),
                                                "traceback": handler_traceback(exc)}, "permanent": False}
-    if isinstance(value, FileOutput):
-        if not is_media_type(value.content_type):
-            return {"outcome": "failed", "permanent": True, "error": {
-                "type": "BadContentType", "message": f"the handler returned a FileOutput with content type "
-                f"{value.content_type!r}, which is not a media type (type/subtype[; parameters], printable ASCII, "
-                f"at most {MAX_MEDIA_TYPE} characters)"}}
-        try:
-            return {"outcome": "completed", "result": _write_file(job_id, attempt, value, Path(results_dir))}
-        except OSError as exc:  # a full disk, a read-only or vanished folder: the job failed, not the process
-            return {"outcome": "failed", "error": {"type": "ResultWriteFailed", "message": "the result file "
-                    f"could not be written: {exc.strerror or exc}"}, "permanent": False}
-    return {"outcome": "completed", "result": {"value": value}}
-
-
-#: A media type as RFC 9110 writes it: token/token, then parameters in printable ASCII.
-#: Anything else (a CR/LF above all) could not be sent as the download's Content-Type.
-_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:[ \t]*;[ \t!-~]*)?")
-MAX_MEDIA_TYPE = 255
-
-
-def is_media_type(value: object) -> bool:
-    """Whether `value` can be a file result's Content-Type header as it is."""
-    return isinstance(value, str) and len(value) <= MAX_MEDIA_TYPE and _MEDIA_TYPE.fullmatch(value) is not None
-
-
-def _write_file(job_id: str, attempt: int, output: FileOutput, folder: Path) -> dict[str, Any]:
-    """Write the attempt's own file (`<job id>-<attempt><ext>`): an attempt that lost the job
-    can never overwrite the file of the attempt that replaced it."""
-    suffix = Path(safe_filename(output.filename)).suffix[:16]
-    name = f"{job_id}-{attempt}{suffix}"
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}.part"
-    try:
-        with open(partial, "wb") as fh:
-            fh.write(output.content)
-        os.replace(partial, folder / name)
-    except BaseException:  # never leave a partial file behind, whatever stopped the write
-        partial.unlink(missing_ok=True)
-        raise
-    return {**(output.meta or {}), "filename": output.filename, "contentType": output.content_type,
-            "size": len(output.content), "file": name}
+    finally:
+        files.discard()  # a file the handler opened and did not return, or returned half-written
+    return {"outcome": "completed", "result": result}
