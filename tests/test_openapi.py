@@ -177,7 +177,10 @@ def _follows(job: Any) -> bool:
     """options.after must name the caller's existing jobs (a rule over the server's state,
     and `#i` within a batch one over its order): tests/test_after.py checks it."""
     options = job.get("options") if isinstance(job, dict) else None
-    return isinstance(options, dict) and bool(options.get("after"))
+    data = job.get("data") if isinstance(job, dict) else None
+    # An email's attachments name jobs too (its type's `needs`): the same rule over state.
+    return (isinstance(options, dict) and bool(options.get("after"))) or \
+        (isinstance(data, dict) and bool(data.get("attachments")))
 
 
 # Fuzzing every operation for every job type's schema is CPU work that grows with the types
