@@ -77,6 +77,9 @@ class Scheduler:
         #: passes (`_dry`): otherwise every finished job would cost a claim that finds nothing.
         self._pending_seen = 0
         self._dry: dict[object, int] = {}
+        #: Per claim key (a runner, or "reserve"): the count at the last news for its job
+        #: types, so a new `email` job does not send the process pool's claim out again.
+        self._news_at: dict[object, int] = {}
         #: Jobs `submitted` announced whose insert has not been heard yet: their insert does
         #: not count as news a second time (`_on_change`).
         self._announced: set[str] = set()
@@ -98,6 +101,10 @@ class Scheduler:
         if async_runner.savers is None:
             async_runner.savers = self._saver_of
         self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
+        #: The claim keys a pending job of each type is news for (`_heard`).
+        self._keys_of: dict[str, tuple[object, ...]] = {
+            **{name: (pool, "reserve") for name in process_types}, **{name: (async_runner,) for name in async_types}}
+        self._all_keys: tuple[object, ...] = (pool, "reserve", async_runner)
 
     # ---- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,7 +165,7 @@ class Scheduler:
         claim this wakes up is queued right behind the insert and commits with it (one
         transaction stores and starts the job). Should the insert not happen after all (an
         idempotent repeat), the claim finds nothing, as any claim may."""
-        self._pending_seen += 1  # claim again, even if the last claim found nothing
+        self._heard(job.type)  # claim again, even if the last claim found nothing
         self._announced.add(job.id)
         if job.due_at > self.clock.now():
             self._delayed_seen += 1
@@ -207,9 +214,17 @@ class Scheduler:
             self._next_due = await self.store.next_due(now)
         return self._next_due
 
+    def _heard(self, job_type: str | None) -> None:
+        """A job of `job_type` (None: of any type) may be claimable: the claims for its type
+        are made again, even if their last one found nothing."""
+        self._pending_seen += 1
+        for key in self._keys_of.get(job_type, self._all_keys) if job_type is not None else self._all_keys:
+            self._news_at[key] = self._pending_seen
+
     def _is_dry(self, key: object) -> bool:
-        """No job became pending since a claim for `key` found too few, and none fell due."""
-        if self._dry.get(key) != self._pending_seen or self._due_seen != self._delayed_seen:
+        """No job of `key`'s types became pending since a claim for it found too few, and none fell due."""
+        dry_at = self._dry.get(key)
+        if dry_at is None or self._news_at.get(key, 0) > dry_at or self._due_seen != self._delayed_seen:
             return False  # a job became pending since, or nobody knows when the next one falls due
         return self._next_due is None or self._next_due > self.clock.now()
 
@@ -221,6 +236,12 @@ class Scheduler:
         while self.accepting:
             room = filled = False
             for runner, types in self._runners:
+                if types and runner is not self.pool and self._is_dry(runner):
+                    # Nothing new for its types: not even its slots are looked at (the async
+                    # runner has a hundred). Counted as room: at worst the loop also works out
+                    # when the next delayed job falls due.
+                    room = True
+                    continue
                 slots = runner.reserve() if types else []
                 if runner is self.pool:
                     while slots and self.reserved:  # jobs this node set aside start without a round trip
@@ -466,7 +487,8 @@ class Scheduler:
                 return
         if change.status is JobStatus.PENDING or (self.config.limits.max_running_per_user
                                                    and change.status is not JobStatus.RUNNING):
-            self._pending_seen += 1  # with a per-user cap, a job that stops running frees a turn
+            # With a per-user cap, a job that stops running frees a turn, of any type.
+            self._heard(change.type if change.status is JobStatus.PENDING else None)
             if change.status is JobStatus.PENDING and change.due_at > self.clock.now():
                 self._delayed_seen += 1
             self._wake.set()  # stored by any path (a batch, another node): claim it
