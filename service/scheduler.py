@@ -102,7 +102,7 @@ class Scheduler:
             async_runner.savers = self._saver_of
         self._runners: list[tuple[Runner, list[str]]] = [(pool, process_types), (async_runner, async_types)]
         #: The claim keys a pending job of each type is news for (`_heard`).
-        self._keys_of: dict[str, tuple[object, ...]] = {
+        self._keys_of: dict[str | None, tuple[object, ...]] = {
             **{name: (pool, "reserve") for name in process_types}, **{name: (async_runner,) for name in async_types}}
         self._all_keys: tuple[object, ...] = (pool, "reserve", async_runner)
 
@@ -218,7 +218,7 @@ class Scheduler:
         """A job of `job_type` (None: of any type) may be claimable: the claims for its type
         are made again, even if their last one found nothing."""
         self._pending_seen += 1
-        for key in self._keys_of.get(job_type, self._all_keys) if job_type is not None else self._all_keys:
+        for key in self._keys_of.get(job_type, self._all_keys):  # None, or a type no runner here has: all
             self._news_at[key] = self._pending_seen
 
     def _is_dry(self, key: object) -> bool:
