@@ -150,8 +150,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
-    store = open_store(config.store_url, synchronous=config.store.synchronous,
-                       busy_timeout_ms=config.store.busy_timeout_ms)
+    store = open_store(config.store_url, config.store)
     store.changes.subscribe(app[HUB].on_change)  # events come from commits, and only from them
     store.changes.subscribe(JobLog(app[CLOCK].now).on_change)  # and so do the job lifecycle lines
     await store.open()  # closes whatever it opened when it fails

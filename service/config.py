@@ -58,6 +58,18 @@ class StoreConfig:
     #: How long a write waits for a lock held by another process before the service
     #: answers 503 store_unavailable.
     busy_timeout_ms: int = 2000
+    #: PostgreSQL only (`postgresql://user@host/db`): the schema offload's tables live in,
+    #: so it can share a database with the application; created when missing.
+    schema: str = "offload"
+    #: PostgreSQL only: connections of the read pool (the writer and the listener have one each).
+    pool_min: int = 1
+    pool_max: int = 4
+    #: PostgreSQL only: how often a node looks at the database by itself, in case a
+    #: notification was lost (new jobs, cancel requests, events of watched jobs).
+    poll_ms: int = 1000
+    #: PostgreSQL only: a direct URL for LISTEN when `url` goes through PgBouncer in
+    #: transaction mode, which cannot hold a LISTEN; empty means `url`.
+    listen_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -590,6 +602,10 @@ def validate(cfg: Config) -> None:
         (cfg.jobs.max_pending > 0, "[jobs] max_pending must be > 0"),
         (cfg.jobs.lease_ms >= 1000, "[jobs] lease_ms must be >= 1000"),
         (cfg.store.synchronous.upper() in ("NORMAL", "FULL"), "[store] synchronous must be NORMAL or FULL"),
+        (bool(re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", cfg.store.schema)),
+         "[store] schema must be a lower-case SQL name (letters, digits, _), at most 63 characters"),
+        (1 <= cfg.store.pool_min <= cfg.store.pool_max, "[store] pool_min must be >= 1 and <= pool_max"),
+        (cfg.store.poll_ms >= 50, "[store] poll_ms must be >= 50"),
         (cfg.limits.max_body_bytes >= 1024, "[limits] max_body_bytes must be >= 1024"),
         (cfg.limits.max_json_depth >= 1, "[limits] max_json_depth must be >= 1"),
         (cfg.limits.submit_rate > 0, "[limits] submit_rate must be > 0"),

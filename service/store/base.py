@@ -332,9 +332,32 @@ class Store(ABC):
         #: the changes the store makes by itself: a stored row that cannot be read is failed
         #: as `CorruptJob` wherever it is met (a read, a claim, a transition).
         self.changes = ChangeSink()
+        #: The changes other nodes sharing this database committed, as this node hears them
+        #: (PostgreSQL: LISTEN/NOTIFY), each job's in `seq` order; never this node's own, and
+        #: nothing at all on a database of one node's own (SQLite). Listeners that act for
+        #: clients or for the jobs this node runs (events, cancel requests, wake-ups)
+        #: subscribe to both sinks (`subscribe_all`); those that count this node's work
+        #: (statistics, metrics, the job log) to `changes` alone. A notification can be lost
+        #: (a dropped connection): whoever must not miss a change also looks by itself every
+        #: `poll_ms`.
+        self.remote = ChangeSink()
         #: Told of each commit of writes: its latency in seconds (from the batch's start to
         #: its commit) and how many writes it held (metrics). Must not block.
         self.on_commit: Callable[[float, int], None] | None = None
+
+    #: How often (seconds) a node should look at the database by itself, for what another
+    #: node's lost notification would have told it; None when no other node can write (SQLite).
+    poll_interval: float | None = None
+
+    def subscribe_all(self, listener: Listener) -> Callable[[], None]:
+        """Hear this node's changes and the other nodes' (`remote`); returns the unsubscribe."""
+        stops = (self.changes.subscribe(listener), self.remote.subscribe(listener))
+
+        def unsubscribe() -> None:
+            for stop in stops:
+                stop()
+
+        return unsubscribe
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -599,6 +622,13 @@ class Store(ABC):
         if limit < 1:
             return []
         return await self._purge(status, ended_before, limit)
+
+    async def cancel_requests(self, node: str) -> list[Job]:
+        """The running jobs leased to `node` whose cancel was requested: how a node that
+        polls (`poll_interval`) hears a request another node recorded, should the
+        notification be lost. A database of one node's own has no other node to hear: every
+        request reaches `changes` on the node that runs the attempt, so nothing is listed."""
+        return []
 
     async def compact(self, pages: int) -> int:
         """Give up to `pages` pages of the space freed by deleted jobs back to the file
