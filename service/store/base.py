@@ -52,7 +52,8 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from contextlib import asynccontextmanager
+from typing import Any, AsyncContextManager, AsyncIterator, Union
 
 from offload.service.models import TERMINAL, WAITING_DUE, Job, JobStatus, now_ms, own_due
 
@@ -201,6 +202,11 @@ class UnknownParent(ValueError):
         self.job_id = job_id
         self.position = position
         self.index = index
+
+
+@asynccontextmanager
+async def _always_alone() -> AsyncIterator[bool]:
+    yield True
 
 
 # ---- the rules, as pure functions -------------------------------------------------------------
@@ -629,6 +635,12 @@ class Store(ABC):
         notification be lost. A database of one node's own has no other node to hear: every
         request reaches `changes` on the node that runs the attempt, so nothing is listed."""
         return []
+
+    def alone(self, task: str) -> AsyncContextManager[bool]:
+        """`async with store.alone("retention") as mine:` True when no other node sharing
+        the database runs `task` meanwhile (it holds until the block ends), False when one
+        does (skip the work this time). A database of one node's own: always True."""
+        return _always_alone()
 
     async def compact(self, pages: int) -> int:
         """Give up to `pages` pages of the space freed by deleted jobs back to the file
