@@ -47,8 +47,8 @@ async def nodes(schema: str) -> AsyncIterator[Callable[..., Any]]:
     async def node(url: str = POSTGRES_URL, **options: Any) -> PostgresStore:
         store = open_store(url, schema=schema, **options)
         assert isinstance(store, PostgresStore)
+        opened.append(store)  # closed at the end even when its open failed (closing twice is harmless)
         await store.open()
-        opened.append(store)
         return store
 
     yield node
@@ -118,6 +118,17 @@ async def test_concurrent_claims_from_two_nodes_take_each_job_once(nodes: Callab
     assert sorted(j.id for j in claimed) == sorted(ids)  # each one once
     assert all(j.attempts == 1 and j.seq == 1 for j in claimed)
     assert (await b.count_by_status())["running"] == 120
+
+
+async def test_concurrent_claims_with_room_for_every_due_job_take_each_once(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    for _ in range(5):
+        created = await a.create_many([(new(), None) for _ in range(30)])
+        # room for every due job in each claim: the one-statement path, on both nodes at once
+        batches = await asyncio.gather(*(store.claim(f"n-{i}", now_ms(), LEASE, limit=40)
+                                         for i, store in enumerate([a, b] * 4)))
+        claimed = sorted(job.id for batch in batches for job in batch)
+        assert claimed == sorted(job.id for job, _ in created)
 
 
 async def test_fairness_is_shared_by_the_nodes(nodes: Callable[..., Any]) -> None:
@@ -258,7 +269,9 @@ async def test_cancel_requests_lists_what_another_node_requested(nodes: Callable
 
 # ---- schema, locks ---------------------------------------------------------------------------------
 async def test_several_nodes_opening_at_once_create_the_schema_once(nodes: Callable[..., Any]) -> None:
-    stores = await asyncio.gather(*(nodes() for _ in range(5)))
+    opened = await asyncio.gather(*(nodes() for _ in range(5)), return_exceptions=True)
+    assert not [error for error in opened if isinstance(error, BaseException)]
+    stores = [store for store in opened if isinstance(store, PostgresStore)]
     job, _ = await stores[0].create(new())
     assert all([await store.get(job.id) == job for store in stores])
 
