@@ -1044,7 +1044,7 @@ class PostgresStore(Store):
                     pause = min(pause * 2, 5.0)
                     continue
             lost = asyncio.Event()
-            conn.add_termination_listener(lambda _: lost.set())
+            conn.add_termination_listener(lambda _, lost=lost: lost.set())
             if not conn.is_closed():
                 stop = asyncio.ensure_future(self._listen_stop.wait())
                 gone = asyncio.ensure_future(lost.wait())
