@@ -187,6 +187,28 @@ async def test_an_ending_and_another_nodes_rescue_race_and_one_wins(nodes: Calla
         assert stored.status is (JobStatus.COMPLETED if job.id in completed else JobStatus.PENDING)
 
 
+async def test_a_batch_that_deadlocks_is_rolled_back_and_run_again(nodes: Callable[..., Any]) -> None:
+    a = await nodes()
+    await a.create_many([(new(), None), (new(), None)])
+    low, high = sorted(await a.claim("n1", now_ms(), LEASE, limit=2), key=lambda job: job.id)
+    conn = await admin()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SET LOCAL deadlock_timeout = '20s'")  # the store's side sees the deadlock first
+        await conn.execute(f'SELECT 1 FROM "{a.schema}".jobs WHERE id = $1 FOR UPDATE', high.id)
+        # one batch for both: it locks `low`, then waits for `high`
+        requests = asyncio.gather(a.request_cancel(low.id, None), a.request_cancel(high.id, None))
+        await eventually(lambda: _waiting_on_lock(conn), what="the batch to wait for the row")
+        # and now the other side wants `low`: a deadlock; the batch is the one rolled back
+        await conn.execute(f'SELECT 1 FROM "{a.schema}".jobs WHERE id = $1 FOR UPDATE', low.id)
+        await tx.commit()
+        done = await requests  # run again once the other side committed
+    finally:
+        await conn.close()
+    assert all(job is not None and job.cancel_requested for job in done)
+
+
 # ---- notifications ---------------------------------------------------------------------------------
 async def test_changes_on_one_node_reach_the_other_in_seq_order_without_data(nodes: Callable[..., Any]) -> None:
     a, b = await nodes(), await nodes()

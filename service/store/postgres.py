@@ -225,6 +225,9 @@ _REASONS = {
     "3D000": "the database does not exist",
     "28000": "the database refused the credentials",
     "28P01": "the database refused the credentials",
+    # Only once a batch ran again `_RERUNS` times and still met one:
+    "40P01": "the database is busy (the writes of several nodes deadlocked)",
+    "40001": "the database is busy (the writes of several nodes conflicted)",
 }
 _CLASS_REASONS = {
     "08": "the database does not answer",
