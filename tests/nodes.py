@@ -114,10 +114,13 @@ class Node(ServerProcess):
         self.name = name
         self.node_id: str | None = None
         self.paused = False
+        #: Started and answering, not killed since (`running` is only the process).
+        self.up = False
 
     async def start(self, timeout: float = 30) -> dict[str, Any]:
         health = await super().start(timeout)
         self.node_id = (await self.stats())["scheduler"]["node"]
+        self.up = True
         return health
 
     async def restart(self, timeout: float = 30) -> dict[str, Any]:
@@ -131,6 +134,7 @@ class Node(ServerProcess):
         from tests.server_process import descendants
 
         children = descendants(self.process.pid)
+        self.up = False
         if group:
             os.killpg(self.process.pid, sig)
         else:
@@ -243,6 +247,14 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     yield make
     for each in made:
         each.close()
+
+
+async def holds(test: Callable[[], bool], timeout: float, what: str) -> None:
+    """`eventually` for a condition on the test's own state (no I/O of its own)."""
+    async def check() -> bool:
+        return test()
+
+    await eventually(check, timeout, what)
 
 
 # ---- a WebSocket client that stays connected ---------------------------------------------------
