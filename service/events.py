@@ -32,7 +32,7 @@ import orjson
 
 from offload.service.frames import text_frame
 from offload.service.models import Job
-from offload.service.store.base import StoreChange
+from offload.service.store.base import Store, StoreChange
 
 
 @dataclass(frozen=True)
@@ -331,6 +331,11 @@ class EventHub:
         self.published = 0
         #: Sent, coalesced and dropped events of every connection (`Subscriber.counts`).
         self.counts = EventCounts()
+        #: The latest `seq` published of each watched job not known to be finished, and
+        #: the unfinished jobs of the owners watched with `subscribe all` as the last
+        #: `catch_up` found them: what a poll reads again, should a notification be lost.
+        self._latest: dict[str, int] = {}
+        self._open: set[str] = set()
 
     def publish(self, event: Event) -> None:
         """Hand `event` to every subscriber watching its job, in one loop that never awaits:
@@ -355,9 +360,42 @@ class EventHub:
             self.published += 1
             return
         if isinstance(change, Job):
+            if change.status.terminal:
+                self._latest.pop(job_id, None)
+            else:
+                self._latest[job_id] = change.seq
             self.status(change)
         else:
+            self._latest[job_id] = max(change.seq, self._latest.get(job_id, -1))
             self.progress(change.job_id, change.owner, change.progress, change.message, change.seq)
+
+    async def catch_up(self, store: Store) -> int:
+        """Read the watched jobs from `store` and publish, as a status event, each one that
+        changed since its latest event here: how a node on a shared database makes up for a
+        lost notification (`Store.poll_interval`), so no watcher misses a terminal status
+        for long. The watched jobs are the ones subscribed to one by one, the ones with an
+        event here not yet final, and the unfinished jobs of the owners watched with
+        `subscribe all` (those found on the last pass included, so one that finished since
+        is read too). Returns how many jobs were published."""
+        rows: dict[str, Job] = {}
+        for owner in list(self._by_owner):
+            page = await store.unfinished_page(owner, limit=1000)
+            rows.update((job.id, job) for job in page.jobs)
+        wanted = (set(self._by_job) | set(self._latest) | self._open) - rows.keys()
+        if wanted:
+            rows.update(await store.get_many(wanted))
+        self._open = {job_id for job_id, job in rows.items() if not job.status.terminal}
+        for job_id in [job_id for job_id in self._latest if job_id not in rows]:
+            del self._latest[job_id]  # gone (retention), nothing more to hear of it
+        published = 0
+        for job in rows.values():
+            if job.seq > self._latest.get(job.id, -1):
+                published += 1
+                self.on_change(job)  # a watcher that has this seq already drops it
+        for job_id in [job_id for job_id in self._latest if job_id not in self._by_job
+                       and rows[job_id].owner not in self._by_owner and None not in self._by_owner]:
+            del self._latest[job_id]  # nobody here watches it any more
+        return published
 
     def status(self, job: Job) -> None:
         self.publish(status_event(job))
