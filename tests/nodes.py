@@ -23,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import POSTGRES_URL, eventually
 from tests.server_process import TERMINAL, ServerProcess
 
-#: The PostgreSQL the tests use (trust auth on loopback, here and in CI).
-POSTGRES_URL = os.environ.get("OFFLOAD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 
 
 # ---- the shared database ----------------------------------------------------------------------
@@ -65,42 +62,11 @@ class PgSchema:
             await conn.close()
 
 
-async def _reachable(url: str) -> str | None:
-    """None when PostgreSQL at `url` answers, else why not."""
-    try:
-        import asyncpg
-    except ImportError as exc:  # pragma: no cover - asyncpg is a dependency
-        return f"asyncpg is not installed ({exc})"
-    try:
-        conn = await asyncpg.connect(url, timeout=5)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-        return f"PostgreSQL is not reachable at {url} ({type(exc).__name__}: {exc}); set OFFLOAD_TEST_POSTGRES"
-    await conn.close()
-    return None
-
-
-async def _drop(url: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def pg_schema() -> AsyncIterator[PgSchema]:
-    """A unique schema name (the nodes create the schema); dropped after the test. Skips the
-    test, saying why, only when PostgreSQL does not answer."""
-    why = await _reachable(POSTGRES_URL)
-    if why is not None:
-        pytest.skip(why)
-    schema = PgSchema(POSTGRES_URL, "offload_test_" + secrets.token_hex(6))
-    try:
-        yield schema
-    finally:
-        await _drop(POSTGRES_URL, schema.name)
+def pg_schema(pg_schema: str) -> PgSchema:
+    """conftest's `pg_schema` (a unique name, dropped after the test; a skip naming the reason
+    when PostgreSQL does not answer, a failure in CI), with the URL and a way to query it."""
+    return PgSchema(POSTGRES_URL, pg_schema)
 
 
 # ---- the nodes -----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from tests import nodes as harness
 from tests.conftest import eventually
-from tests.nodes import Cluster, Node, Watcher, holds
+from tests.nodes import Cluster, Node, Watcher, holds, seq_of
 from tests.nodetypes import payload
 from tests.server_process import TERMINAL, all_jobs, get, post, until
 
@@ -131,6 +131,37 @@ async def test_websocket_on_one_node_sees_every_event_of_a_job_on_another(pg_sch
         assert watcher.problems(job_id, first_seq=0) == [], watcher.node.name
     assert [(e["event"], e.get("seq")) for e in all_a.events[job_id]] == \
         [(e["event"], e.get("seq")) for e in all_b.events[job_id]]
+
+
+async def test_a_lost_notification_is_made_up_by_the_poll_and_nothing_follows_a_final_status(pg_schema,
+                                                                                            cluster) -> None:
+    """A change committed without its notification (written here straight into the table, as
+    a lost NOTIFY leaves it) reaches a WebSocket within a poll (`poll_ms`); and a job whose
+    final status the socket already had is not sent again, nor any older state of it, by the
+    polls that follow. The probe's change tells the test that a poll ran after a given moment."""
+    nodes: Cluster = cluster(pg_schema.store(poll_ms=200))
+    a = nodes.add("a")
+    nodes.add("b")  # which may run the job: a hears of it through its notifications
+    await nodes.start()
+    async with a.session() as http, Watcher(a) as ws:
+        await ws.subscribe()
+        probe = await post(http, "node.work", {}, delay=3_600_000)  # pending for an hour: never runs here
+        job_id = await post(http, "node.work", {"marks": str(nodes.marks), "gate": str(nodes.gate("g"))})
+        await nodes.started(job_id)
+
+        async def a_poll_ran() -> None:
+            rows = await pg_schema.fetch("UPDATE jobs SET seq = seq + 1, message = 'probe' WHERE id = $1 "
+                                         "RETURNING seq", probe)
+            seq = rows[0]["seq"]
+            await holds(lambda: any(seq_of(e) == seq for e in ws.events[probe]), 10,
+                        f"the poll to publish the probe's seq {seq}, which nobody notified")
+
+        await a_poll_ran()  # one poll saw the job unfinished
+        nodes.open_gate("g")
+        await ws.until_terminal(job_id)
+        await a_poll_ran()  # and one ran after its final status was sent
+        await a_poll_ran()
+    assert ws.problems(job_id, first_seq=0) == []
 
 
 # ---- cancels across nodes ----------------------------------------------------------------------------
