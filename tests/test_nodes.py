@@ -213,6 +213,11 @@ async def test_a_job_submitted_on_one_node_starts_on_an_idle_node_through_its_no
         assert (await until(http, job_id, done, "finished"))["status"] == "completed"
 
 
+def nodes_of(nodes: Cluster, job_id: str) -> list[str]:
+    """The nodes whose workers started the job's attempts, in order."""
+    return [mark["node"] for attempt in range(1, 12) if (mark := nodes.mark(job_id, attempt))]
+
+
 # ---- crashes and freezes -------------------------------------------------------------------------------
 async def test_a_killed_node_s_running_jobs_finish_on_another_after_its_lease(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store(), processes=2, lease_ms=2000)
@@ -326,6 +331,7 @@ async def test_soak_random_kills_under_submissions_lose_no_job_and_no_event(pg_s
     a, b, c = nodes.add("a"), nodes.add("b"), nodes.add("c")
     await nodes.start()
     acked: list[str] = []
+    origin: dict[str, str] = {}  # job id -> the node that acknowledged it
     refused = 0
     stop = asyncio.Event()
 
@@ -352,6 +358,7 @@ async def test_soak_random_kills_under_submissions_lose_no_job_and_no_event(pg_s
                         body = await response.json()
                         if response.status == 201:
                             acked.append(body["jobId"])
+                            origin[body["jobId"]] = node.name
                         else:
                             refused += 1
                 except (aiohttp.ClientError, ConnectionError, TimeoutError):
@@ -381,7 +388,8 @@ async def test_soak_random_kills_under_submissions_lose_no_job_and_no_event(pg_s
     assert missing == [], f"{len(missing)} acknowledged jobs are gone: {missing[:5]}"
     statuses = {job_id: jobs[job_id]["status"] for job_id in acked}
     assert set(statuses.values()) == {"completed"}, [jobs[j] for j, s in statuses.items() if s != "completed"][:3]
-    problems = [problem for job_id in acked for problem in ws.problems(job_id, first_seq=0)]
+    problems = [f"{problem} (submitted on {origin[job_id]}, ran on {', '.join(nodes_of(nodes, job_id))})"
+                for job_id in acked for problem in ws.problems(job_id, first_seq=0)]
     assert problems == [], f"{len(problems)} problems in the events, e.g. {problems[:5]}"
     assert await running_rows(pg_schema) == []
     reruns = sum(jobs[job_id]["attempts"] > 1 for job_id in acked)
