@@ -331,9 +331,12 @@ class EventHub:
         self.published = 0
         #: Sent, coalesced and dropped events of every connection (`Subscriber.counts`).
         self.counts = EventCounts()
-        #: The latest `seq` published of each watched job not known to be finished, and
-        #: the unfinished jobs of the owners watched with `subscribe all` as the last
-        #: `catch_up` found them: what a poll reads again, should a notification be lost.
+        #: Set when `catch_up` polls (a database shared with other nodes): the latest `seq`
+        #: published of each watched job since the last pass (and, for the jobs watched one
+        #: by one, for as long as they are watched), and the unfinished jobs of the owners
+        #: watched with `subscribe all` as the last pass found them: what a pass reads again,
+        #: should a notification be lost, and what it need not publish again.
+        self.tracking = False
         self._latest: dict[str, int] = {}
         self._open: set[str] = set()
 
@@ -359,14 +362,11 @@ class EventHub:
         if job_id not in self._by_job and owner not in self._by_owner and None not in self._by_owner:
             self.published += 1
             return
+        if self.tracking:
+            self._latest[job_id] = max(change.seq, self._latest.get(job_id, -1))
         if isinstance(change, Job):
-            if change.status.terminal:
-                self._latest.pop(job_id, None)
-            else:
-                self._latest[job_id] = change.seq
             self.status(change)
         else:
-            self._latest[job_id] = max(change.seq, self._latest.get(job_id, -1))
             self.progress(change.job_id, change.owner, change.progress, change.message, change.seq)
 
     async def catch_up(self, store: Store) -> int:
@@ -377,6 +377,7 @@ class EventHub:
         event here not yet final, and the unfinished jobs of the owners watched with
         `subscribe all` (those found on the last pass included, so one that finished since
         is read too). Returns how many jobs were published."""
+        self.tracking = True
         rows: dict[str, Job] = {}
         for owner in list(self._by_owner):
             page = await store.unfinished_page(owner, limit=1000)
@@ -385,16 +386,15 @@ class EventHub:
         if wanted:
             rows.update(await store.get_many(wanted))
         self._open = {job_id for job_id, job in rows.items() if not job.status.terminal}
-        for job_id in [job_id for job_id in self._latest if job_id not in rows]:
-            del self._latest[job_id]  # gone (retention), nothing more to hear of it
         published = 0
         for job in rows.values():
             if job.seq > self._latest.get(job.id, -1):
                 published += 1
                 self.on_change(job)  # a watcher that has this seq already drops it
-        for job_id in [job_id for job_id in self._latest if job_id not in self._by_job
-                       and rows[job_id].owner not in self._by_owner and None not in self._by_owner]:
-            del self._latest[job_id]  # nobody here watches it any more
+        # Kept for the next pass: the jobs watched one by one (a finished one's final seq
+        # too, so it is not published again), and the unfinished jobs of watched owners.
+        self._latest = {job_id: seq for job_id, seq in self._latest.items()
+                        if job_id in self._by_job or job_id in self._open}
         return published
 
     def status(self, job: Job) -> None:
