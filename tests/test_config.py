@@ -113,5 +113,5 @@ def test_the_store_is_named_without_its_password_and_with_its_postgresql_schema(
         "store": {"url": "postgresql://offload:s3cret@db.internal:5432/app", "schema": "jobs"}})
     assert config.store_label == "postgresql://offload:***@db.internal:5432/app schema jobs"
     assert "s3cret" not in config.store_label
-    sqlite = load_config(None, environ={}, overrides={"store": {"url": "sqlite:///tmp/x.db"}})
-    assert sqlite.store_label == "sqlite:///tmp/x.db"
+    sqlite = load_config(None, environ={}, overrides={"store": {"url": "sqlite:////var/lib/offload/jobs.db"}})
+    assert sqlite.store_label == "sqlite:////var/lib/offload/jobs.db"
