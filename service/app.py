@@ -6,6 +6,8 @@ order is the reverse, so running jobs are handed back before the pool stops and 
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from importlib import resources
 import re
@@ -36,7 +38,7 @@ from offload.service.retention import Retention
 from offload.service.scheduler import Scheduler
 from offload.service.schedules import Schedules, check as check_schedules, list_schedules
 from offload.service.stats import Statistics
-from offload.service.store import open_store
+from offload.service.store import Store, open_store
 from offload.service.submissions import Submissions
 from offload.workers.registry import BUILTIN_MODULES, Registry
 
@@ -151,7 +153,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
 async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     config = app[CONFIG]
     store = open_store(config.store_url, config.store)
-    store.changes.subscribe(app[HUB].on_change)  # events come from commits, and only from them
+    store.subscribe_all(app[HUB].on_change)  # events come from commits (any node's), and only from them
     store.changes.subscribe(JobLog(app[CLOCK].now).on_change)  # and so do the job lifecycle lines
     await store.open()  # closes whatever it opened when it fails
     try:
@@ -160,9 +162,30 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
         await store.close()
         raise RuntimeError(f"cannot create the results folder {config.results_path}: {exc.strerror}") from None
     app[STORE] = store
-    log.info("job store: %s", config.store_url)
+    log.info("job store: %s", config.store_label)
+    catch_up = None
+    if store.poll_interval is not None:  # other nodes write too: make up for a lost notification
+        app[HUB].tracking = True
+        catch_up = asyncio.get_running_loop().create_task(_catch_up(app[HUB], store), name="offload-catch-up")
     yield
+    if catch_up is not None:
+        catch_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await catch_up
     await store.close()
+
+
+async def _catch_up(hub: EventHub, store: Store) -> None:
+    """Every `poll_interval`, the jobs watched here as the database has them (`EventHub.catch_up`)."""
+    assert store.poll_interval is not None
+    while True:
+        await asyncio.sleep(store.poll_interval)  # a poll period, not a wait for something
+        try:
+            await hub.catch_up(store)
+        except OffloadError as exc:
+            log.warning("could not read the watched jobs: %s", exc.message)
+        except Exception:
+            log.exception("reading the watched jobs failed")
 
 
 async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]

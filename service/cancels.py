@@ -52,7 +52,8 @@ async def cancel(store: Store, job_id: str, owner: str | None, now: int, wait: f
         if isinstance(change, Job) and change.id == job_id and change.status.terminal and not final.done():
             final.set_result(change)
 
-    unsubscribe = store.changes.subscribe(hear)  # before the request: its ending cannot slip past
+    # Before the request, so its ending cannot slip past; any node's (the attempt may run on another).
+    unsubscribe = store.subscribe_all(hear)
     try:
         requested = None
         for _ in range(_RACES):

@@ -140,9 +140,11 @@ class Retention:
     async def run_once(self) -> Cleaned:
         """One pass at the clock's time now: delete what is due, expire result files, give
         the space back. Returns what it deleted (also added to `total`)."""
-        async with self._lock:
+        async with self._lock, self.store.alone("retention") as mine:
             now = self.clock.now()
             cleaned = Cleaned()
+            if not mine:  # another node sharing the database is at it: its pass does this one's work
+                return cleaned
             for status, age in self.ages.items():
                 if age is not None and not self._stopping:
                     await self._purge(status, now - age, cleaned)

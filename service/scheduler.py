@@ -89,7 +89,8 @@ class Scheduler:
         self._next_due: int | None = None
         self._due_seen = -1
         #: Cancel requests (recorded by any node) reach the attempt through the store's changes.
-        store.changes.subscribe(self._on_change)  # for as long as the store: they stop together
+        # Those of other nodes too (a shared database): their new jobs, their cancel requests.
+        store.subscribe_all(self._on_change)  # for as long as the store: they stop together
         # The job types are registered before the service starts: sort them out once, not
         # on every pass of the loop. Each runner runs the types it can: `async def` ones on
         # the loop, the others in the pool's processes.
@@ -183,16 +184,28 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         renew_every = self.config.jobs.lease_ms / 3000
         next_renew = loop.time() + renew_every
+        # A database shared with other nodes is looked at this often whatever was heard, so
+        # a lost notification delays a new job or a cancel by one poll at most, and a dead
+        # node's jobs are taken back within a poll of their lease running out.
+        poll_every = self.store.poll_interval
+        next_poll = loop.time() + (poll_every or 0)
         while self.accepting:
             self._wake.clear()
             timeout = max(0.0, next_renew - loop.time())
+            if poll_every is not None:
+                timeout = min(timeout, max(0.0, next_poll - loop.time()))
             try:
                 looked_at = self.clock.now()
+                if poll_every is not None and loop.time() >= next_poll:
+                    next_poll = loop.time() + poll_every
+                    await self._poll()
                 idle = await self._fill()
                 if loop.time() >= next_renew:
                     await self._renew()
                     next_renew = loop.time() + renew_every
                     timeout = renew_every
+                    if poll_every is not None:
+                        timeout = min(timeout, max(0.0, next_poll - loop.time()))
                 if idle:  # no due job for a free slot: sleep until the next delayed one is due
                     # Counted from before the claims: a job that fell due while they ran (a
                     # retry with a short backoff) is still ahead of `looked_at`, so the loop
@@ -280,8 +293,10 @@ class Scheduler:
 
     @property
     def _reserving(self) -> bool:
-        # A per-user cap counts running jobs only; reserved ones would slip past it.
-        return self.accepting and not self.config.limits.max_running_per_user
+        # A per-user cap counts running jobs only; reserved ones would slip past it. With
+        # other nodes on the database, a job set aside here would wait for this node's busy
+        # workers while another node's sit idle: each node claims when it has room instead.
+        return self.accepting and not self.config.limits.max_running_per_user and self.store.exclusive
 
     async def _top_up(self, process_types: list[str]) -> None:
         want = self.pool.size - len(self.reserved)
@@ -332,6 +347,16 @@ class Scheduler:
         self.running[job.id] = entry
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, slot), name=f"offload-job-{job.id}")
         return entry
+
+    async def _poll(self) -> None:
+        """What another node's notification would have said, read from the database: jobs
+        may have become pending (the claims go out again), cancel requests of the attempts
+        this node runs, and leases that ran out on a node that died."""
+        self._heard(None)
+        if self.running:
+            for job in await self.store.cancel_requests(self.node):
+                self._on_change(job)
+        await self.store.rescue_expired(self.clock.now(), LEASE_LOST)
 
     async def _renew(self) -> None:
         # Claims are made again at least this often, whatever was heard: a reservation that

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import time
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -35,13 +37,78 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+#: The PostgreSQL database the tests use (each test in a schema of its own).
+POSTGRES_URL = os.environ.get("OFFLOAD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test")
+
+
+def drop_schema(name: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it."""
+    import asyncpg
+
+    async def drop() -> None:
+        db = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await db.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await db.close()
+
+    asyncio.run(drop())
+
+
+_reachable: list[str | None] = []
+
+
+def need_postgres() -> None:
+    """Skip (outside CI) or fail (in CI, which must run them) when the test database does not answer."""
+    if not _reachable:
+        import asyncpg
+
+        async def probe() -> None:
+            db = await asyncpg.connect(POSTGRES_URL, timeout=5)
+            await db.close()
+
+        try:
+            asyncio.run(probe())
+            _reachable.append(None)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            _reachable.append(f"needs PostgreSQL at {POSTGRES_URL} (set OFFLOAD_TEST_POSTGRES): {exc}")
+    if _reachable[0] is not None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(_reachable[0])
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
-    """A configuration on a fresh SQLite file in tmp_path; keyword sections override."""
+def pg_schema() -> Iterator[str]:
+    """A fresh schema name in the test database, dropped after the test (the store creates it)."""
+    need_postgres()
+    name = f"t_{secrets.token_hex(6)}"
+    yield name
+    drop_schema(name)
+
+
+@pytest.fixture
+def store_backend() -> str:
+    """The backend of the service `make_config` sets up. A module runs each of its tests on
+    both with `store_backend = both_backends` (a fixture of the same name overrides this one)."""
+    return "sqlite"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def both_backends(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, store_backend: str, request: pytest.FixtureRequest) -> Callable[..., Config]:
+    """A configuration on a fresh SQLite file in tmp_path (or, with `store_backend` set to
+    "postgres", a fresh PostgreSQL schema); keyword sections override."""
+    if store_backend == "postgres":
+        store = {"url": POSTGRES_URL, "schema": request.getfixturevalue("pg_schema"), "poll_ms": 200}
+    else:
+        store = {"url": f"sqlite:///{tmp_path / 'offload.db'}"}
 
     def make(**sections: dict[str, Any]) -> Config:
         base = load_config(None, environ={}, overrides={
-            "store": {"url": f"sqlite:///{tmp_path / 'offload.db'}"},
+            "store": store,
             "workers": {"processes": 2, "modules": ["tests.jobtypes"]},
             "jobs": {"results_dir": str(tmp_path / "results"), "retry_delay_ms": 10},
             "server": {"shutdown_grace": 5},

@@ -273,6 +273,7 @@ class PostgresStore(Store):
     for LISTEN when `url` goes through a pooler that cannot hold one."""
 
     exclusive = False
+    backend = "postgresql"
 
     def __init__(self, url: str, *, schema: str = "offload", pool_min: int = 1, pool_max: int = 4,
                  poll_ms: int = 1000, listen_url: str | None = None) -> None:
@@ -314,8 +315,11 @@ class PostgresStore(Store):
                                      server_settings=self._settings(role))
 
     def _settings(self, role: str) -> dict[str, str]:
+        # A node paused or cut off in the middle of a transaction must not hold its rows'
+        # locks for long (the other nodes skip locked rows, so its jobs would not be rescued):
+        # the server ends such a session, and the node's writer connects again when it is back.
         return {"search_path": self.schema, "application_name": f"offload {role} {self.origin}",
-                "standard_conforming_strings": "on"}
+                "standard_conforming_strings": "on", "idle_in_transaction_session_timeout": "5000"}
 
     async def open(self) -> None:
         """Create or migrate the schema (under an advisory lock: nodes starting together take
@@ -651,6 +655,10 @@ class PostgresStore(Store):
                                     "GROUP BY 1, 2, 3, 4", since)
         return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in records]
 
+    async def running_by_node(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT lease_owner, count(*) FROM jobs WHERE status = 'running' GROUP BY 1")
+        return {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
+
     async def count_pending(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM jobs WHERE status = 'pending'"))[0][0])
 
@@ -700,7 +708,7 @@ class PostgresStore(Store):
     @asynccontextmanager
     async def _alone(self, task: str) -> AsyncIterator[bool]:
         try:
-            conn = await self._connect("alone")
+            conn = await self._connect("alone", self.listen_url)  # a session of its own, as LISTEN needs
         except Exception as exc:
             raise _translate(exc) from exc
         try:
@@ -718,8 +726,9 @@ class PostgresStore(Store):
             await _close_quietly(conn)
 
     def alone(self, task: str) -> AsyncContextManager[bool]:
-        """A session-level advisory lock on a connection of its own, held for the block: one
-        node at a time runs `task`; the others are told False and skip it."""
+        """A session-level advisory lock on a connection of its own (to `listen_url`, which
+        PgBouncer does not stand between), held for the block: one node at a time runs
+        `task`; the others are told False and skip it."""
         return self._alone(task)
 
     # ---- write hooks -----------------------------------------------------------------------------
