@@ -311,15 +311,28 @@ class PostgresStore(Store):
 
     # ---- life cycle ---------------------------------------------------------------------------
     async def _connect(self, role: str, url: str | None = None) -> asyncpg.Connection:
-        return await asyncpg.connect(url or self.url, timeout=10, command_timeout=60, statement_cache_size=512,
+        conn = await asyncpg.connect(url or self.url, timeout=10, command_timeout=60, statement_cache_size=512,
                                      server_settings=self._settings(role))
+        try:
+            await self._session(conn)
+        except BaseException:
+            await _close_quietly(conn)
+            raise
+        return conn
 
     def _settings(self, role: str) -> dict[str, str]:
-        # A node paused or cut off in the middle of a transaction must not hold its rows'
-        # locks for long (the other nodes skip locked rows, so its jobs would not be rescued):
-        # the server ends such a session, and the node's writer connects again when it is back.
-        return {"search_path": self.schema, "application_name": f"offload {role} {self.origin}",
-                "standard_conforming_strings": "on", "idle_in_transaction_session_timeout": "5000"}
+        """What the connection's start-up message carries: only what a pooler in between
+        (PgBouncer) passes on; the rest is set once connected (`_session`)."""
+        return {"application_name": f"offload {role} {self.origin}"}
+
+    async def _session(self, conn: asyncpg.Connection) -> None:
+        # The schema's tables by their plain names; and a node paused or cut off in the
+        # middle of a transaction must not hold its rows' locks for long (the other nodes
+        # skip locked rows, so its jobs would not be rescued): the server ends such a
+        # session, and the node's writer connects again when it is back.
+        await conn.execute("SELECT set_config('search_path', $1, false), "
+                           "set_config('standard_conforming_strings', 'on', false), "
+                           "set_config('idle_in_transaction_session_timeout', '5000', false)", self.schema)
 
     async def open(self) -> None:
         """Create or migrate the schema (under an advisory lock: nodes starting together take
@@ -331,7 +344,8 @@ class PostgresStore(Store):
             self._conn.add_termination_listener(self._writer_lost)
             self._pool = await asyncpg.create_pool(self.url, min_size=self.pool_min, max_size=self.pool_max,
                                                    timeout=10, command_timeout=60,
-                                                   server_settings=self._settings("reader"))
+                                                   server_settings=self._settings("reader"), init=self._session,
+                                                   reset=_keep_session)
             self._note_task = asyncio.get_running_loop().create_task(self._hear(), name="offload-store-notes")
             first = await self._listen()
             self._listen_task = asyncio.get_running_loop().create_task(self._listen_loop(first),
@@ -348,13 +362,19 @@ class PostgresStore(Store):
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext('offload schema'))", self.schema)
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            # What the node before committed is looked up with parameters (a statement of its
+            # own snapshot, taken after the lock), not left to CREATE ... IF NOT EXISTS: through
+            # PgBouncer, that met the schema another node had just created as a clash.
+            if not await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", self.schema):
+                await conn.execute(f'CREATE SCHEMA "{self.schema}"')
             version = 0
-            if await conn.fetchval("SELECT to_regclass('meta')") is not None:
-                version = await conn.fetchval("SELECT value FROM meta WHERE key = 'version'") or 0
+            if await conn.fetchval("SELECT to_regclass($1)", f'"{self.schema}".meta') is not None:
+                version = await conn.fetchval("SELECT value FROM meta WHERE key = $1", "version") or 0
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"schema {self.schema} of {_redacted(self.url)} was written by a newer offload "
                                    f"(schema {version} > {SCHEMA_VERSION})")
+            if version == SCHEMA_VERSION:
+                return  # up to date: another node (or this one's last run) made it
             await conn.execute(resources.files("offload.service.store").joinpath("postgres.sql").read_text())
             await conn.execute("INSERT INTO meta (key, value) VALUES ('version', $1) "
                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", SCHEMA_VERSION)
@@ -436,6 +456,8 @@ class PostgresStore(Store):
                 continue
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started, len(ops) + len(rows))
+            for change in changes:  # a notification of an older change of these jobs is stale now
+                self._mark_heard(change)
             self.changes.emit(changes)  # before any awaitable resolves
             for (_, future, _), (ok, value) in zip(ops, outcomes, strict=True):
                 if future.done():
@@ -864,11 +886,13 @@ class PostgresStore(Store):
             # Fewer due jobs than room (a service that keeps up): every one starts now and there
             # is nobody to be fair to, in one statement.
             p = _Params(now, limit)
-            sql = _FAST_SQL.format(types=_types_sql(types, p), sets=_assignments(change, p), cols=_JCOLS)
+            sql = _FAST_SQL.format(types=_types_sql(types, p), sets=_assignments(change, p), cols=_JCOLS,
+                                   plain=_LOCKED_COLS, before=_BEFORE)
             records = await conn.fetch(sql, *p.values)
             if records[0][0] <= limit:
                 taken = [(r[2 + _PRIORITY_AT], r[2 + _JOB_COLUMNS.index("due_at")], r[1], _job(r, 2, full=True))
                          for r in records if r[1] is not None]
+                self._before_claim(_job(r, 2 + _N + 2) for r in records if r[1] is not None)
                 return [job for *_, job in sorted(taken, key=lambda t: t[:3])]
         taken_jobs: list[Job] = []
         passed: list[int] = []
@@ -896,8 +920,10 @@ class PostgresStore(Store):
             if not chosen:
                 break
             p = _Params(chosen, now)
-            records = await conn.fetch(_TAKE_SQL.format(sets=_assignments(change, p), cols=_JCOLS), *p.values)
+            records = await conn.fetch(_TAKE_SQL.format(sets=_assignments(change, p), cols=_JCOLS, plain=_LOCKED_COLS,
+                                                        before=_BEFORE), *p.values)
             got = {r[0]: _job(r, 1, full=True) for r in records}
+            self._before_claim(_job(r, 1 + _N + 2) for r in records)
             taken_jobs += [got[pos] for pos in chosen if pos in got]
             missed = [pos for pos in chosen if pos not in got]
             if not missed:
@@ -1092,15 +1118,35 @@ class PostgresStore(Store):
                 log.exception("a notification from another node could not be read")
 
     def _emit_remote(self, change: StoreChange) -> None:
+        if self._mark_heard(change):
+            self.remote.emit([change])
+
+    def _mark_heard(self, change: StoreChange) -> bool:
+        """Record `change` as the latest of its job emitted here (to `changes` or `remote`);
+        False when one as new was emitted already."""
         job_id = change.job_id if isinstance(change, ProgressChange) else change.id
         last = self._heard.get(job_id)
         if last is not None and change.seq <= last:
-            return
+            return False
         self._heard[job_id] = change.seq
         self._heard.move_to_end(job_id)
         if len(self._heard) > _HEARD_MAX:
             self._heard.popitem(last=False)
-        self.remote.emit([change])
+        return True
+
+    def _before_claim(self, rows: Iterable[Job]) -> None:
+        """A claim may take a job another node stored (or retried) whose notification has
+        not arrived yet: its pending state, as the claim read it, is then emitted to `remote`
+        now, before the claim's own change, so watchers here see every seq in order. The
+        state is another node's committed change (a row this batch changed already is
+        left alone: its change is in this batch's own)."""
+        rows = list(rows)
+        if not rows:
+            return
+        ours = {c.id for c in self._changes if isinstance(c, Job)}
+        for row in rows:
+            if row.id not in ours:
+                self._emit_remote(row)
 
 
 _INSERT_SQL = (f"INSERT INTO jobs ({_COLS}, data, request_hash) "
@@ -1118,13 +1164,16 @@ _MARK_SQL = (
 
 #: Claim when every due job fits: the due jobs (one more than room, to know), taken only when
 #: they all fit. $1: now, $2: limit.
+#: The claim's rows as they were before it (`locked`), returned after the claimed ones.
+_BEFORE = ", ".join(f"locked.b_{c}" for c in _JOB_COLUMNS)
+_LOCKED_COLS = ", ".join(f"{c} AS b_{c}" for c in _JOB_COLUMNS)  # apart from the names SET reads
 _FAST_SQL = (
     "WITH cand AS MATERIALIZED (SELECT pos FROM jobs WHERE status = 'pending' AND due_at <= $1 "
     "AND lease_owner IS NULL{types} ORDER BY priority, due_at, pos LIMIT $2 + 1), "
-    "locked AS (SELECT pos FROM jobs WHERE pos IN (SELECT pos FROM cand) AND (SELECT count(*) FROM cand) <= $2 "
+    "locked AS (SELECT pos, {plain} FROM jobs WHERE pos IN (SELECT pos FROM cand) AND (SELECT count(*) FROM cand) <= $2 "
     "AND status = 'pending' AND due_at <= $1 AND lease_owner IS NULL ORDER BY pos FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE jobs SET {sets} FROM locked WHERE jobs.pos = locked.pos "
-    "RETURNING jobs.pos, {cols}, jobs.data, jobs.checkpoint), "
+    "RETURNING jobs.pos, {cols}, jobs.data, jobs.checkpoint, {before}), "
     + _MARK_SQL.format(at="pos") +
     " SELECT (SELECT count(*) FROM cand) AS n, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true")
 
@@ -1148,10 +1197,10 @@ _HEADS_SQL = (
 
 #: Take the chosen jobs that are still due and free. $1: their positions, $2: now.
 _TAKE_SQL = (
-    "WITH locked AS (SELECT pos FROM jobs WHERE pos = ANY($1::bigint[]) AND status = 'pending' AND due_at <= $2 "
-    "AND lease_owner IS NULL ORDER BY pos FOR UPDATE SKIP LOCKED), "
+    "WITH locked AS (SELECT pos, {plain} FROM jobs WHERE pos = ANY($1::bigint[]) AND status = 'pending' "
+    "AND due_at <= $2 AND lease_owner IS NULL ORDER BY pos FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE jobs SET {sets} FROM locked WHERE jobs.pos = locked.pos "
-    "RETURNING jobs.pos, {cols}, jobs.data, jobs.checkpoint), "
+    "RETURNING jobs.pos, {cols}, jobs.data, jobs.checkpoint, {before}), "
     + _MARK_SQL.format(at="array_position($1::bigint[], pos)") +
     " SELECT * FROM claimed")
 
@@ -1161,6 +1210,11 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
     except (TimeoutError, asyncio.TimeoutError):
         pass
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A read connection goes back to the pool as it is: reads change nothing of the session,
+    and the pool's default reset (`RESET ALL`) would undo what `_session` set."""
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:
