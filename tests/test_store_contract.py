@@ -7,6 +7,7 @@ here reaches below the public `Store` methods and its change sink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
@@ -19,9 +20,10 @@ from offload.service.models import Job, JobStatus, Priority, new_job_id, now_ms
 from offload.service.store import IdempotencyMismatch, Store, open_store
 from offload.service.store.base import ProgressChange, StoreChange
 from offload.service.store.sqlite import SCHEMA_VERSION
+from tests.postgres_schemas import POSTGRES_URL, fresh_schema
 
-#: Backend ids; the PostgreSQL backend adds "postgres" here.
-BACKENDS = ["sqlite"]
+#: Backend ids.
+BACKENDS = ["sqlite", "postgres"]
 LEASE = 30_000
 LOST = {"type": "WorkerLost", "message": "the node stopped"}
 
@@ -29,17 +31,23 @@ LOST = {"type": "WorkerLost", "message": "the node stopped"}
 def _url(backend: str, tmp_path: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'contract.db'}"
+    if backend == "postgres":  # a fresh schema of its own each time (the `store` fixture)
+        return POSTGRES_URL
     raise ValueError(backend)
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened = open_store(_url(request.param, tmp_path))
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with contextlib.AsyncExitStack() as stack:
+        options = {}
+        if request.param == "postgres":
+            options["schema"] = await stack.enter_async_context(fresh_schema())
+        opened = open_store(_url(request.param, tmp_path), **options)
+        await opened.open()
+        try:
+            yield opened
+        finally:
+            await opened.close()
 
 
 class Heard:

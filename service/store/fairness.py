@@ -24,9 +24,11 @@ Heads = Sequence[Sequence[int]]
 class Served:
     """When each user last had a job started, as a counter (no clock: ties are impossible)."""
 
-    def __init__(self) -> None:
-        self.last: dict[str, int] = {}
-        self._ticks = itertools.count(1)
+    def __init__(self, last: Mapping[str, int] | None = None) -> None:
+        #: `last`: the state a shared database keeps (PostgreSQL), ticks of its own; the
+        #: marks made here count on from the largest of them.
+        self.last: dict[str, int] = dict(last or {})
+        self._ticks = itertools.count(max(self.last.values(), default=0) + 1)
 
     def mark(self, owner: str) -> None:
         self.last[owner] = next(self._ticks)
