@@ -288,8 +288,8 @@ async def rescue(cluster: Cluster, reports: Reports, folder: Path, runs: int) ->
 
 # ---- the claim on a million pending jobs ------------------------------------------------------------
 def pending_rows(rows: int, now: int) -> dict[str, str]:
-    """SQL expressions (of `i`, 1..rows) for a realistic backlog: 1,000 owners, a few of them
-    with most of the jobs; 5 % high, 20 % low priority; created over the last hour, one in
+    """SQL expressions (of `i`, 1..rows) for a realistic backlog: owners user0..user999, a few
+    of them with most of the jobs (about 600 have any); 5 % high, 20 % low priority; created over the last hour, one in
     ten delayed into the next hour; no-op and invoice types."""
     return {
         "id": "'bench' || lpad(i::text, 10, '0')",
@@ -306,9 +306,10 @@ def pending_rows(rows: int, now: int) -> dict[str, str]:
     }
 
 
-async def fill_postgres(url: str, schema: str, rows: int, now: int) -> None:
+async def fill_postgres(url: str, schema: str, rows: int, now: int) -> int:
     """`rows` pending jobs in `schema`'s jobs table, with one INSERT ... SELECT of generate_series;
-    columns this does not know take their defaults (a NOT NULL one without is named)."""
+    columns this does not know take their defaults (a NOT NULL one without is named).
+    Returns how many owners have pending jobs."""
     import asyncpg
 
     conn = await asyncpg.connect(url, timeout=10)
@@ -328,8 +329,9 @@ async def fill_postgres(url: str, schema: str, rows: int, now: int) -> None:
                 raise RuntimeError(f"bench_nodes does not know how to fill {schema}.jobs.{name} "
                                    f"({column['data_type']}, NOT NULL, no default): add it to pending_rows")
         await conn.execute(f'INSERT INTO "{schema}".jobs ({", ".join(names)}) '
-                           f'SELECT {", ".join(exprs)} FROM generate_series(1, {rows}) AS i')
+                           f'SELECT {", ".join(exprs)} FROM generate_series(1::bigint, {rows}) AS i')
         await conn.execute(f'ANALYZE "{schema}".jobs')
+        return await conn.fetchval(f'SELECT count(DISTINCT owner) FROM "{schema}".jobs')
     finally:
         await conn.close()
 
@@ -369,7 +371,7 @@ async def time_claims(store: Any, count: int) -> dict[int, tuple[float, float]]:
     return figures
 
 
-async def claim_postgres(url: str, rows: int, count: int) -> tuple[dict[int, tuple[float, float]], float, list[str]]:
+async def claim_postgres(url: str, rows: int, count: int) -> tuple[dict[int, tuple[float, float]], float, list[str], int]:
     from offload.service.models import now_ms
     from offload.service.store.postgres import PostgresStore
 
@@ -378,14 +380,14 @@ async def claim_postgres(url: str, rows: int, count: int) -> tuple[dict[int, tup
     await store.open()  # creates the schema and its tables
     try:
         start = time.perf_counter()
-        await fill_postgres(url, schema, rows, now_ms())
+        owners = await fill_postgres(url, schema, rows, now_ms())
         filled = time.perf_counter() - start
         figures = await time_claims(store, count)
         plan = await explain_claim(store)
     finally:
         await store.close()
         await drop_schema(url, schema)
-    return figures, filled, plan
+    return figures, filled, plan, owners
 
 
 async def claim_sqlite(folder: Path, rows: int, count: int) -> tuple[dict[int, tuple[float, float]], float]:
@@ -583,13 +585,13 @@ async def main() -> None:
                       f"(min {min(to_running):.0f}, max {max(to_running):.0f} ms)")
 
         if "claim" in only:
-            pg, filled, plan = ((None, 0.0, ["(PostgreSQL left out)"]) if args.no_postgres
+            pg, filled, plan, owners = ((None, 0.0, ["(PostgreSQL left out)"], 0) if args.no_postgres
                                 else await claim_postgres(args.postgres, args.claim_rows, args.claims))
             lite, lite_filled = (None, 0.0) if args.no_sqlite else await claim_sqlite(folder, args.claim_rows, args.claims)
             heading(f"claim on {args.claim_rows:,} pending jobs, {args.claims} claims each ({machine()})")
             fills = ([f"PostgreSQL {filled:.1f} s"] if pg is not None else []) + \
                 ([f"SQLite {lite_filled:.1f} s"] if lite is not None else [])
-            print(f"rows inserted with SQL: {', '.join(fills)}")
+            print(f"rows inserted with SQL: {', '.join(fills)}" + (f"; {owners} owners have pending jobs" if owners else ""))
             print(f"{'store':<12} {'claim(limit=1) p50 / p95':>26} {'claim(limit=8) p50 / p95':>26}")
             for label, figures in (("PostgreSQL", pg), ("SQLite", lite)):
                 if figures is not None:
