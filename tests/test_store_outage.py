@@ -192,3 +192,32 @@ async def test_the_proxy_carries_a_session_then_refuses_then_silences_then_carri
     finally:
         await conn.close()
     assert proxy.accepted >= 4  # (asyncpg may try again on a refused connection)
+
+
+@pytest.mark.timeout(120)
+async def test_an_outage_longer_than_the_lease_still_ends_the_job_completed_once(start_server, proxy, pg_schema,
+                                                                                  tmp_path):
+    """Cut off past its job's lease, the node cannot renew it: once the database is back the
+    job is either recorded from the held outcome (attempt 1) or, its lease run out, taken
+    back and run again (attempt 2): completed either way, and never left running or lost."""
+    client = await start_server(store={"url": proxy.url_for(POSTGRES_URL), "poll_ms": 200},
+                                workers={"processes": 1}, jobs={"lease_ms": 1500})
+    gate = tmp_path / "gate"
+    job_id = await submit(client, "test.steps", {"n": 2, "gate": str(gate)})
+    await wait_status(client, job_id, "running")
+    proxy.cut()
+    gate.write_text("go")
+
+    async def lease_ran_out() -> bool:
+        rows = await sql(f'SELECT lease_until < (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS out '
+                         f'FROM "{pg_schema}".jobs WHERE id = $1', job_id)
+        return rows[0]["out"]
+
+    await eventually(lease_ran_out, 30, "the job's lease to run out while the node is cut off")
+    proxy.restore()
+    done = await wait_status(client, job_id, "completed", "failed", timeout=60)
+    assert done["status"] == "completed", done
+    assert done["attempts"] in (1, 2), done
+    assert done["result"]["value"]["steps"] == 2
+    (row,) = await sql(f'SELECT status, lease_owner FROM "{pg_schema}".jobs WHERE id = $1', job_id)
+    assert row["status"] == "completed" and row["lease_owner"] is None
