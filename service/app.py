@@ -165,6 +165,7 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
     log.info("job store: %s", _safe_url(config.store_url))
     catch_up = None
     if store.poll_interval is not None:  # other nodes write too: make up for a lost notification
+        app[HUB].tracking = True
         catch_up = asyncio.get_running_loop().create_task(_catch_up(app[HUB], store), name="offload-catch-up")
     yield
     if catch_up is not None:

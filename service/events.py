@@ -331,11 +331,19 @@ class EventHub:
         self.published = 0
         #: Sent, coalesced and dropped events of every connection (`Subscriber.counts`).
         self.counts = EventCounts()
-        #: The latest `seq` published of each watched job not known to be finished, and
-        #: the unfinished jobs of the owners watched with `subscribe all` as the last
-        #: `catch_up` found them: what a poll reads again, should a notification be lost.
+        #: Set when `catch_up` polls (a database shared with other nodes): the latest `seq`
+        #: published of each watched job since the last pass (and, for the jobs watched one
+        #: by one, for as long as they are watched), and the unfinished jobs of the owners
+        #: watched with `subscribe all` as the last pass found them: what a pass reads again,
+        #: should a notification be lost, and what it need not publish again.
+        self.tracking = False
         self._latest: dict[str, int] = {}
         self._open: set[str] = set()
+        self._behind: dict[str, int] = {}
+        #: Jobs published since the last pass, and in the pass before: their seqs are kept
+        #: at least that long, however they ended, so a stale change arriving late is dropped.
+        self._touched: set[str] = set()
+        self._touched_before: set[str] = set()
 
     def publish(self, event: Event) -> None:
         """Hand `event` to every subscriber watching its job, in one loop that never awaits:
@@ -359,14 +367,17 @@ class EventHub:
         if job_id not in self._by_job and owner not in self._by_owner and None not in self._by_owner:
             self.published += 1
             return
+        if self.tracking:
+            # This node's own changes and those heard from other nodes come by two paths: a
+            # job stored here may have run on another node before its insert was emitted
+            # here. What is not newer than the latest published is stale, and dropped.
+            if change.seq <= self._latest.get(job_id, -1):
+                return
+            self._latest[job_id] = change.seq
+            self._touched.add(job_id)
         if isinstance(change, Job):
-            if change.status.terminal:
-                self._latest.pop(job_id, None)
-            else:
-                self._latest[job_id] = change.seq
             self.status(change)
         else:
-            self._latest[job_id] = max(change.seq, self._latest.get(job_id, -1))
             self.progress(change.job_id, change.owner, change.progress, change.message, change.seq)
 
     async def catch_up(self, store: Store) -> int:
@@ -376,25 +387,39 @@ class EventHub:
         for long. The watched jobs are the ones subscribed to one by one, the ones with an
         event here not yet final, and the unfinished jobs of the owners watched with
         `subscribe all` (those found on the last pass included, so one that finished since
-        is read too). Returns how many jobs were published."""
+        is read too). A change not heard within one pass is published by the next one.
+        Returns how many jobs were published."""
+        self.tracking = True
         rows: dict[str, Job] = {}
         for owner in list(self._by_owner):
             page = await store.unfinished_page(owner, limit=1000)
             rows.update((job.id, job) for job in page.jobs)
-        wanted = (set(self._by_job) | set(self._latest) | self._open) - rows.keys()
+        wanted = (set(self._by_job) | set(self._latest) | self._open | set(self._behind)) - rows.keys()
         if wanted:
             rows.update(await store.get_many(wanted))
         self._open = {job_id for job_id, job in rows.items() if not job.status.terminal}
-        for job_id in [job_id for job_id in self._latest if job_id not in rows]:
-            del self._latest[job_id]  # gone (retention), nothing more to hear of it
+        # A row newer than its latest event here may be a change whose notification (or, on
+        # this node, whose emission after its commit) is on its way: it is published only
+        # when the newer seq seen on the pass before is still not heard, a poll later.
         published = 0
+        behind: dict[str, int] = {}
         for job in rows.values():
-            if job.seq > self._latest.get(job.id, -1):
+            latest = self._latest.get(job.id, -1)
+            if job.seq <= latest:
+                continue
+            seen = self._behind.get(job.id)
+            if seen is not None and seen > latest:
                 published += 1
                 self.on_change(job)  # a watcher that has this seq already drops it
-        for job_id in [job_id for job_id in self._latest if job_id not in self._by_job
-                       and rows[job_id].owner not in self._by_owner and None not in self._by_owner]:
-            del self._latest[job_id]  # nobody here watches it any more
+            else:
+                behind[job.id] = job.seq
+        self._behind = behind
+        # Kept for the next pass: the jobs watched one by one (a finished one's final seq
+        # too, so it is not published again), the unfinished jobs of watched owners, and
+        # whatever was published in this pass or the one before.
+        recent, self._touched_before, self._touched = self._touched | self._touched_before, self._touched, set()
+        self._latest = {job_id: seq for job_id, seq in self._latest.items()
+                        if job_id in self._by_job or job_id in self._open or job_id in behind or job_id in recent}
         return published
 
     def status(self, job: Job) -> None:

@@ -105,6 +105,12 @@ class _Gauges:
             yield running
         scheduler = stats.scheduler
         if scheduler is not None:
+            # Counters and worker gauges are this node's (sum them over the nodes); the
+            # queue gauges above are the shared database's (the same on every node).
+            node = GaugeMetricFamily("offload_node_info", "This node: its name (the lease owner of the jobs it "
+                                     "runs) and its store's backend.", labels=["node", "store"])
+            node.add_metric([scheduler.node, scheduler.store.backend], 1)
+            yield node
             pool = scheduler.pool
             described = pool.describe()
             yield _gauge("offload_workers_alive", "Worker processes alive.", described["processes"])

@@ -354,6 +354,9 @@ class Statistics:
         if owner is None:
             scheduler = self.scheduler
             answer["scheduler"] = {**scheduler.describe(), "workers": self.workers()}
+            # `jobs` and the queue are the database's, every node's; `recent`, `types` and
+            # `scheduler` are this node's. The running jobs of each node sharing the store:
+            answer["cluster"] = {"node": scheduler.node, "runningByNode": await self.store.running_by_node()}
             answer["websocket"] = self.websocket()
         answer["uptimeSeconds"] = round((now - self.started_at) / 1000, 3)
         answer["version"] = version()

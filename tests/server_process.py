@@ -122,8 +122,9 @@ class ServerProcess:
     def __init__(self, folder: Path, *, processes: int = 2, lease_ms: int = 2000, shutdown_grace: float = 5.0,
                  modules: tuple[str, ...] = ("tests.jobtypes",), log_level: str = "INFO",
                  sections: dict[str, dict[str, Any]] | None = None, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, **jobs: Any) -> None:
-        """`jobs` are further `[jobs]` keys (`retry_delay_ms=10`, `timeout_ms=...`); `sections`
+                 cwd: Path | None = None, store: dict[str, Any] | None = None, **jobs: Any) -> None:
+        """`jobs` are further `[jobs]` keys (`retry_delay_ms=10`, `timeout_ms=...`); `store` is
+        the `[store]` section (default: `offload.db` in `folder`); `sections`
         adds whole sections (`{"limits": {"submit_rate": 1e6}}`); `env` adds environment
         variables (the test's own `OFFLOAD_*` ones are never passed on); `cwd` is the folder
         the server runs in (default: `folder`, where its config is)."""
@@ -141,7 +142,7 @@ class ServerProcess:
         job_keys = {"lease_ms": lease_ms, "results_dir": "results", **jobs}
         lines = [
             "[server]", f"shutdown_grace = {_toml(shutdown_grace)}",
-            "[store]", 'url = "sqlite:///offload.db"',
+            "[store]", *(f"{key} = {_toml(value)}" for key, value in (store or {"url": "sqlite:///offload.db"}).items()),
             "[workers]", f"processes = {processes}", f"modules = {_toml(list(modules))}",
             "[jobs]", *(f"{key} = {_toml(value)}" for key, value in job_keys.items()),
         ]

@@ -8,6 +8,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.conftest import SAMPLE_INVOICE, invoice, submit, wait_status, ws_events_until
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 
 
 async def test_submit_answers_201_with_pending_job(start_server):

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SAMPLE_INVOICE, eventually
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.server_process import ServerProcess, post, until
 
 HOUR_MS = 3_600_000

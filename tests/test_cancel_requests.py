@@ -5,6 +5,7 @@ from __future__ import annotations
 from offload.service.keys import STORE
 from offload.service.models import Job, JobStatus, new_job_id, now_ms
 from tests.conftest import ws_events_until
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 
 
 async def test_delete_of_a_job_running_on_another_node_answers_202_and_its_retry_becomes_cancelled(start_server):

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from offload.service.app import create_app
 from offload.service.models import Clock, now_ms
 from tests.conftest import submit, wait_status
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.server_process import ServerProcess, get, post, until
 
 HOUR = 3_600_000

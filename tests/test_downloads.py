@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from tests.conftest import submit, wait_status
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 
 
 async def download(client, filename: str, content_type: str = "text/plain"):

@@ -7,6 +7,7 @@ import pytest
 
 from offload.service.events import EventHub, Overflow, Subscriber
 from offload.service.models import Job, JobStatus
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 
 
 def job(seq: int, status: JobStatus = JobStatus.RUNNING, job_id: str = "job_a", owner: str = "u") -> Job:

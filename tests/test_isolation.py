@@ -8,6 +8,7 @@ from typing import Any
 from offload.service.events import EventHub, Subscriber, progress_event
 
 from tests.conftest import invoice, wait_status
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.users import TOKENS, A, B, job_as, submit_as
 
 UNKNOWN = "job_aaaaaaaaaaaaaaaaaaaaaaaa"

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import SAMPLE_INVOICE, invoice
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.users import TOKENS, A, B, job_as, submit_as
 
 

@@ -58,6 +58,8 @@ async def test_metrics_after_known_jobs(start_server: Callable[..., Any]):
     assert value(m, "offload_workers_max") == 2 and value(m, "offload_worker_restarts_total") == 0
     assert value(m, "offload_worker_memory_bytes", slot="0") > 0  # type: ignore[operator]
     assert value(m, "offload_websocket_connections") == 0
+    node = (await (await client.get("/api/stats")).json())["scheduler"]["node"]
+    assert value(m, "offload_node_info", node=node, store="sqlite") == 1
     commits = value(m, "offload_store_commit_seconds_count")
     assert commits and commits >= 1
     # Eight jobs stored, eleven transitions besides: at least that many writes were committed.

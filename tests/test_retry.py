@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import submit, wait_status
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.users import A, B, TOKENS, submit_as
 
 

@@ -61,6 +61,8 @@ async def test_stats_after_known_jobs_count_each_status_window_and_type(make_con
         assert now["queue"] == {"high": 1, "medium": 0, "low": 0} and now["delayed"] == 1
         processes = now["scheduler"]["workers"]["processList"]
         assert sorted(p["jobId"] for p in processes) == sorted(held)
+        node = now["scheduler"]["node"]
+        assert now["cluster"] == {"node": node, "runningByNode": {node: 2}}
         assert all(p["pid"] > 0 and p["memoryBytes"] > 0 and p["cpuPercent"] >= 0 for p in processes)
         gate.write_text("go")
         for job_id in (*held, queued):

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from offload.service.keys import HUB, SOCKETS, STORE
 from offload.service.models import Job, new_job_id, now_ms
 from tests.conftest import eventually, submit, wait_status, ws_events_until
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 
 HOUR_MS = 3_600_000
 
@@ -204,6 +206,7 @@ def _complete_during_the_read(connection: Any, job_id: str, gate: Path, publishe
     return trace, progress
 
 
+@pytest.mark.parametrize("store_backend", ["sqlite"])  # it holds a read inside SQLite's own connection
 async def test_a_job_that_finishes_while_the_subscription_reads_it_is_reported(start_server, tmp_path):
     client = await start_server()
     gate = tmp_path / "gate"
@@ -313,6 +316,7 @@ async def test_readers_that_keep_up_get_every_event_while_a_stalled_one_gets_the
     hub = client.server.app[HUB]
     gate = tmp_path / "gate"
     job_id = await submit(client, "test.chatty", {"gate": str(gate), "size": 1000})
+    await wait_status(client, job_id, "running")  # every event after the snapshot is progress, until the end
 
     def completed(event: dict[str, Any]) -> bool:
         return event.get("status") == "completed"
@@ -350,7 +354,8 @@ async def test_readers_that_keep_up_get_every_event_while_a_stalled_one_gets_the
         assert events[0]["event"] == "snapshot"
         seqs = _seqs(events)
         assert seqs == list(range(seqs[0], seqs[-1] + 1))  # every event, in order, none coalesced
-        assert all(e["event"] == "progress" for e in events[1:-1]) and completed(events[-1])
+        assert all(e["event"] == "progress" for e in events[1:-1]) and completed(events[-1]), \
+            [(e["event"], e.get("status"), e.get("seq")) for e in events if e["event"] != "progress"][:8]
     final = kept_up[0][-1]
     assert late[0]["event"] == "snapshot" and late[-1] == final  # the final status all the same
     seqs = _seqs(late)

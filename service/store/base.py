@@ -354,6 +354,8 @@ class Store(ABC):
     #: How often (seconds) a node should look at the database by itself, for what another
     #: node's lost notification would have told it; None when no other node can write (SQLite).
     poll_interval: float | None = None
+    #: The backend's name, as metrics label it.
+    backend = "unknown"
 
     def subscribe_all(self, listener: Listener) -> Callable[[], None]:
         """Hear this node's changes and the other nodes' (`remote`); returns the unsubscribe."""
@@ -421,6 +423,10 @@ class Store(ABC):
         """Jobs that finished at or after `since`, as `(owner, type, status, minute, count)`
         rows (`minute`: `completed_at // 60000`). Read once at start, before any write, so
         the statistics of the last hour and of today survive a restart."""
+
+    @abstractmethod
+    async def running_by_node(self) -> dict[str, int]:
+        """Running jobs per node (lease owner), every node's: the cluster view of `/api/stats`."""
 
     @abstractmethod
     async def count_pending(self) -> int: ...

@@ -270,6 +270,7 @@ class PostgresStore(Store):
     for LISTEN when `url` goes through a pooler that cannot hold one."""
 
     exclusive = False
+    backend = "postgresql"
 
     def __init__(self, url: str, *, schema: str = "offload", pool_min: int = 1, pool_max: int = 4,
                  poll_ms: int = 1000, listen_url: str | None = None) -> None:
@@ -648,6 +649,10 @@ class PostgresStore(Store):
                                     "GROUP BY 1, 2, 3, 4", since)
         return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in records]
 
+    async def running_by_node(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT lease_owner, count(*) FROM jobs WHERE status = 'running' GROUP BY 1")
+        return {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
+
     async def count_pending(self) -> int:
         return int((await self._fetch("SELECT count(*) FROM jobs WHERE status = 'pending'"))[0][0])
 
@@ -697,7 +702,7 @@ class PostgresStore(Store):
     @asynccontextmanager
     async def _alone(self, task: str) -> AsyncIterator[bool]:
         try:
-            conn = await self._connect("alone")
+            conn = await self._connect("alone", self.listen_url)  # a session of its own, as LISTEN needs
         except Exception as exc:
             raise _translate(exc) from exc
         try:
@@ -715,8 +720,9 @@ class PostgresStore(Store):
             await _close_quietly(conn)
 
     def alone(self, task: str) -> AsyncContextManager[bool]:
-        """A session-level advisory lock on a connection of its own, held for the block: one
-        node at a time runs `task`; the others are told False and skip it."""
+        """A session-level advisory lock on a connection of its own (to `listen_url`, which
+        PgBouncer does not stand between), held for the block: one node at a time runs
+        `task`; the others are told False and skip it."""
         return self._alone(task)
 
     # ---- write hooks -----------------------------------------------------------------------------

@@ -366,6 +366,7 @@ class SQLiteStore(Store):
     #: One service owns a SQLite file: jobs left running in it belong to a previous run of
     #: this service, so they can be taken back at start without waiting for their leases.
     exclusive = True
+    backend = "sqlite"
 
     async def open(self) -> None:
         """Open (or create) the database. A file or folder that cannot be written stops here
@@ -661,6 +662,11 @@ class SQLiteStore(Store):
                                 "WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at >= ? "
                                 "GROUP BY 1, 2, 3, 4", (since,))
         return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+    async def running_by_node(self) -> dict[str, int]:
+        rows = await self._read("SELECT lease_owner, COUNT(*) FROM jobs INDEXED BY jobs_lease "
+                                "WHERE status = 'running' GROUP BY 1")
+        return {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
 
     async def count_pending(self) -> int:
         rows = await self._read("SELECT COUNT(*) AS n FROM jobs INDEXED BY jobs_due WHERE status = 'pending'")

@@ -1,0 +1,392 @@
+"""What is PostgreSQL's own in the store: several nodes on one database.
+
+Each test opens two or more `PostgresStore`s ("nodes") on one fresh schema of the real
+server (`tests/postgres_schemas.py`); faults are real: backends terminated with
+`pg_terminate_backend`, and a loopback TCP proxy in front of the server that is shut to
+make the database unreachable. The backend-neutral rules are in test_store_contract.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import pytest
+
+from offload.service.errors import StoreUnavailable
+from offload.service.models import Job, JobStatus, new_job_id, now_ms
+from offload.service.store import open_store
+from offload.service.store.base import ProgressChange, StoreChange
+from offload.service.store.postgres import NOTIFY_LIMIT, PostgresStore, payloads
+from tests.conftest import eventually
+from tests.postgres_schemas import POSTGRES_URL, fresh_schema
+
+LEASE = 30_000
+LOST = {"type": "WorkerLost", "message": "the node stopped"}
+
+
+def new(owner: str = "u", **fields: Any) -> Job:
+    return Job(new_job_id(), fields.pop("type", "t"), owner, fields.pop("data", {}), **fields)
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    async with fresh_schema() as name:
+        yield name
+
+
+@pytest.fixture
+async def nodes(schema: str) -> AsyncIterator[Callable[..., Any]]:
+    """Open stores ("nodes") on the test's schema; all closed at the end."""
+    opened: list[PostgresStore] = []
+
+    async def node(url: str = POSTGRES_URL, **options: Any) -> PostgresStore:
+        store = open_store(url, schema=schema, **options)
+        assert isinstance(store, PostgresStore)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield node
+    for store in opened:
+        await store.close()
+
+
+async def admin() -> asyncpg.Connection:
+    return await asyncpg.connect(POSTGRES_URL)
+
+
+async def backend_pid(store: PostgresStore, role: str) -> int:
+    """The server process of `store`'s connection `role` (writer, listener), by its name."""
+    conn = await admin()
+    try:
+        pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                                f"offload {role} {store.origin}")
+    finally:
+        await conn.close()
+    assert len(pids) == 1, pids
+    return int(pids[0][0])
+
+
+async def terminate(pid: int) -> None:
+    conn = await admin()
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+
+
+class Heard:
+    """Everything a sink emits, in order, with a way to wait for a condition on it."""
+
+    def __init__(self, sink: Any) -> None:
+        self.changes: list[StoreChange] = []
+        self._new = asyncio.Event()
+        sink.subscribe(self._add)
+
+    def _add(self, change: StoreChange) -> None:
+        self.changes.append(change)
+        self._new.set()
+
+    def of(self, job_id: str) -> list[StoreChange]:
+        return [c for c in self.changes if (c.id if isinstance(c, Job) else c.job_id) == job_id]
+
+    async def until(self, check: Callable[[], bool], timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                self._new.clear()
+                await self._new.wait()
+
+
+# ---- claims across nodes -------------------------------------------------------------------------
+async def test_concurrent_claims_from_two_nodes_take_each_job_once(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    created = await a.create_many([(new(f"user{n % 3}"), None) for n in range(120)])
+    ids = {job.id for job, _ in created}
+    claimed: list[Job] = []
+    while len(claimed) < len(ids):
+        # more due jobs than room: the fair path (heads, round robin, SKIP LOCKED) as well as the plain one
+        batches = await asyncio.gather(*(store.claim(f"n-{i}", now_ms(), LEASE, limit=4)
+                                         for i, store in enumerate([a, b] * 6)))
+        got = [job for batch in batches for job in batch]
+        assert got, "jobs left unclaimed"
+        claimed += got
+    assert sorted(j.id for j in claimed) == sorted(ids)  # each one once
+    assert all(j.attempts == 1 and j.seq == 1 for j in claimed)
+    assert (await b.count_by_status())["running"] == 120
+
+
+async def test_fairness_is_shared_by_the_nodes(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    for _ in range(4):
+        await a.create(new("alice"))
+    await a.create(new("bob"))
+    (first,) = await a.claim("n1", now_ms(), LEASE, limit=1)
+    assert first.owner == "alice"  # neither served yet: the job that waited longest
+    assert await a.complete(first, {"value": 1}, now_ms()) is not None  # nobody runs anything again
+    (second,) = await b.claim("n2", now_ms(), LEASE, limit=1)
+    # node B knows that node A served alice last: the served state is the database's
+    assert second.owner == "bob"
+
+
+async def test_a_fence_holds_against_another_nodes_write_in_flight(nodes: Callable[..., Any]) -> None:
+    a = await nodes()
+    await a.create(new())
+    (stale,) = await a.claim("n1", now_ms(), LEASE)
+    conn = await admin()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        # another node takes the job for a new attempt, not yet committed: it holds the row
+        await conn.execute(f'UPDATE "{a.schema}".jobs SET attempts = attempts + 1, lease_owner = $2 '
+                           "WHERE id = $1", stale.id, "n2")
+        ending = asyncio.ensure_future(a.complete(stale, {"value": "stale"}, now_ms()))
+        await eventually(lambda: _waiting_on_lock(conn), what="the completion to wait for the row")
+        await tx.commit()
+        assert await ending is None  # the WHERE was checked again on the committed row
+    finally:
+        await conn.close()
+    stored = await a.get(stale.id)
+    assert stored is not None and (stored.status, stored.attempts, stored.lease_owner) == (
+        JobStatus.RUNNING, 2, "n2")
+
+
+async def _waiting_on_lock(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND application_name LIKE 'offload writer %'"))
+
+
+async def test_an_ending_and_another_nodes_rescue_race_and_one_wins(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    await a.create_many([(new(max_retries=3), None) for _ in range(20)])
+    running = await a.claim("n1", now_ms(), LEASE, limit=20)
+    now = now_ms()
+    results = await asyncio.gather(*(a.complete(job, {"value": 1}, now_ms()) for job in running),
+                                   b.rescue_expired(now, LOST, expired_before=now + LEASE + 1))
+    completed = {job.id for job in results[:-1] if job is not None}
+    rescued = {job.id for job in results[-1]}
+    assert completed | rescued == {job.id for job in running} and not completed & rescued
+    for job in running:
+        stored = await b.get(job.id)
+        assert stored is not None
+        assert stored.status is (JobStatus.COMPLETED if job.id in completed else JobStatus.PENDING)
+
+
+# ---- notifications ---------------------------------------------------------------------------------
+async def test_changes_on_one_node_reach_the_other_in_seq_order_without_data(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    heard, echoed = Heard(b.remote), Heard(a.remote)
+    job, _ = await a.create(new(data={"big": "x" * 100}))
+    (claimed,) = await a.claim("n1", now_ms(), LEASE)
+    assert await a.save_checkpoint(claimed, {"page": 3})
+    committed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    a.set_progress(claimed, 50, "half", on_commit=committed.set_result)
+    await committed
+    big = {"text": "é" * 6000}  # too big for a notification of its own: sent as a reference
+    done = await a.complete(claimed, big, now_ms())
+    assert done is not None
+    await heard.until(lambda: any(isinstance(c, Job) and c.status is JobStatus.COMPLETED for c in heard.changes))
+    kinds = [(type(c).__name__, c.seq) for c in heard.of(job.id)]
+    assert kinds == [("Job", 0), ("Job", 1), ("ProgressChange", 2), ("Job", 3)]
+    pending, running, progress, completed = heard.of(job.id)
+    assert pending == dataclasses.replace(job, data=None)
+    assert running == dataclasses.replace(claimed, data=None, checkpoint=None)
+    assert progress == ProgressChange(job.id, "u", 1, 50, "half", 2)
+    assert completed == dataclasses.replace(done, data=None) and completed.result == big
+    # a node does not hear its own changes: once A hears B's change, A's own came and went
+    other, _ = await b.create(new("bob"))
+    await echoed.until(lambda: bool(echoed.changes))
+    assert echoed.changes == [other]
+
+
+def test_payloads_stay_under_the_limit_in_order_and_refer_to_what_is_too_big() -> None:
+    jobs = [new(message="m" * 300, seq=n) for n in range(80)]
+    huge = dataclasses.replace(new(), result={"x": "y" * NOTIFY_LIMIT}, seq=7)
+    notes = payloads("origin1", [*jobs, huge])
+    assert len(notes) > 1 and all(len(note.encode()) < NOTIFY_LIMIT for note in notes)
+    items = [item for note in notes for item in orjson.loads(note)["c"]]
+    assert [item[1] for item in items[:-1]] == [job.id for job in jobs]
+    assert items[-1] == [huge.id, 7]
+    assert {orjson.loads(note)["o"] for note in notes} == {"origin1"}
+
+
+async def test_a_stale_change_is_not_emitted_again(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    heard = Heard(b.remote)
+    job, _ = await a.create(new())
+    await heard.until(lambda: bool(heard.of(job.id)))
+    # the same change delivered twice (a referenced row read late, a replay): heard once
+    conn = await admin()
+    try:
+        for note in payloads("someone-else", [job]):
+            await conn.execute("SELECT pg_notify($1, $2)", a.schema, note)
+        later, _ = await a.create(new())
+    finally:
+        await conn.close()
+    await heard.until(lambda: bool(heard.of(later.id)))
+    assert heard.of(job.id) == [job]
+
+
+async def test_the_listener_connects_again_after_its_backend_is_terminated(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    heard = Heard(b.remote)
+    old = await backend_pid(b, "listener")
+    await terminate(old)
+
+    async def listening_again() -> bool:
+        return b.listening.is_set() and await backend_pid(b, "listener") != old
+
+    await eventually(listening_again, what="a new listener connection")
+    job, _ = await a.create(new())
+    await heard.until(lambda: bool(heard.of(job.id)))
+
+
+async def test_cancel_requests_lists_what_another_node_requested(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    await a.create(new())
+    (job,) = await a.claim("n1", now_ms(), LEASE)
+    assert await a.cancel_requests("n1") == []
+    requested = await b.request_cancel(job.id, None)
+    assert requested is not None
+    assert await a.cancel_requests("n1") == [requested]
+    assert await a.cancel_requests("n2") == []
+
+
+# ---- schema, locks ---------------------------------------------------------------------------------
+async def test_several_nodes_opening_at_once_create_the_schema_once(nodes: Callable[..., Any]) -> None:
+    stores = await asyncio.gather(*(nodes() for _ in range(5)))
+    job, _ = await stores[0].create(new())
+    assert all([await store.get(job.id) == job for store in stores])
+
+
+async def test_a_schema_of_a_newer_offload_is_refused(nodes: Callable[..., Any], schema: str) -> None:
+    first = await nodes()
+    conn = await admin()
+    try:
+        await conn.execute(f"UPDATE \"{schema}\".meta SET value = 99 WHERE key = 'version'")
+    finally:
+        await conn.close()
+    await first.close()
+    with pytest.raises(RuntimeError, match=r"newer offload \(schema 99 > 1\)"):
+        await nodes()
+
+
+async def test_alone_is_exclusive_across_nodes(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    async with a.alone("retention") as mine:
+        assert mine
+        async with b.alone("retention") as theirs:
+            assert not theirs
+        async with b.alone("other task") as theirs:
+            assert theirs
+    async with b.alone("retention") as theirs:
+        assert theirs
+
+
+def test_bad_settings_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="schema 'Bad-Name'"):
+        PostgresStore(POSTGRES_URL, schema="Bad-Name")
+    with pytest.raises(ValueError, match="pool_min"):
+        PostgresStore(POSTGRES_URL, pool_min=3, pool_max=2)
+
+
+# ---- availability -----------------------------------------------------------------------------------
+class Proxy:
+    """A loopback TCP proxy in front of the server: `shut()` drops every connection and
+    refuses new ones (the database is unreachable); `start()` opens it again, same port."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._url = parts
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        user = f"{self._url.username}@" if self._url.username else ""
+        return urlunsplit(self._url._replace(netloc=f"{user}127.0.0.1:{self.port}"))
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._links |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._links -= {writer, up_writer}
+
+    async def shut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for link in list(self._links):
+            link.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[Proxy]:
+    opened = Proxy(POSTGRES_URL)
+    await opened.start()
+    try:
+        yield opened
+    finally:
+        if opened._server is not None:
+            await opened.shut()
+
+
+async def test_an_unreachable_database_fails_writes_and_reads_until_it_is_back(
+        nodes: Callable[..., Any], proxy: Proxy) -> None:
+    store = await nodes(proxy.url)
+    before, _ = await store.create(new())
+    await proxy.shut()
+    with pytest.raises(StoreUnavailable, match="does not answer"):
+        await store.create(new())
+    with pytest.raises(StoreUnavailable, match="does not answer"):
+        await store.writable()
+    with pytest.raises(StoreUnavailable, match="does not answer"):
+        await store.get(before.id)
+    await proxy.start()
+    after, created = await store.create(new())  # the writer connects again by itself
+    assert created
+    await store.writable()
+    assert await store.get(after.id) == after and await store.get(before.id) == before
+
+
+async def test_a_write_after_the_writers_backend_is_terminated_succeeds(nodes: Callable[..., Any]) -> None:
+    store = await nodes()
+    await store.create(new())
+    await terminate(await backend_pid(store, "writer"))
+    job, created = await store.create(new())
+    assert created and await store.get(job.id) == job
+
+
+async def test_an_unreachable_database_stops_open_with_the_reason(schema: str, proxy: Proxy) -> None:
+    url = proxy.url
+    await proxy.shut()
+    store = open_store(url, schema=schema)
+    with pytest.raises(StoreUnavailable, match="cannot open the job store .*does not answer"):
+        await store.open()
+    await store.close()
