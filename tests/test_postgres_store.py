@@ -47,8 +47,8 @@ async def nodes(schema: str) -> AsyncIterator[Callable[..., Any]]:
     async def node(url: str = POSTGRES_URL, **options: Any) -> PostgresStore:
         store = open_store(url, schema=schema, **options)
         assert isinstance(store, PostgresStore)
+        opened.append(store)  # closed at the end even when its open failed (closing twice is harmless)
         await store.open()
-        opened.append(store)
         return store
 
     yield node
@@ -120,6 +120,17 @@ async def test_concurrent_claims_from_two_nodes_take_each_job_once(nodes: Callab
     assert (await b.count_by_status())["running"] == 120
 
 
+async def test_concurrent_claims_with_room_for_every_due_job_take_each_once(nodes: Callable[..., Any]) -> None:
+    a, b = await nodes(), await nodes()
+    for _ in range(5):
+        created = await a.create_many([(new(), None) for _ in range(30)])
+        # room for every due job in each claim: the one-statement path, on both nodes at once
+        batches = await asyncio.gather(*(store.claim(f"n-{i}", now_ms(), LEASE, limit=40)
+                                         for i, store in enumerate([a, b] * 4)))
+        claimed = sorted(job.id for batch in batches for job in batch)
+        assert claimed == sorted(job.id for job, _ in created)
+
+
 async def test_fairness_is_shared_by_the_nodes(nodes: Callable[..., Any]) -> None:
     a, b = await nodes(), await nodes()
     for _ in range(4):
@@ -174,6 +185,28 @@ async def test_an_ending_and_another_nodes_rescue_race_and_one_wins(nodes: Calla
         stored = await b.get(job.id)
         assert stored is not None
         assert stored.status is (JobStatus.COMPLETED if job.id in completed else JobStatus.PENDING)
+
+
+async def test_a_batch_that_deadlocks_is_rolled_back_and_run_again(nodes: Callable[..., Any]) -> None:
+    a = await nodes()
+    await a.create_many([(new(), None), (new(), None)])
+    low, high = sorted(await a.claim("n1", now_ms(), LEASE, limit=2), key=lambda job: job.id)
+    conn = await admin()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("SET LOCAL deadlock_timeout = '20s'")  # the store's side sees the deadlock first
+        await conn.execute(f'SELECT 1 FROM "{a.schema}".jobs WHERE id = $1 FOR UPDATE', high.id)
+        # one batch for both: it locks `low`, then waits for `high`
+        requests = asyncio.gather(a.request_cancel(low.id, None), a.request_cancel(high.id, None))
+        await eventually(lambda: _waiting_on_lock(conn), what="the batch to wait for the row")
+        # and now the other side wants `low`: a deadlock; the batch is the one rolled back
+        await conn.execute(f'SELECT 1 FROM "{a.schema}".jobs WHERE id = $1 FOR UPDATE', low.id)
+        await tx.commit()
+        done = await requests  # run again once the other side committed
+    finally:
+        await conn.close()
+    assert all(job is not None and job.cancel_requested for job in done)
 
 
 # ---- notifications ---------------------------------------------------------------------------------
@@ -258,7 +291,9 @@ async def test_cancel_requests_lists_what_another_node_requested(nodes: Callable
 
 # ---- schema, locks ---------------------------------------------------------------------------------
 async def test_several_nodes_opening_at_once_create_the_schema_once(nodes: Callable[..., Any]) -> None:
-    stores = await asyncio.gather(*(nodes() for _ in range(5)))
+    opened = await asyncio.gather(*(nodes() for _ in range(5)), return_exceptions=True)
+    assert not [error for error in opened if isinstance(error, BaseException)]
+    stores = [store for store in opened if isinstance(store, PostgresStore)]
     job, _ = await stores[0].create(new())
     assert all([await store.get(job.id) == job for store in stores])
 

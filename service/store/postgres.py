@@ -225,6 +225,9 @@ _REASONS = {
     "3D000": "the database does not exist",
     "28000": "the database refused the credentials",
     "28P01": "the database refused the credentials",
+    # Only once a batch ran again `_RERUNS` times and still met one:
+    "40P01": "the database is busy (the writes of several nodes deadlocked)",
+    "40001": "the database is busy (the writes of several nodes conflicted)",
 }
 _CLASS_REASONS = {
     "08": "the database does not answer",
@@ -1050,7 +1053,7 @@ class PostgresStore(Store):
                     pause = min(pause * 2, 5.0)
                     continue
             lost = asyncio.Event()
-            conn.add_termination_listener(lambda _: lost.set())
+            conn.add_termination_listener(lambda _, lost=lost: lost.set())
             if not conn.is_closed():
                 stop = asyncio.ensure_future(self._listen_stop.wait())
                 gone = asyncio.ensure_future(lost.wait())
