@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.sample import make_invoice  # noqa: E402
 from tests.conftest import eventually  # noqa: E402
-from tests.server_process import ServerProcess, _toml  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
 
 POSTGRES_URL = os.environ.get("OFFLOAD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 MODULES = ("benchmarks.nodejobs",)
@@ -114,16 +113,10 @@ class Cluster:
         results = folder / "results"
         self.nodes: list[ServerProcess] = []
         for i in range(count):
+            keys = {"url": postgres, "schema": self.schema, **(store or {})} if postgres else None
             node = ServerProcess(folder / f"node{i}", processes=processes, lease_ms=lease_ms, modules=MODULES,
                                  log_level="WARNING", sections=SECTIONS, env={"BENCH_NODE": f"node{i}"},
-                                 results_dir=str(results))
-            if postgres:
-                keys = {"url": postgres, "schema": self.schema, **(store or {})}
-                text = node.config.read_text()
-                sqlite = '[store]\nurl = "sqlite:///offload.db"\n'
-                assert sqlite in text, "tests/server_process.py no longer writes [store] as expected"
-                node.config.write_text(text.replace(
-                    sqlite, "[store]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())))
+                                 store=keys, results_dir=str(results))
             self.nodes.append(node)
         self.sessions: list[aiohttp.ClientSession] = []
         self._turn = itertools.count()
@@ -271,7 +264,7 @@ async def rescue(cluster: Cluster, reports: Reports, folder: Path, runs: int) ->
             cluster.sessions[victim] = cluster.nodes[victim].session()
         survivor = cluster.sessions[(victim + 1) % len(cluster.sessions)]
 
-        async def completed() -> float | None:
+        async def completed(survivor: aiohttp.ClientSession = survivor, job_id: str = job_id) -> float | None:
             async with survivor.get(f"/api/jobs/{job_id}") as response:
                 job = await response.json()
             return time.monotonic_ns() if job["status"] == "completed" else None
@@ -557,10 +550,10 @@ async def main() -> None:
                 header.append(f"POST->start p50 / p99 ms ({args.latency_jobs} at {args.rate:g}/s)")
             print("throughput cells: submitted/s / completed/s (first POST -> last completedAt)")
             widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-            print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
+            print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
             print("-|-".join("-" * w for w in widths))
             for row in rows:
-                print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+                print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
         if "rescue" in only:
             results = []
@@ -577,11 +570,11 @@ async def main() -> None:
                     await cluster.close()
             heading(f"kill -9 of the node running a job, lease_ms {args.lease_ms}, poll_ms {args.rescue_poll_ms} "
                     f"({machine()})")
-            print(f"{'store':<24} {'kill -> running again':>24} {'kill -> completed':>20}   runs")
+            print(f"{'store':<36} {'kill -> running again':>22} {'kill -> completed':>18}   runs")
             for label, to_running, to_completed in results:
                 how = " (restarted at once)" if label.startswith("SQLite") else " (another node)"
-                print(f"{label + how:<34} {statistics.median(to_running):>10.0f} ms "
-                      f"{statistics.median(to_completed):>14.0f} ms   {len(to_running)} "
+                print(f"{label + how:<36} {statistics.median(to_running):>19.0f} ms "
+                      f"{statistics.median(to_completed):>15.0f} ms   {len(to_running)} "
                       f"(min {min(to_running):.0f}, max {max(to_running):.0f} ms)")
 
         if "claim" in only:
