@@ -94,7 +94,7 @@ async def test_a_node_cut_off_from_its_database_answers_503_keeps_its_running_jo
         async with asyncio.timeout(ANSWER_WITHIN_S):
             await store_unavailable(await client.get(probe))
     # Nothing half-written: the refused submission is not in the database.
-    rows = await sql(f'SELECT id FROM "{pg_schema}".jobs ORDER BY created_at')
+    rows = await sql(f'SELECT id FROM "{pg_schema}".jobs ORDER BY pos')
     assert [row["id"] for row in rows] == [before, running]
     assert (await sql(f'SELECT status FROM "{pg_schema}".jobs WHERE id = $1', running))[0]["status"] == "running"
 
