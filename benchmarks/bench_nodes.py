@@ -280,13 +280,18 @@ async def rescue(cluster: Cluster, reports: Reports, folder: Path, runs: int) ->
 
 
 # ---- the claim on a million pending jobs ------------------------------------------------------------
-def pending_rows(rows: int, now: int) -> dict[str, str]:
-    """SQL expressions (of `i`, 1..rows) for a realistic backlog: owners user0..user999, a few
-    of them with most of the jobs (about 600 have any); 5 % high, 20 % low priority; created over the last hour, one in
+#: A value in [0, 1) per row, spread evenly (`i` times a prime, modulo a prime).
+_SPREAD = "(((i * 7919) % 100003) / 100003.0)"
+
+
+def pending_rows(rows: int, now: int, owners: int) -> dict[str, str]:
+    """SQL expressions (of `i`, 1..rows) for a realistic backlog: owners user0 .. user<owners - 1>,
+    skewed (the cube of an even spread: of 1,000 owners, user0 has a tenth of the jobs and
+    the last one a few dozen); 5 % high, 20 % low priority; created over the last hour, one in
     ten delayed into the next hour; no-op and invoice types."""
     return {
         "id": "'bench' || lpad(i::text, 10, '0')",
-        "owner": "'user' || floor(power(((i * 7919) % 1000) / 1000.0, 3) * 1000)::int",
+        "owner": f"'user' || floor({_SPREAD} * {_SPREAD} * {_SPREAD} * {owners})::int",
         "type": "CASE WHEN i % 4 = 0 THEN 'pdf' ELSE 'bench.stamp' END",
         "status": "'pending'",
         "priority": "CASE WHEN i % 20 = 0 THEN 0 WHEN i % 5 = 0 THEN 2 ELSE 1 END",
@@ -299,7 +304,7 @@ def pending_rows(rows: int, now: int) -> dict[str, str]:
     }
 
 
-async def fill_postgres(url: str, schema: str, rows: int, now: int) -> int:
+async def fill_postgres(url: str, schema: str, rows: int, now: int, owners: int) -> int:
     """`rows` pending jobs in `schema`'s jobs table, with one INSERT ... SELECT of generate_series;
     columns this does not know take their defaults (a NOT NULL one without is named).
     Returns how many owners have pending jobs."""
@@ -310,7 +315,7 @@ async def fill_postgres(url: str, schema: str, rows: int, now: int) -> int:
         columns = await conn.fetch("SELECT column_name, data_type, udt_name, is_nullable, column_default "
                                    "FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'jobs'",
                                    schema)
-        values = pending_rows(rows, now)
+        values = pending_rows(rows, now, owners)
         names, exprs = [], []
         for column in columns:
             name = column["column_name"]
@@ -329,13 +334,13 @@ async def fill_postgres(url: str, schema: str, rows: int, now: int) -> int:
         await conn.close()
 
 
-def fill_sqlite(path: Path, rows: int, now: int) -> None:
+def fill_sqlite(path: Path, rows: int, now: int, owners: int) -> None:
     """The same backlog in an SQLite store's file (a recursive CTE for generate_series)."""
     import sqlite3
 
-    values = pending_rows(rows, now)
+    values = pending_rows(rows, now, owners)
     values["cancel_requested"] = "0"
-    values["owner"] = "'user' || CAST(((i * 7919) % 1000) * ((i * 7919) % 1000) * ((i * 7919) % 1000) / 1000000 AS INTEGER)"
+    values["owner"] = f"'user' || CAST({_SPREAD} * {_SPREAD} * {_SPREAD} * {owners} AS INTEGER)"
     values["id"] = "'bench' || substr('0000000000' || i, -10, 10)"
     values = {k: v.replace("::bigint", "").replace("false", "0") for k, v in values.items()}
     with contextlib.closing(sqlite3.connect(path)) as db, db:
@@ -364,7 +369,8 @@ async def time_claims(store: Any, count: int) -> dict[int, tuple[float, float]]:
     return figures
 
 
-async def claim_postgres(url: str, rows: int, count: int) -> tuple[dict[int, tuple[float, float]], float, list[str], int]:
+async def claim_postgres(url: str, rows: int, count: int, owners: int,
+                         ) -> tuple[dict[int, tuple[float, float]], dict[int, tuple[float, float]], float, list[str], int]:
     from offload.service.models import now_ms
     from offload.service.store.postgres import PostgresStore
 
@@ -373,17 +379,49 @@ async def claim_postgres(url: str, rows: int, count: int) -> tuple[dict[int, tup
     await store.open()  # creates the schema and its tables
     try:
         start = time.perf_counter()
-        owners = await fill_postgres(url, schema, rows, now_ms())
+        with_jobs = await fill_postgres(url, schema, rows, now_ms(), owners)
         filled = time.perf_counter() - start
         figures = await time_claims(store, count)
         plan = await explain_claim(store)
+        bare = await bare_claims(url, schema, count)
     finally:
         await store.close()
         await drop_schema(url, schema)
-    return figures, filled, plan, owners
+    return figures, bare, filled, plan, with_jobs
 
 
-async def claim_sqlite(folder: Path, rows: int, count: int) -> tuple[dict[int, tuple[float, float]], float]:
+#: The least a claim can be on these rows: the first due jobs in priority order, taken with
+#: SKIP LOCKED in one statement (no fairness between owners, no notification, no batch).
+_BARE_CLAIM = ("UPDATE jobs SET status = 'running', attempts = attempts + 1, seq = seq + 1, started_at = $1, "
+               "lease_owner = 'bare', lease_until = $1 + 30000 WHERE pos IN (SELECT pos FROM jobs "
+               "WHERE status = 'pending' AND due_at <= $1 AND lease_owner IS NULL AND type = ANY($3::text[]) "
+               "ORDER BY priority, due_at, pos LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING pos")
+
+
+async def bare_claims(url: str, schema: str, count: int) -> dict[int, tuple[float, float]]:
+    """`_BARE_CLAIM` timed as `time_claims` times the store's, on the same backlog."""
+    import asyncpg
+    from offload.service.models import now_ms
+
+    conn = await asyncpg.connect(url, timeout=10, server_settings={"search_path": schema})
+    try:
+        figures = {}
+        for limit in (1, 8):
+            times = []
+            for _ in range(count):
+                t = time.perf_counter()
+                taken = await conn.fetch(_BARE_CLAIM, now_ms(), limit, ["bench.stamp", "pdf"])
+                times.append((time.perf_counter() - t) * 1000)
+                await conn.execute("UPDATE jobs SET status = 'completed', completed_at = $1, lease_owner = NULL, "
+                                   "lease_until = NULL WHERE pos = ANY($2::bigint[])", now_ms(), [r[0] for r in taken])
+            times.sort()
+            figures[limit] = (statistics.median(times), times[int(len(times) * 0.95)])
+        return figures
+    finally:
+        await conn.close()
+
+
+async def claim_sqlite(folder: Path, rows: int, count: int, owners: int) -> tuple[dict[int, tuple[float, float]], float]:
     from offload.service.models import now_ms
     from offload.service.store.sqlite import SQLiteStore
 
@@ -392,7 +430,7 @@ async def claim_sqlite(folder: Path, rows: int, count: int) -> tuple[dict[int, t
     await store.open()
     await store.close()  # the tables exist: fill them with no store holding the file
     start = time.perf_counter()
-    fill_sqlite(path, rows, now_ms())
+    fill_sqlite(path, rows, now_ms(), owners)
     filled = time.perf_counter() - start
     store = SQLiteStore(path)
     await store.open()
@@ -488,6 +526,7 @@ async def main() -> None:
     parser.add_argument("--rescue-poll-ms", type=int, default=200, help="[store] poll_ms of the rescue nodes")
     parser.add_argument("--claim-rows", type=int, default=1_000_000)
     parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--owners", type=int, default=1000, help="owners the claim's backlog is spread over (skewed)")
     parser.add_argument("--only", default="throughput,latency,rescue,claim")
     parser.add_argument("--no-sqlite", action="store_true", help="leave the SQLite baseline out")
     parser.add_argument("--no-postgres", action="store_true", help="the SQLite baseline alone (to try the script)")
@@ -578,18 +617,21 @@ async def main() -> None:
                       f"(min {min(to_running):.0f}, max {max(to_running):.0f} ms)")
 
         if "claim" in only:
-            pg, filled, plan, owners = ((None, 0.0, ["(PostgreSQL left out)"], 0) if args.no_postgres
-                                else await claim_postgres(args.postgres, args.claim_rows, args.claims))
-            lite, lite_filled = (None, 0.0) if args.no_sqlite else await claim_sqlite(folder, args.claim_rows, args.claims)
+            pg, bare, filled, plan, owners = (
+                (None, None, 0.0, ["(PostgreSQL left out)"], 0) if args.no_postgres
+                else await claim_postgres(args.postgres, args.claim_rows, args.claims, args.owners))
+            lite, lite_filled = ((None, 0.0) if args.no_sqlite
+                                 else await claim_sqlite(folder, args.claim_rows, args.claims, args.owners))
             heading(f"claim on {args.claim_rows:,} pending jobs, {args.claims} claims each ({machine()})")
             fills = ([f"PostgreSQL {filled:.1f} s"] if pg is not None else []) + \
                 ([f"SQLite {lite_filled:.1f} s"] if lite is not None else [])
             print(f"rows inserted with SQL: {', '.join(fills)}" + (f"; {owners} owners have pending jobs" if owners else ""))
-            print(f"{'store':<12} {'claim(limit=1) p50 / p95':>26} {'claim(limit=8) p50 / p95':>26}")
-            for label, figures in (("PostgreSQL", pg), ("SQLite", lite)):
+            print(f"{'claim':<52} {'limit=1 p50 / p95':>22} {'limit=8 p50 / p95':>22}")
+            for label, figures in (("PostgresStore.claim", pg), ("SQLiteStore.claim (baseline)", lite),
+                                   ("bare SKIP LOCKED UPDATE, no fairness (PostgreSQL floor)", bare)):
                 if figures is not None:
-                    print(f"{label:<12} {figures[1][0]:>13.2f} / {figures[1][1]:.2f} ms "
-                          f"{figures[8][0]:>13.2f} / {figures[8][1]:.2f} ms")
+                    print(f"{label:<52} {figures[1][0]:>11.2f} / {figures[1][1]:>6.2f} ms "
+                          f"{figures[8][0]:>11.2f} / {figures[8][1]:>6.2f} ms")
             print(f"\nEXPLAIN (ANALYZE, BUFFERS) of each statement PostgresStore.claim(limit=8) ran on the "
                   f"{args.claim_rows:,}-row backlog (auto_explain):")
             print("\n".join(plan))
