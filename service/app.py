@@ -162,7 +162,7 @@ async def _store(app: web.Application):  # type: ignore[no-untyped-def]
         await store.close()
         raise RuntimeError(f"cannot create the results folder {config.results_path}: {exc.strerror}") from None
     app[STORE] = store
-    log.info("job store: %s", _safe_url(config.store_url))
+    log.info("job store: %s", config.store_label)
     catch_up = None
     if store.poll_interval is not None:  # other nodes write too: make up for a lost notification
         app[HUB].tracking = True
@@ -186,15 +186,6 @@ async def _catch_up(hub: EventHub, store: Store) -> None:
             log.warning("could not read the watched jobs: %s", exc.message)
         except Exception:
             log.exception("reading the watched jobs failed")
-
-
-def _safe_url(url: str) -> str:
-    """The store URL without a password, for the log."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 async def _scheduler(app: web.Application):  # type: ignore[no-untyped-def]

@@ -136,7 +136,7 @@ async def _serve(config: Config) -> int:
             print(f"offload: cannot start: {message}", file=sys.stderr, flush=True)
             return 1
         print(f"offload: serving on http://{config.server.host}:{config.server.port}  "
-              f"(database {config.store_url}, {config.process_count} worker processes)", flush=True)
+              f"(database {config.store_label}, {config.process_count} worker processes)", flush=True)
         shutdown.started.set()
         await shutdown.done.wait()
         return 0

@@ -286,6 +286,19 @@ class Config:
         return url
 
     @property
+    def store_label(self) -> str:
+        """The store as the log and the start-up line name it: the URL without a password,
+        and a PostgreSQL schema."""
+        url = self.store_url
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("postgresql", "postgres"):
+            return url
+        credentials, at, host = rest.rpartition("@")
+        if at and ":" in credentials:
+            url = f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+        return f"{url} schema {self.store.schema}"
+
+    @property
     def process_count(self) -> int:
         return self.workers.processes or os.cpu_count() or 1
 

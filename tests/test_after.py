@@ -20,6 +20,7 @@ from offload.service.models import Job, JobStatus, new_job_id, now_ms
 from offload.service.store import open_store
 from offload.service.store.sqlite import SCHEMA_VERSION
 from tests.conftest import eventually
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.server_process import ServerProcess
 from tests.users import A, B, TOKENS
 

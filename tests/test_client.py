@@ -21,6 +21,7 @@ from offload import (AsyncClient, Client, Conflict, InvalidRequest, Job, JobCanc
                      Unavailable, agenerate_invoice, generate_invoice)
 from offload.service.config import load_config
 from tests.conftest import SAMPLE_INVOICE, eventually
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.server_process import ServerProcess, free_port
 from tests.users import ALICE, TOKENS
 
@@ -261,6 +262,7 @@ async def test_wait_follows_its_job_across_a_server_restart(tmp_path):
 
 
 # ---- retries ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("store_backend", ["sqlite"])  # it reads the keys from the SQLite file
 async def test_submit_retries_after_429_and_makes_one_job(start_server, retries):
     server = await start_server(limits={"submit_rate": 1, "submit_burst": 1})
     async with AsyncClient(url_of(server)) as offload:
@@ -281,6 +283,7 @@ async def test_submit_retries_after_429_and_makes_one_job(start_server, retries)
     assert limited.value.retry_after is not None and limited.value.retry_after >= 1
 
 
+@pytest.mark.parametrize("store_backend", ["sqlite"])  # it locks the SQLite file
 async def test_submit_retries_503_while_the_store_is_locked_and_makes_one_job(start_server, retries):
     server = await start_server(store={"busy_timeout_ms": 100})
     path = db_of(server)

@@ -106,3 +106,12 @@ def test_the_readmes_tokens_file_recipe_makes_a_file_the_service_reads(tmp_path)
 
     auth = Authenticator.from_config(load_config(tmp_path / "config.toml", environ={}))
     assert auth.user_for(token) == "alice"
+
+
+def test_the_store_is_named_without_its_password_and_with_its_postgresql_schema() -> None:
+    config = load_config(None, environ={}, overrides={
+        "store": {"url": "postgresql://offload:s3cret@db.internal:5432/app", "schema": "jobs"}})
+    assert config.store_label == "postgresql://offload:***@db.internal:5432/app schema jobs"
+    assert "s3cret" not in config.store_label
+    sqlite = load_config(None, environ={}, overrides={"store": {"url": "sqlite:////var/lib/offload/jobs.db"}})
+    assert sqlite.store_label == "sqlite:////var/lib/offload/jobs.db"

@@ -17,6 +17,7 @@ import pytest
 
 from offload.service.config import ConfigError, load_config
 from tests.conftest import eventually, submit, wait_status, ws_events_until
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.test_cli import cli_env, offload, url_of
 
 ROWS = [

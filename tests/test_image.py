@@ -27,6 +27,7 @@ from offload.service.config import ConfigError, load_config
 from offload.service.keys import RETENTION
 from offload.service.models import Clock
 from tests.conftest import wait_status, ws_events_until
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.test_cli import cli_env
 from tests.test_retention import DAY, Wall
 

@@ -23,6 +23,7 @@ from offload.service.models import Clock
 from offload.service.schedules import LATE_MS, Schedules, due, parse_cron
 from offload.service.store.sqlite import SQLiteStore
 from tests.conftest import wait_status
+from tests.conftest import both_backends as store_backend  # noqa: F401  (each test on SQLite and on PostgreSQL)
 from tests.server_process import ServerProcess, all_jobs
 
 pytestmark = pytest.mark.timeout(90)

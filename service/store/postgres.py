@@ -315,8 +315,11 @@ class PostgresStore(Store):
                                      server_settings=self._settings(role))
 
     def _settings(self, role: str) -> dict[str, str]:
+        # A node paused or cut off in the middle of a transaction must not hold its rows'
+        # locks for long (the other nodes skip locked rows, so its jobs would not be rescued):
+        # the server ends such a session, and the node's writer connects again when it is back.
         return {"search_path": self.schema, "application_name": f"offload {role} {self.origin}",
-                "standard_conforming_strings": "on"}
+                "standard_conforming_strings": "on", "idle_in_transaction_session_timeout": "5000"}
 
     async def open(self) -> None:
         """Create or migrate the schema (under an advisory lock: nodes starting together take
