@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -24,6 +23,7 @@ from offload.service.store.base import ProgressChange, StoreChange
 from offload.service.store.postgres import NOTIFY_LIMIT, PostgresStore, payloads
 from tests.conftest import eventually
 from tests.postgres_schemas import POSTGRES_URL, fresh_schema
+from tests.tcp_proxy import TcpProxy
 
 LEASE = 30_000
 LOST = {"type": "WorkerLost", "message": "the node stopped"}
@@ -334,80 +334,29 @@ def test_bad_settings_are_refused_by_name() -> None:
 
 
 # ---- availability -----------------------------------------------------------------------------------
-class Proxy:
-    """A loopback TCP proxy in front of the server: `shut()` drops every connection and
-    refuses new ones (the database is unreachable); `start()` opens it again, same port."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._url = parts
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        user = f"{self._url.username}@" if self._url.username else ""
-        return urlunsplit(self._url._replace(netloc=f"{user}127.0.0.1:{self.port}"))
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._links |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except OSError:
-                pass
-            finally:
-                sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._links -= {writer, up_writer}
-
-    async def shut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for link in list(self._links):
-            link.transport.abort()
-        await self._server.wait_closed()
-        self._server = None
-
-
 @pytest.fixture
-async def proxy() -> AsyncIterator[Proxy]:
-    opened = Proxy(POSTGRES_URL)
-    await opened.start()
+async def proxy() -> AsyncIterator[TcpProxy]:
+    """A loopback proxy to the test database, which a test cuts (every connection reset, new
+    ones refused) and restores: the database becomes unreachable without being stopped."""
+    opened = await TcpProxy.to(POSTGRES_URL).start()
     try:
         yield opened
     finally:
-        if opened._server is not None:
-            await opened.shut()
+        await opened.close()
 
 
 async def test_an_unreachable_database_fails_writes_and_reads_until_it_is_back(
-        nodes: Callable[..., Any], proxy: Proxy) -> None:
-    store = await nodes(proxy.url)
+        nodes: Callable[..., Any], proxy: TcpProxy) -> None:
+    store = await nodes(proxy.url_for(POSTGRES_URL))
     before, _ = await store.create(new())
-    await proxy.shut()
+    proxy.cut()
     with pytest.raises(StoreUnavailable, match="does not answer"):
         await store.create(new())
     with pytest.raises(StoreUnavailable, match="does not answer"):
         await store.writable()
     with pytest.raises(StoreUnavailable, match="does not answer"):
         await store.get(before.id)
-    await proxy.start()
+    proxy.restore()
     after, created = await store.create(new())  # the writer connects again by itself
     assert created
     await store.writable()
@@ -422,10 +371,32 @@ async def test_a_write_after_the_writers_backend_is_terminated_succeeds(nodes: C
     assert created and await store.get(job.id) == job
 
 
-async def test_an_unreachable_database_stops_open_with_the_reason(schema: str, proxy: Proxy) -> None:
-    url = proxy.url
-    await proxy.shut()
+async def test_an_unreachable_database_stops_open_with_the_reason(schema: str, proxy: TcpProxy) -> None:
+    url = proxy.url_for(POSTGRES_URL)
+    proxy.cut()
     store = open_store(url, schema=schema)
     with pytest.raises(StoreUnavailable, match="cannot open the job store .*does not answer"):
         await store.open()
     await store.close()
+
+
+async def test_a_claim_of_another_nodes_job_not_heard_yet_emits_its_pending_state_first(
+        nodes: Callable[..., Any], proxy: TcpProxy) -> None:
+    """Node B claims a job node A stored before A's notification reached B (here: B's
+    listener is cut, so it never does): B's watchers still get the job's pending state
+    (seq 0) before its running one (seq 1), as the claim read it."""
+    a = await nodes()
+    b = await nodes(listen_url=proxy.url_for(POSTGRES_URL), poll_ms=60_000)
+    heard = Heard(b.remote)
+    own: list[StoreChange] = []
+    b.changes.subscribe(own.append)
+    proxy.cut()  # B hears nothing from A from now on
+    job, _ = await a.create(new(data={"n": 1}))
+    (claimed,) = await b.claim("nb", now_ms(), LEASE)
+    assert [(type(c).__name__, c.seq) for c in heard.of(job.id)] == [("Job", 0)]
+    (pending,) = heard.of(job.id)
+    assert pending == dataclasses.replace(job, data=None)  # the stored job as it was before the claim
+    assert [(c.status, c.seq) for c in own if isinstance(c, Job)] == [(JobStatus.RUNNING, 1)]
+    proxy.restore()
+    done = await b.complete(claimed, {"ok": True}, now_ms())
+    assert done is not None and not [c for c in heard.of(job.id) if c.seq > 0]  # B's own: never in remote

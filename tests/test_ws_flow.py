@@ -311,6 +311,7 @@ def _seqs(events: list[dict[str, Any]]) -> list[int]:
     return [e["seq"] if e["event"] != "snapshot" else e["job"]["seq"] for e in events]
 
 
+@pytest.mark.parametrize("store_backend", ["sqlite"])  # the hub's coalescing, at the event rate of SQLite's batches
 async def test_readers_that_keep_up_get_every_event_while_a_stalled_one_gets_them_coalesced(start_server, tmp_path):
     client = await start_server()
     hub = client.server.app[HUB]
