@@ -74,6 +74,11 @@ _PRIORITIES = [int(p) for p in Priority]
 _FILE = "CASE WHEN json_typeof(result -> 'file') = 'string' THEN result ->> 'file' END"
 #: The largest notification payload sent (PostgreSQL refuses 8000 bytes and more).
 NOTIFY_LIMIT = 7900
+#: Seconds a connection may take to open, and a statement to answer, before the database
+#: counts as unavailable (503). A claim on a backlog of a million jobs takes tens of
+#: milliseconds; a network that drops every packet (a partition) is told within these.
+_CONNECT_TIMEOUT_S = 3.0
+_COMMAND_TIMEOUT_S = 3.0
 #: Batches run again after a deadlock or a serialization failure, at most.
 _RERUNS = 5
 #: Jobs whose latest emitted `seq` the listener remembers (the oldest are forgotten).
@@ -306,12 +311,15 @@ class PostgresStore(Store):
         self._note_task: asyncio.Task[None] | None = None
         #: The latest `seq` emitted to `remote` per job (the oldest forgotten first).
         self._heard: collections.OrderedDict[str, int] = collections.OrderedDict()
+        #: When a statement last went unanswered past its timeout (`_fail_fast`); None once one is answered.
+        self._silent_at: float | None = None
         #: Set while the listener's LISTEN is in place (tests wait on it).
         self.listening = asyncio.Event()
 
     # ---- life cycle ---------------------------------------------------------------------------
     async def _connect(self, role: str, url: str | None = None) -> asyncpg.Connection:
-        conn = await asyncpg.connect(url or self.url, timeout=10, command_timeout=60, statement_cache_size=512,
+        conn = await asyncpg.connect(url or self.url, timeout=_CONNECT_TIMEOUT_S, command_timeout=_COMMAND_TIMEOUT_S,
+                                     statement_cache_size=512,
                                      server_settings=self._settings(role))
         try:
             await self._session(conn)
@@ -343,7 +351,7 @@ class PostgresStore(Store):
             await self._migrate(self._conn)
             self._conn.add_termination_listener(self._writer_lost)
             self._pool = await asyncpg.create_pool(self.url, min_size=self.pool_min, max_size=self.pool_max,
-                                                   timeout=10, command_timeout=60,
+                                                   timeout=_CONNECT_TIMEOUT_S, command_timeout=_COMMAND_TIMEOUT_S,
                                                    server_settings=self._settings("reader"), init=self._session,
                                                    reset=_keep_session)
             self._note_task = asyncio.get_running_loop().create_task(self._hear(), name="offload-store-notes")
@@ -445,9 +453,11 @@ class PostgresStore(Store):
             rows = list(progress.values())
             started = time.perf_counter()
             try:
+                self._fail_fast()
                 seqs, outcomes, changes = await self._commit_batch(rows, ops)
+                self._silent_at = None
             except Exception as exc:  # rolled back: each of its writes fails, the writer goes on
-                error = _translate(exc)
+                error = self._failed(exc)
                 if error is exc and not isinstance(exc, StoreUnavailable):
                     log.exception("store write batch failed")
                 for _, future, _ in ops:
@@ -484,7 +494,10 @@ class PostgresStore(Store):
             try:
                 await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             except Exception as exc:
-                if _reason(exc) is None or reconnected:
+                if _reason(exc) is None or reconnected or isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # silent: nothing to say goodbye to
+                        conn.terminate()
+                        self._conn = None
                     raise
                 # A connection lost while idle: nothing of the batch was sent; a new one takes it.
                 await _close_quietly(conn)
@@ -601,10 +614,25 @@ class PostgresStore(Store):
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         if self._pool is None:
             raise StoreUnavailable("job store is not open")
+        self._fail_fast()
         try:
-            return await self._pool.fetch(sql, *args)
+            records = await self._pool.fetch(sql, *args)
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise self._failed(exc) from exc
+        self._silent_at = None
+        return records
+
+    def _fail_fast(self) -> None:
+        """Refuse at once while the database lately did not answer within the timeout (a
+        network dropping every packet): a request then waits one timeout, not one per
+        statement it would make, and the next one after the pause tries again."""
+        if self._silent_at is not None and time.monotonic() - self._silent_at < _COMMAND_TIMEOUT_S:
+            raise StoreUnavailable("job store unavailable: the database does not answer; try again shortly")
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+            self._silent_at = time.monotonic()
+        return _translate(exc)
 
     async def _jobs(self, sql: str, *args: Any, at: int = 0) -> list[Job]:
         return [_job(r, at) for r in await self._fetch(sql, *args)]
