@@ -293,8 +293,10 @@ async def check_store_and_workers(request: web.Request) -> None:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             await request.app[STORE].writable()
     except TimeoutError:
+        why = ("the database does not answer" if not request.app[STORE].exclusive
+               else "locked by another process, or slow storage")
         raise StoreUnavailable(f"job store unavailable: a write did not commit within {PROBE_TIMEOUT_S:g} s "
-                               "(locked by another process, or slow storage); try again shortly") from None
+                               f"({why}); try again shortly") from None
     if request.app[SCHEDULER].workers_stopping:
         raise Unavailable("the worker pool is stopping")
 
