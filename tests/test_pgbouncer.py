@@ -68,7 +68,8 @@ def pgbouncer(pg_schema: str) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 log = folder / "pgbouncer.log"
-                raise AssertionError("pgbouncer did not start: " + (log.read_text()[-500:] if log.exists() else ""))
+                raise AssertionError("pgbouncer did not start: "
+                                     + (log.read_text()[-500:] if log.exists() else "")) from None
             time.sleep(0.05)  # polling a port with a deadline
     try:
         yield f"postgresql://{user}@127.0.0.1:{port}/{database}"

@@ -313,6 +313,10 @@ class PostgresStore(Store):
         self._heard: collections.OrderedDict[str, int] = collections.OrderedDict()
         #: When a statement last went unanswered past its timeout (`_fail_fast`); None once one is answered.
         self._silent_at: float | None = None
+        #: The jobs of the write batch between its COMMIT and its emission, and the other
+        #: nodes' changes of them heard meanwhile, emitted right after it (`_emit_remote`).
+        self._inflight: set[str] = set()
+        self._deferred: list[StoreChange] = []
         #: Set while the listener's LISTEN is in place (tests wait on it).
         self.listening = asyncio.Event()
 
@@ -469,6 +473,7 @@ class PostgresStore(Store):
             for change in changes:  # a notification of an older change of these jobs is stale now
                 self._mark_heard(change)
             self.changes.emit(changes)  # before any awaitable resolves
+            self._release_inflight()
             for (_, future, _), (ok, value) in zip(ops, outcomes, strict=True):
                 if future.done():
                     continue
@@ -507,12 +512,16 @@ class PostgresStore(Store):
             self._changes = changes
             try:
                 seqs, outcomes = await self._run_batch(conn, rows, ops, careful)
+                # From its COMMIT until its changes are emitted here, another node may change
+                # these jobs again and its notification arrive first: it waits (`_emit_remote`).
+                self._inflight = {c.job_id if isinstance(c, ProgressChange) else c.id for c in changes}
                 await conn.execute("".join(f"SELECT pg_notify({_quote(self.schema)}, {_quote(payload)});"
                                            for payload in payloads(self.origin, changes)) + "COMMIT")
                 return seqs, outcomes, changes
             except BaseException as exc:
                 await self._rollback(conn)
                 self._changes = []
+                self._release_inflight()
                 if isinstance(exc, _Careful):
                     careful = True
                     continue
@@ -1146,8 +1155,19 @@ class PostgresStore(Store):
                 log.exception("a notification from another node could not be read")
 
     def _emit_remote(self, change: StoreChange) -> None:
-        if self._mark_heard(change):
+        job_id = change.job_id if isinstance(change, ProgressChange) else change.id
+        if job_id in self._inflight:  # after this node's own change of the job, committed but not emitted yet
+            self._deferred.append(change)
+        elif self._mark_heard(change):
             self.remote.emit([change])
+
+    def _release_inflight(self) -> None:
+        """The batch in flight is emitted (or rolled back): what other nodes changed of its
+        jobs meanwhile follows now, in the order it came."""
+        self._inflight = set()
+        deferred, self._deferred = self._deferred, []
+        for change in deferred:
+            self._emit_remote(change)
 
     def _mark_heard(self, change: StoreChange) -> bool:
         """Record `change` as the latest of its job emitted here (to `changes` or `remote`);
