@@ -61,6 +61,15 @@ log = logging.getLogger("offload.store")
 
 Change = dict[str, Any]
 
+#: A job's columns in every backend's table, in the order backends read and write them
+#: (besides `data` and `checkpoint`, which are read only where they are needed).
+JOB_COLUMNS = (
+    "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
+    "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
+    "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
+    "after", "after_failed", "waiting_for",
+)
+
 
 class _Bump:
     """A change value meaning "one more than the stored value" (attempts, seq)."""
@@ -720,7 +729,7 @@ class Store(ABC):
         to every running row whose lease did, in one transaction."""
 
 
-__all__ = ["BATCH_REF", "BUMP", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page",
+__all__ = ["BATCH_REF", "BUMP", "JOB_COLUMNS", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page",
            "ProgressChange", "Purged", "ResultFile", "SlotRecord", "Store", "StoreChange", "UnknownParent",
            "WithParents", "arm_change", "batch_refs", "claim_change", "dependency_error", "ending_change",
            "follow_change", "progress_fence", "rescue_change", "retry_change"]

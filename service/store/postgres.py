@@ -49,7 +49,7 @@ import orjson
 from offload.service.errors import StoreUnavailable
 from offload.service.models import WAITING_DUE, Job, JobStatus, Priority
 from offload.service.store.base import (
-    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
+    BUMP, JOB_COLUMNS, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
     StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
 )
 from offload.service.store.fairness import Served, round_robin
@@ -58,12 +58,7 @@ log = logging.getLogger("offload.store")
 
 #: This backend's schema version (its own numbering, kept in `meta`): 1, the first one.
 SCHEMA_VERSION = 1
-_JOB_COLUMNS = (
-    "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
-    "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
-    "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
-    "after", "after_failed", "waiting_for",
-)
+_JOB_COLUMNS = JOB_COLUMNS
 _N = len(_JOB_COLUMNS)
 _COLS = ", ".join(_JOB_COLUMNS)
 _JCOLS = ", ".join(f"jobs.{c}" for c in _JOB_COLUMNS)

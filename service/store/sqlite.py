@@ -37,7 +37,7 @@ from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.models import WAITING_DUE
 from offload.service.store.base import (
-    BUMP, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
+    BUMP, JOB_COLUMNS, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
     StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
 )
 from offload.service.store.fairness import Served, round_robin
@@ -50,12 +50,7 @@ log = logging.getLogger("offload.store")
 #: `after_failed`, `waiting_for` and the `job_deps` table); also `checkpoint`
 #: (what an attempt saved with `ctx.save`, read by the next one).
 SCHEMA_VERSION = 4
-_JOB_COLUMNS = (
-    "id", "owner", "type", "status", "priority", "progress", "message", "attempts", "max_retries",
-    "retry_delay_ms", "timeout_ms", "seq", "created_at", "started_at", "completed_at", "due_at",
-    "error", "result", "idempotency_key", "lease_owner", "lease_until", "cancel_requested",
-    "after", "after_failed", "waiting_for",
-)
+_JOB_COLUMNS = JOB_COLUMNS
 _COLS = ", ".join(_JOB_COLUMNS)
 _JSON_COLUMNS = frozenset({"error", "result", "data", "checkpoint"})
 #: Lists of job ids, stored as JSON arrays; an empty one as NULL, as most jobs follow none.
