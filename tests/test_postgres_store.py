@@ -400,3 +400,26 @@ async def test_a_claim_of_another_nodes_job_not_heard_yet_emits_its_pending_stat
     proxy.restore()
     done = await b.complete(claimed, {"ok": True}, now_ms())
     assert done is not None and not [c for c in heard.of(job.id) if c.seq > 0]  # B's own: never in remote
+
+
+async def test_a_session_left_idle_inside_a_transaction_is_ended_by_the_server(nodes: Callable[..., Any]) -> None:
+    """What a node paused mid-batch (SIGSTOP, a frozen VM) would leave: its transaction open
+    and its rows locked, which the other nodes' SKIP LOCKED claims and rescues pass over.
+    Every connection the store makes has the server end such a session after a few seconds."""
+    store = await nodes()
+    conn = await store._connect("probe")  # made as the store makes its writer, pool and listener
+    try:
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT id FROM jobs FOR UPDATE")
+        (pid,) = await backend_pids(store, "probe")
+
+        async def ended() -> bool:
+            admin_conn = await admin()
+            try:
+                return not await admin_conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+            finally:
+                await admin_conn.close()
+
+        await eventually(ended, 20, "the server to end the idle transaction's session")
+    finally:
+        conn.terminate()
