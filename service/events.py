@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from offload.service.frames import text_frame
-from offload.service.models import Job
+from offload.service.models import Job, now_ms
 from offload.service.store.base import Store, StoreChange
 
 
@@ -344,6 +344,10 @@ class EventHub:
         #: at least that long, however they ended, so a stale change arriving late is dropped.
         self._touched: set[str] = set()
         self._touched_before: set[str] = set()
+        #: When the last pass began (ms since the epoch), None before the first; and the
+        #: latest jobs whose final status was published here (the oldest forgotten first).
+        self._passed_at: int | None = None
+        self._finals: dict[str, None] = {}
 
     def publish(self, event: Event) -> None:
         """Hand `event` to every subscriber watching its job, in one loop that never awaits:
@@ -375,6 +379,10 @@ class EventHub:
                 return
             self._latest[job_id] = change.seq
             self._touched.add(job_id)
+            if isinstance(change, Job) and change.status.terminal:
+                self._finals[job_id] = None
+                if len(self._finals) > 10_000:
+                    del self._finals[next(iter(self._finals))]
         if isinstance(change, Job):
             self.status(change)
         else:
@@ -387,13 +395,22 @@ class EventHub:
         for long. The watched jobs are the ones subscribed to one by one, the ones with an
         event here not yet final, and the unfinished jobs of the owners watched with
         `subscribe all` (those found on the last pass included, so one that finished since
-        is read too). A change not heard within one pass is published by the next one.
+        is read too, and the newest ones, for a job stored and finished between two passes).
+        A change not heard within one pass is published by the next one.
         Returns how many jobs were published."""
         self.tracking = True
+        started, since = now_ms(), self._passed_at
         rows: dict[str, Job] = {}
         for owner in list(self._by_owner):
             page = await store.unfinished_page(owner, limit=1000)
             rows.update((job.id, job) for job in page.jobs)
+            if since is not None:
+                # A job stored and finished since the pass before, all its notifications lost,
+                # is in none of the sets above: the owner's newest jobs are read for it.
+                newest = await store.list_jobs(owner, limit=100)
+                rows.update((job.id, job) for job in newest.jobs
+                            if job.status.terminal and job.created_at >= since - 1000 and job.id not in rows
+                            and job.id not in self._finals)
         wanted = (set(self._by_job) | set(self._latest) | self._open | set(self._behind)) - rows.keys()
         if wanted:
             rows.update(await store.get_many(wanted))
@@ -414,6 +431,7 @@ class EventHub:
             else:
                 behind[job.id] = job.seq
         self._behind = behind
+        self._passed_at = started
         # Kept for the next pass: the jobs watched one by one (a finished one's final seq
         # too, so it is not published again), the unfinished jobs of watched owners, and
         # whatever was published in this pass or the one before.

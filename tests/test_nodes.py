@@ -161,6 +161,18 @@ async def test_a_lost_notification_is_made_up_by_the_poll_and_nothing_follows_a_
         await ws.until_terminal(job_id)
         await a_poll_ran()  # and one ran after its final status was sent
         await a_poll_ran()
+        # A job stored and finished with every notification lost (straight into the table):
+        # a `subscribe all` socket still gets its final status from a poll.
+        silent = "job_stored_without_notification"
+        await pg_schema.fetch(
+            "INSERT INTO jobs (id, owner, type, status, priority, data, progress, attempts, max_retries, "
+            "retry_delay_ms, seq, created_at, started_at, completed_at, due_at, result) "
+            "SELECT $1, owner, type, 'completed', priority, data, 100, 1, max_retries, retry_delay_ms, 2, now_ms, "
+            "now_ms, now_ms, now_ms, '{\"value\": 1}' FROM jobs, "
+            "(SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now_ms) AS clock WHERE id = $2",
+            silent, probe)
+        await holds(lambda: any(e.get("status") == "completed" for e in ws.events[silent]), 10,
+                    "the poll to publish a job stored and finished without a notification")
     assert ws.problems(job_id, first_seq=0) == []
 
 
