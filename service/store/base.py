@@ -48,6 +48,8 @@ What a backend must guarantee
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -216,6 +218,22 @@ class UnknownParent(ValueError):
 @asynccontextmanager
 async def _always_alone() -> AsyncIterator[bool]:
     yield True
+
+
+def encode_cursor(pos: int) -> str:
+    """A list cursor: the submission order (`pos`) where the page ended, opaque to clients."""
+    return base64.urlsafe_b64encode(f"p{pos}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for a cursor no store made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("p"):
+            raise ValueError
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
 
 
 # ---- the rules, as pure functions -------------------------------------------------------------

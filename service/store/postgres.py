@@ -30,8 +30,6 @@ writer connects again by itself for the next batch.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import dataclasses
 import logging
@@ -49,7 +47,7 @@ import orjson
 from offload.service.errors import StoreUnavailable
 from offload.service.models import WAITING_DUE, Job, JobStatus, Priority
 from offload.service.store.base import (
-    BUMP, JOB_COLUMNS, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
+    BUMP, JOB_COLUMNS, Change, Decide, decode_cursor, encode_cursor, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
     StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
 )
 from offload.service.store.fairness import Served, round_robin
@@ -1270,21 +1268,6 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
 def _redacted(url: str) -> str:
     """`url` without its password, for messages."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def encode_cursor(pos: int) -> str:
-    return base64.urlsafe_b64encode(f"p{pos}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """Raises ValueError for a cursor this store did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("p"):
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValueError(f"invalid cursor {cursor!r}") from None
 
 
 def _decode_marker(marker: str) -> tuple[int, int]:

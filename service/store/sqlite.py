@@ -17,8 +17,6 @@ writer connection's thread, as do the reads (on the reader connection) in both m
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextvars
 import dataclasses
 import functools
@@ -37,7 +35,7 @@ from offload.service.errors import StoreUnavailable
 from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.models import WAITING_DUE
 from offload.service.store.base import (
-    BUMP, JOB_COLUMNS, Change, Decide, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
+    BUMP, JOB_COLUMNS, Change, Decide, decode_cursor, encode_cursor, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
     StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
 )
 from offload.service.store.fairness import Served, round_robin
@@ -1243,16 +1241,3 @@ def _assignments(change: Change) -> tuple[str, list[Any]]:
     return sets, [_encode(c, v) for c, v in change.items() if v is not BUMP]
 
 
-def encode_cursor(pos: int) -> str:
-    return base64.urlsafe_b64encode(f"p{pos}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """Raises ValueError for a cursor this store did not make."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("p"):
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValueError(f"invalid cursor {cursor!r}") from None
