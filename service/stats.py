@@ -356,7 +356,9 @@ class Statistics:
             answer["scheduler"] = {**scheduler.describe(), "workers": self.workers()}
             # `jobs` and the queue are the database's, every node's; `recent`, `types` and
             # `scheduler` are this node's. The running jobs of each node sharing the store:
-            answer["cluster"] = {"node": scheduler.node, "runningByNode": await self.store.running_by_node()}
+            # Read as the other counts are, at most once per `cache_ms`, however many ask.
+            by_node = await self._cached("nodes", None, self.store.running_by_node)
+            answer["cluster"] = {"node": scheduler.node, "runningByNode": dict(by_node)}
             answer["websocket"] = self.websocket()
         answer["uptimeSeconds"] = round((now - self.started_at) / 1000, 3)
         answer["version"] = version()

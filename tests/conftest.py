@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import time
@@ -41,6 +42,13 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 POSTGRES_URL = os.environ.get("OFFLOAD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 
 
+def _run_apart(make: Callable[[], Awaitable[None]]) -> None:
+    """Run a coroutine to its end on a loop of its own in another thread: callable from sync
+    fixtures and from async ones alike (whose loop is running here)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as apart:
+        apart.submit(lambda: asyncio.run(make())).result()  # type: ignore[arg-type]
+
+
 def drop_schema(name: str) -> None:
     """Drop a test's PostgreSQL schema and everything in it."""
     import asyncpg
@@ -52,7 +60,7 @@ def drop_schema(name: str) -> None:
         finally:
             await db.close()
 
-    asyncio.run(drop())
+    _run_apart(drop)
 
 
 _reachable: list[str | None] = []
@@ -68,7 +76,7 @@ def need_postgres() -> None:
             await db.close()
 
         try:
-            asyncio.run(probe())
+            _run_apart(probe)
             _reachable.append(None)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             _reachable.append(f"needs PostgreSQL at {POSTGRES_URL} (set OFFLOAD_TEST_POSTGRES): {exc}")

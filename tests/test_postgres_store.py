@@ -1,7 +1,7 @@
 """What is PostgreSQL's own in the store: several nodes on one database.
 
 Each test opens two or more `PostgresStore`s ("nodes") on one fresh schema of the real
-server (`tests/postgres_schemas.py`); faults are real: backends terminated with
+server (conftest's `pg_schema`); faults are real: backends terminated with
 `pg_terminate_backend`, and a loopback TCP proxy in front of the server that is shut to
 make the database unreachable. The backend-neutral rules are in test_store_contract.py.
 """
@@ -21,8 +21,7 @@ from offload.service.models import Job, JobStatus, new_job_id, now_ms
 from offload.service.store import open_store
 from offload.service.store.base import ProgressChange, StoreChange
 from offload.service.store.postgres import NOTIFY_LIMIT, PostgresStore, payloads
-from tests.conftest import eventually
-from tests.postgres_schemas import POSTGRES_URL, fresh_schema
+from tests.conftest import POSTGRES_URL, eventually
 from tests.tcp_proxy import TcpProxy
 
 LEASE = 30_000
@@ -34,9 +33,8 @@ def new(owner: str = "u", **fields: Any) -> Job:
 
 
 @pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    async with fresh_schema() as name:
-        yield name
+def schema(pg_schema: str) -> str:
+    return pg_schema
 
 
 @pytest.fixture

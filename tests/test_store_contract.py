@@ -7,7 +7,6 @@ here reaches below the public `Store` methods and its change sink.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from offload.service.models import Job, JobStatus, Priority, new_job_id, now_ms
 from offload.service.store import IdempotencyMismatch, Store, open_store
 from offload.service.store.base import ProgressChange, StoreChange
 from offload.service.store.sqlite import SCHEMA_VERSION
-from tests.postgres_schemas import POSTGRES_URL, fresh_schema
+from tests.conftest import POSTGRES_URL
 
 #: Backend ids.
 BACKENDS = ["sqlite", "postgres"]
@@ -38,16 +37,14 @@ def _url(backend: str, tmp_path: Path) -> str:
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    async with contextlib.AsyncExitStack() as stack:
-        options = {}
-        if request.param == "postgres":
-            options["schema"] = await stack.enter_async_context(fresh_schema())
-        opened = open_store(_url(request.param, tmp_path), **options)
-        await opened.open()
-        try:
-            yield opened
-        finally:
-            await opened.close()
+    # PostgreSQL: a fresh schema of the test's own (conftest's `pg_schema`, dropped after it)
+    options = {"schema": request.getfixturevalue("pg_schema")} if request.param == "postgres" else {}
+    opened = open_store(_url(request.param, tmp_path), **options)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 class Heard:
