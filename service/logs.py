@@ -1,8 +1,12 @@
 """How `offload serve` writes its logs: readable text (the default) or one JSON object a line.
 
-Records are handed to a queue on the thread that logs them (the event loop, mostly) and
-formatted and written by a listener thread: a log line costs the loop a record and a queue
-put, not a format and a write to a pipe that may be slow (see benchmarks/bench_logging.py).
+A line is formatted on the thread that logs it (the event loop, mostly: a few
+microseconds) and written by a thread of its own, so a slow pipe never holds the loop. The
+loop hands its lines over together, at most `FLUSH_S` after the first of them: each hand-off
+wakes the writer thread, which must then take the GIL from the loop, and one hand-off a line
+(three a job) cost the service a quarter of its throughput in that contention
+(benchmarks/bench_logging.py measures both). Lines logged on other threads are handed over
+at once, so they may be written before lines the loop logged a moment earlier.
 
 Structured fields are record attributes, given with `extra=`: the job lifecycle lines
 (`service/joblog.py`) carry `jobId`, `type`, `user`, `attempt`, `durationMs`, `errorType`
@@ -12,6 +16,7 @@ fields that are present beside `time`, `level`, `logger` and `message`; the text
 writes the message, then ` request=<id>`, then a traceback on the lines below."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -19,7 +24,6 @@ import sys
 import threading
 import time
 from contextvars import ContextVar
-from logging.handlers import QueueHandler
 from typing import IO, Any
 
 import orjson
@@ -97,99 +101,135 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-class _Handoff(QueueHandler):
-    """Hands the record over as it is: the listener thread formats it. Only the message is
-    made here (cheap), because its arguments may change once the call returns."""
+#: The longest a line logged on the event loop waits before it is handed to the writer.
+FLUSH_S = 0.02
+#: Lines gathered on the loop that are handed over at once, without waiting for `FLUSH_S`.
+FLUSH_LINES = 512
+
+
+class _Handoff(logging.Handler):
+    """Formats each record where it is logged and hands the line to the writer thread: from
+    the event loop, gathered and handed over together (`FLUSH_S`, `FLUSH_LINES`); from any
+    other thread, at once."""
+
+    def __init__(self, lines: queue.SimpleQueue[Any]) -> None:
+        super().__init__()
+        self.lines = lines
+        self._gathered: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
-        # No handler lock: putting on a SimpleQueue is safe from any thread as it is.
-        if self.filter(record):
-            self.emit(record)
+        # No handler lock: the gathered list belongs to the loop's thread, and putting on a
+        # SimpleQueue is safe from any thread as it is.
+        if not self.filter(record):
+            return False
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
             return True
-        return False
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self.lines.put(line + "\n")
+            return True
+        if self._timer_loop is not loop:  # lines gathered on a loop that stopped since
+            self.hand_over()
+        gathered = self._gathered
+        gathered.append(line)
+        if len(gathered) >= FLUSH_LINES:
+            self.hand_over()
+        elif self._timer is None:
+            self._timer, self._timer_loop = loop.call_later(FLUSH_S, self.hand_over), loop
+        return True
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        return record
+    def emit(self, record: logging.LogRecord) -> None:  # `handle` does it all
+        self.handle(record)
+
+    def hand_over(self) -> None:
+        """Give the writer every line gathered on the loop (called on the loop's thread, or
+        once the loop stopped)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_loop = None
+        if self._gathered:
+            gathered, self._gathered = self._gathered, []
+            gathered.append("")
+            self.lines.put("\n".join(gathered))
 
 
 class _Direct(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler that writes: on the listener's thread (which flushes once per batch of
-    queued lines, not once a line), or directly once that stopped."""
-
-    batching = False
-
-    def flush(self) -> None:
-        if not self.batching:
-            super().flush()
+    """Writes on the logging thread itself: once the writer thread stopped, and in a forked
+    worker process."""
 
 
-class _Listener(threading.Thread):
-    """Takes every record queued so far, writes them, flushes once, waits for more."""
+class _Writer(threading.Thread):
+    """Takes every chunk of lines handed over so far, writes them, flushes once, waits for more."""
 
-    def __init__(self, records: queue.SimpleQueue[Any], output: _Direct) -> None:
+    def __init__(self, lines: queue.SimpleQueue[Any], stream: IO[str]) -> None:
         super().__init__(name="offload-log-writer", daemon=True)
-        self.records = records
-        self.output = output
+        self.lines = lines
+        self.stream = stream
 
     def run(self) -> None:
-        records, output = self.records, self.output
+        lines, stream = self.lines, self.stream
         while True:
-            batch = [records.get()]
+            chunks = [lines.get()]
             while True:
                 try:
-                    batch.append(records.get_nowait())
+                    chunks.append(lines.get_nowait())
                 except queue.Empty:
                     break
-            output.batching = True
+            stop = None in chunks
             try:
-                for record in batch:
-                    if record is None:  # `stop`
-                        return
-                    output.handle(record)
-            finally:
-                output.batching = False
-                output.flush()
+                stream.write("".join(chunk for chunk in chunks if chunk is not None))
+                stream.flush()
+            except Exception:  # a closed or broken stream: nothing to write the problem to either
+                pass
+            if stop:
+                return
 
     def stop(self) -> None:
-        self.records.put(None)
+        self.lines.put(None)
         self.join()
 
 
 class LogSetup:
-    """The process's logging while `offload serve` runs: a queue handler on the root logger
-    and the thread that writes its records to `stream`. `close()` writes what is queued."""
+    """The process's logging while `offload serve` runs: a hand-off handler on the root
+    logger and the thread that writes its lines to `stream`. `close()` writes what is left."""
 
     def __init__(self, level: str = "INFO", log_format: str = "text", stream: IO[str] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._output = _Direct(self._stream)
-        self._output.setFormatter(formatter(log_format))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._handoff = _Handoff(self._queue)
         self._handoff.addFilter(_RequestIdFilter())
-        self._listener = _Listener(self._queue, self._output)
+        self.use_format(log_format)
+        self._writer = _Writer(self._queue, self._stream)
         root = logging.getLogger()
         for handler in list(root.handlers):  # a second setup in one process replaces the first
             if isinstance(handler, (_Handoff, _Direct)):
                 root.removeHandler(handler)
         root.addHandler(self._handoff)
         root.setLevel(level)
-        self._listener.start()
+        self._writer.start()
         self._closed = False
         os.register_at_fork(after_in_child=self._in_child)
 
     def use_format(self, log_format: str) -> None:
         """Switch the format (the config file's `[server] log_format`, read after start-up)."""
-        self._output.setFormatter(formatter(log_format))
+        chosen = formatter(log_format)
+        self._output.setFormatter(chosen)
+        self._handoff.setFormatter(chosen)
 
     def close(self) -> None:
-        """Write every queued record and stop the thread; later records are written at once."""
+        """Write every line handed over or gathered, and stop the thread; later records are
+        written at once."""
         if self._closed:
             return
         self._closed = True
-        self._listener.stop()
+        self._handoff.hand_over()
+        self._writer.stop()
         self._direct()
 
     def _direct(self) -> None:
@@ -202,10 +242,9 @@ class LogSetup:
             root.addHandler(self._output)
 
     def _in_child(self) -> None:
-        # A forked worker process has no listener thread: it writes its own lines.
+        # A forked worker process has no writer thread: it writes its own lines.
         if not self._closed:
             self._closed = True
-            self._output.batching = False
             self._direct()
 
 
