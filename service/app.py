@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from importlib import resources
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from weakref import WeakSet
 
@@ -51,11 +53,22 @@ STATIC = Path(str(resources.files("offload.static")))
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def _request_ids() -> Iterator[str]:
+    """The ids of requests that bring none: 16 hex digits, a random half drawn at start and a
+    counter, unique within a run and apart from other runs' (they name a request in the logs;
+    nothing is guarded by guessing one, so they cost no draw from the random source)."""
+    prefix = secrets.token_hex(4)
+    return (f"{prefix}{n:08x}" for n in itertools.count())
+
+
+_next_request_id = _request_ids().__next__
+
+
 @web.middleware
 async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     request_id = request.headers.get("X-Request-Id", "")
-    if not _CLIENT_REQUEST_ID.match(request_id):
-        request_id = secrets.token_hex(8)
+    if not request_id or not _CLIENT_REQUEST_ID.match(request_id):
+        request_id = _next_request_id()
     request_id_set = REQUEST_ID.set(request_id)  # on every line logged while handling it
     try:
         response = await handler(request)

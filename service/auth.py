@@ -20,6 +20,7 @@ log redacts both (service/access_log.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from yarl import URL
 
 from offload.service.errors import Forbidden, TooManyRequests, Unauthorized
 from offload.service.keys import AUTH, OWNER
@@ -57,6 +59,17 @@ def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+@functools.lru_cache(maxsize=256)
+def loopback_authority(authority: str) -> bool:
+    """Whether the host a request's `Host` header names (port or not) is a loopback name,
+    as `request.url.host` parses it; kept for the few names a service is reached by."""
+    try:
+        return is_loopback(URL.build(scheme="http", authority=authority).host or "")
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
@@ -197,7 +210,7 @@ async def authenticate(request: web.Request, handler):  # type: ignore[no-untype
         return await handler(request)
     authenticator = request.app[AUTH]
     if authenticator.single_user:
-        if not is_loopback(request.url.host or ""):
+        if not loopback_authority(request.host):
             raise Forbidden("this single-user service answers only to a loopback host name such as 127.0.0.1 "
                             "or localhost")
         request[OWNER] = LOCAL_USER

@@ -10,6 +10,7 @@ are `OFFLOAD_JOBS_SETTINGS_<TYPE>_<KEY>` (`OFFLOAD_JOBS_SETTINGS_PDF_CURRENCY=US
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -269,7 +270,7 @@ class Config:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
-    @property
+    @functools.cached_property
     def results_path(self) -> Path:
         return self.path(self.jobs.results_dir)
 

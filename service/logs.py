@@ -37,11 +37,19 @@ FIELDS = ("event", "jobId", "type", "user", "attempt", "status", "durationMs", "
           "traceback")
 
 
+#: The second `_iso` wrote last, and its text: a line's time costs a lookup, not a `gmtime`.
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def _iso(created: float) -> str:
+    global _iso_second
     seconds = int(created)
-    t = time.gmtime(seconds)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-            f".{int((created - seconds) * 1000):03d}Z")
+    second, text = _iso_second
+    if second != seconds:
+        t = time.gmtime(seconds)
+        text = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        _iso_second = (seconds, text)
+    return f"{text}.{int((created - seconds) * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -71,6 +79,17 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As `logging.Formatter` writes it (local time, `,` and milliseconds), the date and
+        time of day made once a second."""
+        seconds = int(record.created)
+        second, text = self._second
+        if second != seconds:
+            text = time.strftime(self.default_time_format, self.converter(seconds))
+            self._second = (seconds, text)
+        return f"{text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

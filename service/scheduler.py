@@ -63,6 +63,7 @@ class Scheduler:
         self.store = store
         self.pool = pool
         self.node = "node_" + secrets.token_hex(6)
+        self._results = str(config.results_path)
         self.running: dict[str, Running] = {}
         self.accepting = True
         self._wake = asyncio.Event()
@@ -382,7 +383,7 @@ class Scheduler:
                                                               StopReason.TIMEOUT)
                 try:
                     outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                                     str(self.config.results_path), self._progress_of(job), extras)
+                                                     self._results, self._progress_of(job), extras)
                 finally:
                     timer.cancel()
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded

@@ -1,0 +1,88 @@
+"""What the submission path does cheaply still holds: ids drawn ahead stay unique across a
+fork, request ids are unique without a draw each, the loopback check reads the Host header
+as the URL would, and log lines gathered on the loop are all written, in order."""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import re
+
+import pytest
+
+from offload.service import logs
+from offload.service.auth import loopback_authority
+from offload.service.logs import setup_logging
+from offload.service.models import JOB_ID_PATTERN, new_job_id
+
+
+def test_job_ids_drawn_ahead_are_never_repeated_by_a_forked_process():
+    parent = [new_job_id() for _ in range(3)]  # the parent now holds ids drawn ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the ids it makes next
+        try:
+            os.write(write, " ".join(new_job_id() for _ in range(300)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    later = [new_job_id() for _ in range(300)]
+    assert len(child) == 300 and all(re.match(JOB_ID_PATTERN, job_id) for job_id in child + later)
+    assert not set(child) & set(parent + later)
+    assert len(set(parent + later)) == len(parent + later)
+
+
+async def test_request_ids_made_for_requests_are_unique_and_tame(start_server):
+    client = await start_server()
+    ids = [(await client.get("/api/health/live")).headers["X-Request-Id"] for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert all(re.fullmatch(r"[0-9a-f]{16}", request_id) for request_id in ids)
+    blank = await client.get("/api/health/live", headers={"X-Request-Id": ""})
+    assert re.fullmatch(r"[0-9a-f]{16}", blank.headers["X-Request-Id"])
+
+
+@pytest.mark.parametrize("authority, loopback", [
+    ("127.0.0.1:8080", True), ("localhost", True), ("LOCALHOST:1", True), ("[::1]:80", True), ("[::1]", True),
+    ("app.localhost:3000", True), ("127.9.9.9", True), ("evil.example", False), ("127.0.0.1.nip.io", False),
+    ("10.0.0.1:8080", False), ("", False), ("a:b:c", False), ("[zz::1]", False)])
+def test_the_host_header_check_reads_the_host_as_a_url_would(authority, loopback):
+    assert loopback_authority(authority) is loopback
+
+
+class _Counted:
+    """The writer's queue, with every hand-off to it kept."""
+
+    def __init__(self, lines: object, handed: list[str]) -> None:
+        self.lines, self.handed = lines, handed
+
+    def put(self, chunk: str) -> None:
+        self.handed.append(chunk)
+        self.lines.put(chunk)  # type: ignore[attr-defined]
+
+
+async def test_lines_logged_on_the_loop_are_handed_over_together_and_all_written_in_order():
+    handed: list[str] = []
+    out = io.StringIO()
+    setup = setup_logging("INFO", "text", out)
+    setup._handoff.lines = _Counted(setup._handoff.lines, handed)  # type: ignore[assignment]
+    try:
+        log = logging.getLogger("offload.test.gather")
+        for n in range(10):
+            log.info("line %d", n)
+        assert handed == []  # gathered, not yet handed over
+        deadline = asyncio.get_running_loop().time() + 5
+        while not handed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(logs.FLUSH_S / 4)
+        assert len(handed) == 1 and handed[0].count("\n") == 10  # one hand-off for the ten
+        for n in range(logs.FLUSH_LINES):  # a full batch goes at once
+            log.info("more %d", n)
+        assert len(handed) == 2
+        log.info("last")
+    finally:
+        setup.close()  # writes what is still gathered
+    written = [line.rsplit(": ", 1)[1] for line in out.getvalue().splitlines()]
+    assert written == [f"line {n}" for n in range(10)] + [f"more {n}" for n in range(logs.FLUSH_LINES)] + ["last"]
