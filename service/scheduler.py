@@ -38,6 +38,12 @@ log = logging.getLogger("offload.scheduler")
 _JITTER = random.Random()
 
 LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stopped before it finished"}
+#: An attempt's progress is written (and sent to its watchers) at most this often: a report
+#: that comes sooner waits for the rest of the interval, replaced by any later one, so the
+#: latest always arrives, at most this late. A 500-item invoice reports a dozen times in
+#: 20 ms; each write is a commit and an event to every watcher (DESIGN: "progress may be
+#: coalesced for a chatty job"). A job that reports at most 100 times a second waits never.
+PROGRESS_INTERVAL_S = 0.01
 
 
 @dataclass
@@ -381,11 +387,13 @@ class Scheduler:
             else:
                 timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, self._stop_entry, entry,
                                                               StopReason.TIMEOUT)
+                progress = _Paced(self._progress_of(job))
                 try:
                     outcome = await entry.runner.run(slot, job.id, job.attempts, job.type, job.data, settings,
-                                                     self._results, self._progress_of(job), extras)
+                                                     self._results, progress, extras)
                 finally:
                     timer.cancel()
+                    progress.flush()  # the latest report is written before (with) the ending
             self._wake.set()  # the slot is free: claim the next job while this outcome is recorded
             entry.final = await self._record(entry, outcome)
         except Exception:
@@ -540,6 +548,45 @@ class Scheduler:
     def describe(self) -> dict[str, Any]:
         return {"node": self.node, "running": len(self.running), "accepting": self.accepting,
                 "workers": self.workers()}
+
+
+class _Paced:
+    """One attempt's progress reports, passed on at most every `PROGRESS_INTERVAL_S`: the
+    first at once, a later one as soon as the interval since the last passed, and one that
+    comes sooner held (replacing any held before it) until then."""
+
+    __slots__ = ("_write", "_loop", "_next_at", "_held", "_timer")
+
+    def __init__(self, write: Callable[[int, str | None], None]) -> None:
+        self._write = write
+        self._loop = asyncio.get_running_loop()
+        self._next_at = 0.0
+        self._held: tuple[int, str | None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, percent: int, message: str | None) -> None:
+        if self._timer is None and self._loop.time() >= self._next_at:
+            self._pass(percent, message)
+            return
+        self._held = (percent, message)
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._next_at, self._release)
+
+    def _pass(self, percent: int, message: str | None) -> None:
+        self._next_at = self._loop.time() + PROGRESS_INTERVAL_S
+        self._write(percent, message)
+
+    def _release(self) -> None:
+        self._timer = None
+        held, self._held = self._held, None
+        if held is not None:
+            self._pass(*held)
+
+    def flush(self) -> None:
+        """Pass the held report on now (the attempt ended: its ending is written next)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._release()
 
 
 def _drained(entries: list[Running]) -> str:

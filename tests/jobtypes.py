@@ -106,7 +106,8 @@ def file_output(data, ctx):
 @job_type("test.chatty")
 def chatty(data, ctx):
     """Reports progress with a long message about a thousand times a second until `gate`
-    (a file path) exists: a chatty job that fills a slow client's connection."""
+    (a file path) exists: a chatty job that fills a slow client's connection (the service
+    passes a report on at most every `scheduler.PROGRESS_INTERVAL_S`)."""
     pad = "x" * int(data.get("size", 4000))
     i = 0
     while not Path(data["gate"]).exists():

@@ -15,6 +15,7 @@ from offload.service import logs
 from offload.service.auth import loopback_authority
 from offload.service.logs import setup_logging
 from offload.service.models import JOB_ID_PATTERN, new_job_id
+from tests.conftest import submit, wait_status
 
 
 def test_job_ids_drawn_ahead_are_never_repeated_by_a_forked_process():
@@ -86,3 +87,63 @@ async def test_lines_logged_on_the_loop_are_handed_over_together_and_all_written
         setup.close()  # writes what is still gathered
     written = [line.rsplit(": ", 1)[1] for line in out.getvalue().splitlines()]
     assert written == [f"line {n}" for n in range(10)] + [f"more {n}" for n in range(logs.FLUSH_LINES)] + ["last"]
+
+
+async def test_progress_reports_closer_than_the_interval_are_held_and_the_latest_passes():
+    from offload.service.scheduler import PROGRESS_INTERVAL_S, _Paced
+
+    written: list[tuple[int, str | None]] = []
+    paced = _Paced(lambda percent, message: written.append((percent, message)))
+    paced(1, "a")
+    paced(2, "b")
+    paced(3, "c")
+    assert written == [(1, "a")]  # the first at once, the next ones held
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while len(written) < 2 and loop.time() < deadline:
+        await asyncio.sleep(PROGRESS_INTERVAL_S / 4)
+    assert written == [(1, "a"), (3, "c")]  # the latest of the held ones, once
+    paced(4, "d")  # within the interval of the last write: held
+    assert written[-1] == (3, "c")
+    paced.flush()  # the attempt ended: written now, before its ending
+    assert written[-1] == (4, "d")
+    await asyncio.sleep(PROGRESS_INTERVAL_S * 2)  # nothing left that could still fire
+    assert written == [(1, "a"), (3, "c"), (4, "d")]
+
+
+async def test_a_quick_attempts_latest_progress_is_stored_before_its_ending(start_server):
+    client = await start_server()
+    job_id = await submit(client, "test.steps", {"n": 50})  # fifty reports within a millisecond
+    job = await wait_status(client, job_id, "completed")
+    assert job["message"] == "step 50 of 50" and job["progress"] == 100
+
+
+async def test_long_data_is_kept_apart_from_the_row_short_data_in_it_and_both_reach_the_job(tmp_path):
+    from offload.service.models import Job, JobStatus, now_ms
+    from offload.service.store.sqlite import INLINE_DATA, SQLiteStore
+
+    store = SQLiteStore(tmp_path / "store.db")
+    await store.open()
+    try:
+        long_data = {"items": ["x" * 100] * (INLINE_DATA // 50)}
+        now = now_ms()
+        long_job, _ = await store.create(Job(id=new_job_id(), type="t", owner="u", data=long_data, created_at=now,
+                                             due_at=now))
+        short_job, _ = await store.create(Job(id=new_job_id(), type="t", owner="u", data={"n": 1}, created_at=now,
+                                              due_at=now))
+        raw = store.reader._conn
+        inline = dict(raw.execute("SELECT id, data FROM jobs").fetchall())
+        assert inline == {long_job.id: "", short_job.id: '{"n":1}'}
+        assert raw.execute("SELECT COUNT(*) FROM job_data").fetchone()[0] == 1
+        claimed = {job.id: job.data for job in await store.claim("node_t", now, 60_000, limit=2)}
+        assert claimed == {long_job.id: long_data, short_job.id: {"n": 1}}
+        for job in await store.claim("node_t", now, 60_000, limit=2):
+            raise AssertionError(f"claimed twice: {job.id}")
+        running = (await store.get(long_job.id))
+        assert running is not None and running.status is JobStatus.RUNNING
+        await store.complete(running, None, now)
+        purged = await store.purge_finished(JobStatus.COMPLETED, now + 1, 10)
+        assert [p.job_id for p in purged] == [long_job.id]
+        assert raw.execute("SELECT COUNT(*) FROM job_data").fetchone()[0] == 0  # went with its job
+    finally:
+        await store.close()

@@ -316,7 +316,7 @@ async def test_readers_that_keep_up_get_every_event_while_a_stalled_one_gets_the
     client = await start_server()
     hub = client.server.app[HUB]
     gate = tmp_path / "gate"
-    job_id = await submit(client, "test.chatty", {"gate": str(gate), "size": 1000})
+    job_id = await submit(client, "test.chatty", {"gate": str(gate), "size": 20_000})
     await wait_status(client, job_id, "running")  # every event after the snapshot is progress, until the end
 
     def completed(event: dict[str, Any]) -> bool:
