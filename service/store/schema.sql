@@ -1,6 +1,8 @@
 -- offload job table, SQLite. `pos` is the submission order (FIFO and list cursors);
 -- times are milliseconds since the epoch; data, error and result are JSON text, and so is
 -- checkpoint: what the latest attempt saved with ctx.save, for the next one (schema 4).
+-- Data over 1 KB is kept in `job_data` (schema 5), and `data` here is '' for those jobs;
+-- shorter data, and the data of jobs stored before schema 5, is here.
 CREATE TABLE IF NOT EXISTS jobs (
     pos             INTEGER PRIMARY KEY AUTOINCREMENT,
     id              TEXT    NOT NULL UNIQUE,
@@ -65,3 +67,15 @@ CREATE TABLE IF NOT EXISTS job_deps (
     PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS job_deps_child ON job_deps (child);
+
+-- The data of jobs whose data is over 1 KB (schema 5), apart from their rows: every
+-- transition of a job (its claim, each progress write, its ending) rewrites the whole row,
+-- and a row that holds a 30 KB invoice is ten pages to write instead of one. Read only when
+-- the job is claimed.
+CREATE TABLE IF NOT EXISTS job_data (
+    pos  INTEGER PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS job_data_goes AFTER DELETE ON jobs BEGIN
+    DELETE FROM job_data WHERE pos = old.pos;
+END;

@@ -47,9 +47,14 @@ log = logging.getLogger("offload.store")
 #: and the `jobs_ended` index retention walks; 4: jobs that follow jobs (`after`,
 #: `after_failed`, `waiting_for` and the `job_deps` table); also `checkpoint`
 #: (what an attempt saved with `ctx.save`, read by the next one).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _JOB_COLUMNS = JOB_COLUMNS
 _COLS = ", ".join(_JOB_COLUMNS)
+#: Data longer than this (its JSON, in characters) is kept in `job_data`, apart from the job's
+#: row; shorter data stays in the row, where it costs no statement of its own (schema.sql).
+INLINE_DATA = 1024
+#: A job's data, as a column of a statement on `jobs`: from `job_data`, or in the row itself.
+_DATA = "COALESCE((SELECT data FROM job_data WHERE job_data.pos = jobs.pos), jobs.data) AS data"
 _JSON_COLUMNS = frozenset({"error", "result", "data", "checkpoint"})
 #: Lists of job ids, stored as JSON arrays; an empty one as NULL, as most jobs follow none.
 _IDS_COLUMNS = frozenset({"after", "waiting_for"})
@@ -735,10 +740,14 @@ class SQLiteStore(Store):
             fields = {k: v for k, v in arm_change(job, parents, job.created_at, new=True).items()}
             job = dataclasses.replace(job, **fields)
         values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
-        values["data"] = _encode("data", job.data)
+        data = _encode("data", job.data)
+        apart = len(data) > INLINE_DATA
+        values["data"] = "" if apart else data
         values["request_hash"] = request_hash
         rows = db.execute(_insert_sql(tuple(values)), tuple(values.values())).fetchall()
         if rows:
+            if apart:
+                db.execute("INSERT INTO job_data (pos, data) VALUES (?, ?)", (rows[0]["pos"], data))
             created = _job(rows[0])
             self._changes.append(created)
             _link(db, created, parents)
@@ -768,7 +777,7 @@ class SQLiteStore(Store):
 
                 def update(chosen: list[int] = chosen, order: dict[int, int] = order) -> list[sqlite3.Row]:
                     rows = db.execute(f"UPDATE jobs SET {sets} "
-                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, data, checkpoint",
+                                      f"WHERE pos IN ({', '.join('?' * len(chosen))}) RETURNING pos, {_COLS}, {_DATA}, checkpoint",
                                       (*params, *chosen)).fetchall()
                     return sorted(rows, key=lambda r: order[r["pos"]])
 
@@ -968,7 +977,7 @@ def _decode_marker(marker: str) -> tuple[int, int]:
 def _insert_sql(columns: tuple[str, ...]) -> str:
     return (f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-            f"RETURNING {_COLS}")
+            f"RETURNING {_COLS}, pos")
 
 
 def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
@@ -1161,6 +1170,8 @@ async def _migrate(db: aiosqlite.Connection, version: int) -> None:
     # so it stays correct whatever number it ends up with beside other version-4 changes.
     if version < 4 and "checkpoint" not in {row[1] for row in await db.execute_fetchall("PRAGMA table_info(jobs)")}:
         await db.execute("ALTER TABLE jobs ADD COLUMN checkpoint TEXT")
+    # 5: `job_data` comes with schema.sql; the jobs stored before keep their data in their row,
+    # where the claim finds short data anyway (`_DATA`), so nothing is copied.
 
 
 async def _enable_incremental_vacuum(db: aiosqlite.Connection) -> None:
