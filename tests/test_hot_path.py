@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,24 @@ async def test_long_data_is_kept_apart_from_the_row_short_data_in_it_and_both_re
         assert raw.execute("SELECT COUNT(*) FROM job_data").fetchone()[0] == 0  # went with its job
     finally:
         await store.close()
+
+
+async def test_a_job_larger_than_a_default_pipe_is_written_at_once_into_its_enlarged_pipe(start_server):
+    import fcntl
+
+    from offload.service.keys import SCHEDULER
+    from offload.service.pool import INLINE_SEND, JOB_PIPE_BYTES
+
+    client = await start_server()
+    data = {"blob": "y" * 200_000}  # over 64 KB, a default pipe's size, under the enlarged one
+    job_id = await submit(client, "test.echo", data)
+    job = await wait_status(client, job_id, "completed")
+    assert job["result"] == {"value": data}  # it crossed the pipe whole
+    pool = client.server.app[SCHEDULER].pool
+    live = [slot for slot in pool.slots if slot.live]
+    assert live
+    allowed = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    for slot in live:  # what is written at once always fits in the pipe, header and all
+        assert slot.inline_send + 64 <= fcntl.fcntl(slot.jobs.fileno(), fcntl.F_GETPIPE_SZ)
+        if allowed >= JOB_PIPE_BYTES:  # and that is the whole job here, no thread needed
+            assert slot.inline_send > len(data["blob"]) > INLINE_SEND
