@@ -169,3 +169,20 @@ async def test_a_job_larger_than_a_default_pipe_is_written_at_once_into_its_enla
         assert slot.inline_send + 64 <= fcntl.fcntl(slot.jobs.fileno(), fcntl.F_GETPIPE_SZ)
         if allowed >= JOB_PIPE_BYTES:  # and that is the whole job here, no thread needed
             assert slot.inline_send > len(data["blob"]) > INLINE_SEND
+
+
+def test_an_inserts_values_written_out_are_the_columns_encoded_one_by_one():
+    from offload.service.models import JobStatus, Priority
+    from offload.service.store import sqlite
+
+    plain = sqlite.Job(id="job_a", type="t", owner="u", data={})
+    full = sqlite.Job(id="job_b", type="t", owner="u", data={"x": 1}, status=JobStatus.RUNNING,
+                      priority=Priority.HIGH, progress=5, message="m", attempts=2, max_retries=1, retry_delay_ms=7,
+                      timeout_ms=9, seq=3, created_at=10, started_at=11, completed_at=12, due_at=13,
+                      error={"type": "E", "message": "x"}, result={"a": [1]}, idempotency_key="k", lease_owner="n",
+                      lease_until=14, cancel_requested=True, after=("job_x", "job_y"), after_failed="run",
+                      waiting_for=("job_y",), checkpoint={"c": 1})
+    for job in (plain, full):
+        one_by_one = tuple(sqlite._encode(column, getattr(job, column)) for column in sqlite._JOB_COLUMNS)
+        assert sqlite._row_values(job) == one_by_one
+        assert [type(v) for v in sqlite._row_values(job)] == [type(v) for v in one_by_one]

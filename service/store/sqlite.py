@@ -23,6 +23,7 @@ import functools
 import logging
 import sqlite3
 import time
+from operator import itemgetter
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -107,12 +108,12 @@ def _job(row: sqlite3.Row) -> Job:
     and a handful of type checks; anything that fails one is decoded again by
     `_checked_job`, which names every problem."""
     columns, data_at, checkpoint_at = _layout(tuple(row.keys()))
-    values = [row[i] for i in columns]
+    values = list(itemgetter(*columns)(row))
     status, priority = _STATUSES.get(values[_STATUS_AT]), _PRIORITIES.get(values[_PRIORITY_AT])
     if status is None or priority is None or values[_CANCEL_AT] not in (0, 1) \
             or type(values[_CANCEL_AT]) is not int \
-            or any(type(values[i]) is not int for i in _WHOLE_AT) \
-            or any(values[i] is not None and type(values[i]) is not int for i in _OPTIONAL_WHOLE_AT):
+            or not _INT <= set(map(type, _whole(values))) <= _INT \
+            or not set(map(type, _optional_whole(values))) <= _INT_OR_NONE:
         return _checked_job(row)
     try:
         error = None if values[_ERROR_AT] is None else orjson.loads(values[_ERROR_AT])
@@ -129,10 +130,8 @@ def _job(row: sqlite3.Row) -> Job:
     values[_ERROR_AT], values[_RESULT_AT] = error, result
     values[_AFTER_AT], values[_WAITING_AT] = after, waiting
     values[_AFTER_FAILED_AT] = values[_AFTER_FAILED_AT] or "cancel"
-    fields = dict(zip(_JOB_COLUMNS, values, strict=True))
-    fields["data"] = data
-    fields["checkpoint"] = checkpoint
-    return Job(**fields)
+    values += (data, checkpoint)
+    return Job(*_in_field_order(values))
 
 
 def _ids(raw: Any) -> tuple[str, ...]:
@@ -152,6 +151,11 @@ _STATUS_AT, _PRIORITY_AT, _CANCEL_AT, _ERROR_AT, _RESULT_AT = (
 _AFTER_AT, _AFTER_FAILED_AT, _WAITING_AT = (_JOB_COLUMNS.index(c) for c in ("after", "after_failed", "waiting_for"))
 _WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.items() if repair is not None)
 _OPTIONAL_WHOLE_AT = tuple(_JOB_COLUMNS.index(c) for c, repair in _INT_REPAIRS.items() if repair is None)
+#: The checks and the construction of `_job` in C (`itemgetter`, `map`), not a loop per column.
+_whole, _optional_whole = itemgetter(*_WHOLE_AT), itemgetter(*_OPTIONAL_WHOLE_AT)
+_INT, _INT_OR_NONE = frozenset({int}), frozenset({int, type(None)})
+#: A decoded row (the job columns, then data and checkpoint) in the order of `Job`'s fields.
+_in_field_order = itemgetter(*((*_JOB_COLUMNS, "data", "checkpoint").index(f.name) for f in dataclasses.fields(Job)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -359,6 +363,9 @@ class SQLiteStore(Store):
         self._served = Served()
         #: The write probe in flight, shared by every `writable()` caller meanwhile.
         self._probe: asyncio.Future[Any] | None = None
+        #: Whether `job_deps` may hold a row (read at open, set by every link): until then no
+        #: job follows another, and an ending looks for no children (`_follow`).
+        self._linked = True
 
     # ---- life cycle ---------------------------------------------------------------------
     #: One service owns a SQLite file: jobs left running in it belong to a previous run of
@@ -393,6 +400,7 @@ class SQLiteStore(Store):
             await _migrate(self._writer, version)
         await self._writer.executescript(resources.files("offload.service.store").joinpath("schema.sql").read_text())
         await self._writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._linked = bool(list(await self._writer.execute_fetchall("SELECT EXISTS (SELECT 1 FROM job_deps)"))[0][0])
         self._reader = self._writer if self.path == ":memory:" else await self._connect()
         if self._on_loop:
             # The loop never waits inside SQLite: no busy wait (`_begin` retries instead),
@@ -736,15 +744,13 @@ class SQLiteStore(Store):
         are now (`UnknownParent` when one is not the owner's)."""
         parents: dict[str, Job] = {}
         if job.after:
+            self._linked = True
             parents = _parents(db, job, self._changes)
             fields = {k: v for k, v in arm_change(job, parents, job.created_at, new=True).items()}
             job = dataclasses.replace(job, **fields)
-        values = {c: _encode(c, getattr(job, c)) for c in _JOB_COLUMNS}
         data = _encode("data", job.data)
         apart = len(data) > INLINE_DATA
-        values["data"] = "" if apart else data
-        values["request_hash"] = request_hash
-        rows = db.execute(_insert_sql(tuple(values)), tuple(values.values())).fetchall()
+        rows = db.execute(_INSERT_SQL, (*_row_values(job), "" if apart else data, request_hash)).fetchall()
         if rows:
             if apart:
                 db.execute("INSERT INTO job_data (pos, data) VALUES (?, ?)", (rows[0]["pos"], data))
@@ -806,7 +812,10 @@ class SQLiteStore(Store):
                     concrete = concrete.decide(found[0], parents)
                 else:
                     concrete = concrete(found[0])
-            job = _apply(db, job_id, where, fence_params, {**concrete, "seq": BUMP}, self._changes)
+            if parents:
+                self._linked = True
+            job = _apply(db, job_id, where, fence_params, {**concrete, "seq": BUMP}, self._changes,
+                         follow=self._linked)
             if job is not None and parents:
                 _link(db, job, parents)
             return job
@@ -850,8 +859,8 @@ class SQLiteStore(Store):
                                                           (expired_before,)).fetchall(), self._changes)
                 if expired is not None:
                     break
-            rescued = [_apply(db, job.id, where, fence_params, {**decide(job), "seq": BUMP}, self._changes)
-                       for job in expired]
+            rescued = [_apply(db, job.id, where, fence_params, {**decide(job), "seq": BUMP}, self._changes,
+                              follow=self._linked) for job in expired]
             return [job for job in rescued if job is not None]
 
         return await self._write(op)
@@ -973,11 +982,24 @@ def _decode_marker(marker: str) -> tuple[int, int]:
     return int(completed_at), int(pos)
 
 
-@functools.lru_cache(maxsize=4)
-def _insert_sql(columns: tuple[str, ...]) -> str:
-    return (f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-            f"RETURNING {_COLS}, pos")
+_INSERT_COLUMNS = (*_JOB_COLUMNS, "data", "request_hash")
+_INSERT_SQL = (f"INSERT INTO jobs ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
+               "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+               f"RETURNING {_COLS}, pos")
+
+
+def _row_values(job: Job) -> tuple[Any, ...]:
+    """`_encode` of each of `job`'s columns, in `_JOB_COLUMNS` order, written out: an insert
+    a job, it cost a call and four lookups a column."""
+    error, result = job.error, job.result
+    return (job.id, job.owner, job.type, job.status.value, int(job.priority), job.progress, job.message,
+            job.attempts, job.max_retries, job.retry_delay_ms, job.timeout_ms, job.seq, job.created_at,
+            job.started_at, job.completed_at, job.due_at,
+            None if error is None else orjson.dumps(error).decode(),
+            None if result is None else orjson.dumps(result).decode(),
+            job.idempotency_key, job.lease_owner, job.lease_until, job.cancel_requested,
+            _encode("after", job.after), None if job.after_failed == "cancel" else job.after_failed,
+            _encode("waiting_for", job.waiting_for))
 
 
 def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, limit: int,
@@ -988,8 +1010,8 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
     type_filter = f" AND type IN ({', '.join('?' * len(types))})" if types else ""
     type_params = types or ()
     if not cap:
-        # Fewer due jobs than room: every one of them starts now, so nobody waits and there is
-        # nobody to be fair to (the usual case of a service that keeps up: one statement).
+        # No more due jobs than room: every one of them starts now, so nobody waits and there
+        # is nobody to be fair to (the usual case of a service that keeps up: one statement).
         # INDEXED BY: left to itself the planner walks the status index and sorts, ~60x slower.
         # One seek per priority: a walk in (priority, due_at) order would read every job not
         # due yet at a better priority first (delayed ones, and jobs waiting for others).
@@ -997,12 +1019,15 @@ def _fair_pick(db: sqlite3.Connection, now: int, types: tuple[str, ...] | None, 
             f"SELECT * FROM (SELECT pos, owner, priority, due_at FROM jobs INDEXED BY jobs_due "
             f"WHERE status = 'pending' AND priority = {int(p)} AND due_at <= ? AND lease_owner IS NULL{type_filter} "
             "ORDER BY due_at, pos LIMIT ?)" for p in Priority)
+        # One more than there is room for: as many as the room, or fewer, and every due job
+        # fits; one more, and there is a choice to make between owners.
         plain = db.execute(f"SELECT pos, owner FROM ({per_priority}) ORDER BY priority, due_at, pos LIMIT ?",
-                           (*((now, *type_params, limit) * len(Priority)), limit)).fetchall()
-        if len(plain) < limit:
+                           (*((now, *type_params, limit + 1) * len(Priority)), limit + 1)).fetchall()
+        if len(plain) <= limit:
             for _, owner in plain:
                 served.mark(owner)
             return [pos for pos, _ in plain]
+        del plain[limit:]
     owners: list[str] = []
     row = db.execute("SELECT MIN(owner) FROM jobs INDEXED BY jobs_fair WHERE status = 'pending'").fetchone()
     while row[0] is not None:  # one seek per owner on (owner, …), not a scan of the backlog
@@ -1098,7 +1123,8 @@ def _apply(db: sqlite3.Connection, job_id: str, where: str, where_params: list[A
            changes: list[StoreChange], *, follow: bool = True) -> Job | None:
     """Write `change` to the job if its row matches `where`; the new job (a change, recorded
     in `changes`), or None. A corrupt row is failed instead (also a change) and None returned.
-    A job that ends takes its children along (`_follow`; `follow=False`: the caller does)."""
+    A job that ends takes its children along (`_follow`; `follow=False`: the caller does, or
+    no job follows another)."""
     sets, params = _assignments(change)
     jobs = _guarded(db, lambda: db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND {where} RETURNING {_COLS}",
                                            (*params, job_id, *where_params)).fetchall(), changes)
@@ -1248,7 +1274,16 @@ def _filters(where: list[str], params: list[Any], cursor: str | None,
 
 def _assignments(change: Change) -> tuple[str, list[Any]]:
     """SET clauses and their parameters; `BUMP` adds one to the stored value."""
-    sets = ", ".join(f"{c} = {c} + 1" if v is BUMP else f"{c} = ?" for c, v in change.items())
+    shape = tuple((c, v is BUMP) for c, v in change.items())
+    sets = _SETS.get(shape)
+    if sets is None:
+        if len(_SETS) >= 256:  # changes come in a handful of shapes; never grow without bound
+            _SETS.clear()
+        sets = _SETS[shape] = ", ".join(f"{c} = {c} + 1" if v is BUMP else f"{c} = ?" for c, v in change.items())
     return sets, [_encode(c, v) for c, v in change.items() if v is not BUMP]
+
+
+#: The SET clauses of each shape of change seen (its columns, and which of them it bumps).
+_SETS: dict[tuple[tuple[str, bool], ...], str] = {}
 
 
