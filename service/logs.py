@@ -92,7 +92,12 @@ class TextFormatter(logging.Formatter):
         return f"{text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        if record.exc_info or record.exc_text or record.stack_info:
+            line = super().format(record)
+        else:  # what `logging.Formatter.format` makes of this format, without its general steps
+            record.message = record.getMessage()
+            record.asctime = self.formatTime(record)
+            line = f"{record.asctime} {record.levelname} {record.name}: {record.message}"
         attributes = record.__dict__
         request_id = attributes.get("requestId")
         if request_id is not None:

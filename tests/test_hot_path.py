@@ -186,3 +186,23 @@ def test_an_inserts_values_written_out_are_the_columns_encoded_one_by_one():
         one_by_one = tuple(sqlite._encode(column, getattr(job, column)) for column in sqlite._JOB_COLUMNS)
         assert sqlite._row_values(job) == one_by_one
         assert [type(v) for v in sqlite._row_values(job)] == [type(v) for v in one_by_one]
+
+
+def test_the_text_format_writes_a_line_as_logging_would():
+    from offload.service.logs import TextFormatter
+
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours = TextFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failure = sys.exc_info()
+    records = [logging.makeLogRecord({"name": "offload.x", "levelname": "INFO", "levelno": 20, "msg": "a %s b",
+                                      "args": ("x",), "created": created, "msecs": msecs})
+               for created, msecs in ((1764590000.25, 250.0), (1764590000.999, 999.0), (1764590001.0, 0.0))]
+    records.append(logging.makeLogRecord({"name": "offload.y", "levelname": "ERROR", "levelno": 40, "msg": "failed",
+                                          "exc_info": failure, "created": 1764590002.5, "msecs": 500.0}))
+    for record in records:
+        assert ours.format(record) == plain.format(record)
