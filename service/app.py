@@ -64,6 +64,23 @@ def _request_ids() -> Iterator[str]:
 _next_request_id = _request_ids().__next__
 
 
+#: A Host safe to repeat in the page's CSP (anything else just leaves out the ws: sources).
+_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,255}$")
+
+
+def _page_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The demo page runs only its own files: no inline or foreign script or style, no
+    framing (clickjacking), no Referer leaving the page, no type sniffing. `connect-src`
+    names ws:/wss: to this host besides 'self', which older browsers do not apply to
+    WebSockets."""
+    own = f" ws://{request.host} wss://{request.host}" if _HOST.match(request.host) else ""
+    response.headers.update({
+        "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                   f"img-src 'self' data:; connect-src 'self'{own}; base-uri 'none'; "
+                                   "form-action 'self'; frame-ancestors 'none'",
+        "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+
+
 @web.middleware
 async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     request_id = request.headers.get("X-Request-Id", "")
@@ -100,27 +117,9 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     finally:
         REQUEST_ID.reset(request_id_set)
     response.headers["X-Request-Id"] = request_id
-    return response
-
-
-#: A Host safe to repeat in the page's CSP (anything else just leaves out the ws: sources).
-_HOST = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,255}$")
-
-
-@web.middleware
-async def page_headers(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """The demo page runs only its own files: no inline or foreign script or style, no
-    framing (clickjacking), no Referer leaving the page, no type sniffing. `connect-src`
-    names ws:/wss: to this host besides 'self', which older browsers do not apply to
-    WebSockets."""
-    response = await handler(request)
-    if request.path == "/" or request.path.startswith("/static/"):
-        own = f" ws://{request.host} wss://{request.host}" if _HOST.match(request.host) else ""
-        response.headers.update({
-            "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                                       f"img-src 'self' data:; connect-src 'self'{own}; base-uri 'none'; "
-                                       "form-action 'self'; frame-ancestors 'none'",
-            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+    path = request.path
+    if path == "/" or path.startswith("/static/"):  # the page's own headers, on whatever it is answered
+        _page_headers(request, response)
     return response
 
 
@@ -128,7 +127,7 @@ def create_app(config: Config, *, registry: Registry | None = None, clock: Clock
     """`registry` holds the job types (default: the built-ins and `[workers] modules`; the
     worker processes load the same modules); `clock` is the service's time (default: the
     machine's); tests inject one to step it."""
-    app = web.Application(middlewares=[page_headers, errors, refuse_foreign_origins, authenticate],
+    app = web.Application(middlewares=[errors, refuse_foreign_origins, authenticate],
                           client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
     app[REGISTRY] = registry or Registry.from_modules(config.workers.modules)
