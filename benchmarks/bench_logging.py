@@ -11,6 +11,9 @@ completed: three lines a job) and prints, per change, in the same run:
   handed to the writer thread together, at most every `FLUSH_S`;
 - the same with a hand-off a line (`FLUSH_LINES = 1`), the service's earlier design: every
   line wakes the writer thread, which then takes the GIL from the loop;
+- the same three with system calls: each change also a pipe write and read on the loop,
+  as the service's loop makes them for a job (sockets, pipes, the database); every one lets
+  the writer thread, once woken, take the interpreter lock, and the loop wait to get it back;
 - direct json: formatting and writing (and a flush a line) on the caller's thread.
 
 For each: the CPU time of the loop's thread (`time.thread_time`), the CPU time of the rest
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -62,14 +66,26 @@ def feed(all_changes: list[Job], listener, rounds: int = 1) -> float:  # type: i
     return best
 
 
-async def _on_loop(batch: list[Job], listener) -> None:  # type: ignore[no-untyped-def]
-    for at in range(0, len(batch), 3):  # one job's changes a pass of the loop, as commits come
-        for change in batch[at:at + 3]:
-            listener(change)
-        await asyncio.sleep(0)
+async def _on_loop(batch: list[Job], listener, io: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """One job's changes a pass of the loop, as commits come; with `io`, each pass also
+    makes the system calls a job costs the service's loop (a few writes and reads, each of
+    which lets the writer thread take the interpreter lock)."""
+    read, write = os.pipe()
+    try:
+        for at in range(0, len(batch), 3):
+            for change in batch[at:at + 3]:
+                listener(change)
+                if io:
+                    os.write(write, b"x")
+                    os.read(read, 1)
+            await asyncio.sleep(0)
+    finally:
+        os.close(read)
+        os.close(write)
 
 
-def live(jobs: int, log_format: str, out_path: Path, flush_lines: int) -> tuple[float, float, float]:
+def live(jobs: int, log_format: str, out_path: Path, flush_lines: int,
+         io: bool = False) -> tuple[float, float, float]:
     """(loop CPU, writer CPU, wall until written) per change, with `flush_lines` as
     `logs.FLUSH_LINES`; the wall time and writer CPU of the round with the least loop CPU."""
     best = (float("inf"), 0.0, 0.0)
@@ -82,7 +98,7 @@ def live(jobs: int, log_format: str, out_path: Path, flush_lines: int) -> tuple[
                 batch = changes(jobs)
                 loop = asyncio.new_event_loop()
                 start, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
-                loop.run_until_complete(_on_loop(batch, JobLog().on_change))
+                loop.run_until_complete(_on_loop(batch, JobLog().on_change, io))
                 setup.close()  # returns once the thread wrote every line
                 loop_cpu = time.thread_time() - cpu
                 rest = time.process_time() - process - loop_cpu
@@ -122,6 +138,15 @@ def main() -> None:
             rows[f"on the loop, gathered ({log_format})"] = live(args.jobs, log_format, Path(tmp) / "a.log",
                                                                  logs.FLUSH_LINES)
         rows["on the loop, a hand-off a line (text)"] = live(args.jobs, "text", Path(tmp) / "b.log", 1)
+        loop = asyncio.new_event_loop()
+        cpu, start = time.thread_time(), time.perf_counter()
+        loop.run_until_complete(_on_loop(batch, lambda change: None, io=True))
+        rows["with system calls, no lifecycle log"] = ((time.thread_time() - cpu) / len(batch), 0.0,
+                                                        (time.perf_counter() - start) / len(batch))
+        loop.close()
+        rows["with system calls, gathered (text)"] = live(args.jobs, "text", Path(tmp) / "c.log",
+                                                          logs.FLUSH_LINES, io=True)
+        rows["with system calls, a hand-off a line"] = live(args.jobs, "text", Path(tmp) / "d.log", 1, io=True)
 
         with open(Path(tmp) / "direct.log", "w") as out:
             direct = logging.StreamHandler(out)
