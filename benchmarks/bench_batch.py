@@ -4,7 +4,9 @@ Starts `offload serve` as a subprocess (the way a user runs it), then submits N 
 one POST at a time on one connection and times until the last `completed` event; then the
 same N in `POST /api/jobs/batch` requests of B jobs each (sent one after the other, each
 one transaction). Both figures print side by side: what a batch saves is the per-request
-HTTP and commit cost, and the workers' own ceiling is `bench_throughput.py`'s.
+HTTP and commit cost. Then, in the same run, the ceiling they are measured against:
+`bench_throughput.py`'s, the same N jobs stored straight into the store of an in-process
+service (no HTTP at all) and run by as many worker processes.
 
     python benchmarks/bench_batch.py [--jobs 5000] [--batch 500] [--processes 2]
 """
@@ -27,6 +29,8 @@ from tests.server_process import ServerProcess, post  # noqa: E402
 UNLIMITED = {"limits": {"submit_rate": 1e9, "submit_burst": 1_000_000, "max_pending_per_user": 0,
                         "max_batch_jobs": 10_000}}
 NOOP = {"type": "bench.noop", "data": {}}
+#: Completed/s of each way of submitting, for the comparison with the ceiling.
+RESULTS: dict[str, float] = {}
 
 
 async def one_at_a_time(http: aiohttp.ClientSession, watcher: Watcher, jobs: int) -> tuple[float, float]:
@@ -69,8 +73,15 @@ async def main() -> None:
             print(f"  one POST at a time:        {single[0]:>7,.0f} submitted/s {single[1]:>7,.0f} completed/s")
             print(f"  batches of {args.batch:<5} (1 POST): {bulk[0]:>7,.0f} submitted/s {bulk[1]:>7,.0f} completed/s "
                   f"({bulk[1] / single[1]:.2f}x)")
+            RESULTS.update(single=single[1], bulk=bulk[1])
 
         await with_watcher(server, body)
+    from benchmarks.bench_throughput import one_run
+
+    ceiling = await one_run(args.jobs, args.processes)
+    print(f"  stored without HTTP (the ceiling, bench_throughput.py):     {ceiling:>7,.0f} completed/s")
+    print(f"  batches reach {RESULTS['bulk'] / ceiling:.2f} of the ceiling, one POST at a time "
+          f"{RESULTS['single'] / ceiling:.2f}")
 
 
 if __name__ == "__main__":
