@@ -4,7 +4,7 @@ A line is formatted on the thread that logs it (the event loop, mostly: a few
 microseconds) and written by a thread of its own, so a slow pipe never holds the loop. The
 loop hands its lines over together, at most `FLUSH_S` after the first of them: each hand-off
 wakes the writer thread, which must then take the GIL from the loop, and one hand-off a line
-(three a job) cost the service a quarter of its throughput in that contention
+(three a job) cost the service a sixth of its throughput in that contention
 (benchmarks/bench_logging.py measures both). Lines logged on other threads are handed over
 at once, so they may be written before lines the loop logged a moment earlier.
 

@@ -112,8 +112,8 @@ def own_due(due_at: int) -> int:
 JOB_ID_PATTERN = r"^job_[a-z2-7]{24}$"
 
 
-#: Ids drawn ahead, from one read of the system's random source for `_IDS_AHEAD` of them: a
-#: read a job cost a system call of its own on the submission path.
+#: Ids drawn ahead, `_IDS_AHEAD` of them from one read of the system's random source: a read
+#: for each job cost the submission path a system call of its own.
 _ids_ahead: list[str] = []
 _IDS_AHEAD = 256
 
@@ -124,7 +124,7 @@ def new_job_id() -> str:
     try:
         return _ids_ahead.pop()
     except IndexError:
-        encoded = base64.b32encode(os.urandom(15 * _IDS_AHEAD)).decode().lower()  # 24 characters a 15 bytes
+        encoded = base64.b32encode(os.urandom(15 * _IDS_AHEAD)).decode().lower()  # 24 characters for each 15 bytes
         _ids_ahead.extend("job_" + encoded[at:at + 24] for at in range(0, len(encoded), 24))
         return _ids_ahead.pop()
 

@@ -134,8 +134,6 @@ class Frames:
         return messages
 
 
-
-
 class WorkerPool:
     """Between `min_size` and `size` worker processes: a process starts when a job needs a
     slot and none is idle, and retires after `idle_timeout` seconds without work."""

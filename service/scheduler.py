@@ -42,7 +42,7 @@ LEASE_LOST = {"type": "WorkerLost", "message": "the node running this job stoppe
 #: that comes sooner waits for the rest of the interval, replaced by any later one, so the
 #: latest always arrives, at most this late. A 500-item invoice reports a dozen times in
 #: 20 ms; each write is a commit and an event to every watcher (DESIGN: "progress may be
-#: coalesced for a chatty job"). A job that reports at most 100 times a second waits never.
+#: coalesced for a chatty job"). A job that reports at most 100 times a second never waits.
 PROGRESS_INTERVAL_S = 0.01
 
 

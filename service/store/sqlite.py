@@ -47,7 +47,8 @@ log = logging.getLogger("offload.store")
 #: 3: `auto_vacuum = INCREMENTAL`, so that retention's deletions shrink the file (`compact`),
 #: and the `jobs_ended` index retention walks; 4: jobs that follow jobs (`after`,
 #: `after_failed`, `waiting_for` and the `job_deps` table); also `checkpoint`
-#: (what an attempt saved with `ctx.save`, read by the next one).
+#: (what an attempt saved with `ctx.save`, read by the next one); 5: the `job_data` table,
+#: for data over `INLINE_DATA`.
 SCHEMA_VERSION = 5
 _JOB_COLUMNS = JOB_COLUMNS
 _COLS = ", ".join(_JOB_COLUMNS)
