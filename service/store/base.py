@@ -52,6 +52,7 @@ import base64
 import binascii
 import logging
 from abc import ABC, abstractmethod
+from asyncio import Future
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from contextlib import asynccontextmanager
@@ -218,6 +219,31 @@ class UnknownParent(ValueError):
 @asynccontextmanager
 async def _always_alone() -> AsyncIterator[bool]:
     yield True
+
+
+def settle(futures: Iterable[Future[Any]], outcomes: Iterable[tuple[bool, Any]],
+           progress: Iterable[tuple[Any, ...]], seqs: Iterable[int | None]) -> None:
+    """After a write batch committed and its changes were emitted: each queued write's
+    future gets its outcome (a value, or the error of that write alone), then each progress
+    row's `on_commit` (its last item) gets the row's new `seq`, unless its fence let it
+    write nothing. The same for every backend's writer."""
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    for (*_, on_commit), seq in zip(progress, seqs, strict=True):
+        if on_commit is not None and seq is not None:
+            on_commit(seq)
+
+
+def fail_all(futures: Iterable[Future[Any]], error: BaseException) -> None:
+    """A write batch rolled back: every write queued in it fails with `error`."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 def encode_cursor(pos: int) -> str:
@@ -750,4 +776,4 @@ class Store(ABC):
 __all__ = ["BATCH_REF", "BUMP", "JOB_COLUMNS", "RETRYABLE", "TERMINAL", "ChangeSink", "Fence", "IdempotencyMismatch", "Page",
            "ProgressChange", "Purged", "ResultFile", "SlotRecord", "Store", "StoreChange", "UnknownParent",
            "WithParents", "arm_change", "batch_refs", "claim_change", "dependency_error", "ending_change",
-           "follow_change", "progress_fence", "rescue_change", "retry_change"]
+           "fail_all", "follow_change", "progress_fence", "rescue_change", "retry_change", "settle"]

@@ -37,7 +37,7 @@ from offload.service.models import Job, JobStatus, Priority, now_ms
 from offload.service.models import WAITING_DUE
 from offload.service.store.base import (
     BUMP, JOB_COLUMNS, Change, Decide, decode_cursor, encode_cursor, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
-    StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
+    StoreChange, UnknownParent, WithParents, arm_change, batch_refs, fail_all, follow_change, settle,
 )
 from offload.service.store.fairness import Served, round_robin
 
@@ -502,9 +502,7 @@ class SQLiteStore(Store):
                 else:
                     log.exception("store write batch failed")
                     error = exc
-                for _, future in ops:
-                    if not future.done():
-                        future.set_exception(error)
+                fail_all((future for _, future in ops), error)
                 continue
             self._changes = []
             if self.on_commit is not None:
@@ -512,16 +510,7 @@ class SQLiteStore(Store):
             # Emitted before any awaitable resolves: a caller that awaited a write finds its
             # change (and every change committed before it) already heard by the listeners.
             self.changes.emit(changes)
-            for (_, future), (ok, value) in zip(ops, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-            for (*_, on_commit), seq in zip(progress.values(), seqs, strict=True):
-                if on_commit is not None and seq is not None:
-                    on_commit(seq)
+            settle([future for _, future in ops], outcomes, rows, seqs)
 
     async def _commit_batch(self, db: aiosqlite.Connection, rows: list[tuple[Any, ...]], ops: list[WriteOp],
                          changes: list[StoreChange], careful: bool = False,
