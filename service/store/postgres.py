@@ -48,7 +48,7 @@ from offload.service.errors import StoreUnavailable
 from offload.service.models import WAITING_DUE, Job, JobStatus, Priority
 from offload.service.store.base import (
     BUMP, JOB_COLUMNS, Change, Decide, decode_cursor, encode_cursor, Fence, IdempotencyMismatch, Page, ProgressChange, Purged, ResultFile, SlotRecord, Store,
-    StoreChange, UnknownParent, WithParents, arm_change, batch_refs, follow_change,
+    StoreChange, UnknownParent, WithParents, arm_change, batch_refs, fail_all, follow_change, settle,
 )
 from offload.service.store.fairness import Served, round_robin
 
@@ -457,9 +457,7 @@ class PostgresStore(Store):
                 error = self._failed(exc)
                 if error is exc and not isinstance(exc, StoreUnavailable):
                     log.exception("store write batch failed")
-                for _, future, _ in ops:
-                    if not future.done():
-                        future.set_exception(error)
+                fail_all((future for _, future, _ in ops), error)
                 continue
             if self.on_commit is not None:
                 self.on_commit(time.perf_counter() - started, len(ops) + len(rows))
@@ -467,16 +465,7 @@ class PostgresStore(Store):
                 self._mark_heard(change)
             self.changes.emit(changes)  # before any awaitable resolves
             self._release_inflight()
-            for (_, future, _), (ok, value) in zip(ops, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-            for (*_, on_commit), seq in zip(rows, seqs, strict=True):
-                if on_commit is not None and seq is not None:
-                    on_commit(seq)
+            settle([future for _, future, _ in ops], outcomes, rows, seqs)
 
     async def _commit_batch(self, rows: list[tuple[Any, ...]], ops: list[tuple[WriteOp, Any, tuple[str, ...]]],
                             ) -> tuple[list[int | None], list[tuple[bool, Any]], list[StoreChange]]:
@@ -784,6 +773,13 @@ class PostgresStore(Store):
         return self._alone(task)
 
     # ---- write hooks -----------------------------------------------------------------------------
+    @staticmethod
+    async def _undo(conn: asyncpg.Connection, savepoint: str) -> None:
+        """Undo what an op wrote since `SAVEPOINT <savepoint>`; the other writes of its batch
+        stand. (The changes it recorded are dropped by `_run_batch` when the op raises.)"""
+        await conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+        await conn.execute(f"RELEASE SAVEPOINT {savepoint}")
+
     async def _insert(self, job: Job, request_hash: str | None) -> tuple[Job, bool]:
         async def op(conn: asyncpg.Connection) -> tuple[Job, bool]:
             return await self._insert_row(conn, job, request_hash)
@@ -793,7 +789,6 @@ class PostgresStore(Store):
     async def _insert_many(self, jobs: list[tuple[Job, str | None]]) -> list[tuple[Job, bool]]:
         async def op(conn: asyncpg.Connection) -> list[tuple[Job, bool]]:
             # A savepoint: a clash undoes this op's rows alone, not the other writes of its batch.
-            emitted = len(self._changes)
             await conn.execute("SAVEPOINT create_many")
             try:
                 answers: list[tuple[Job, bool]] = []
@@ -806,9 +801,7 @@ class PostgresStore(Store):
                     except UnknownParent as exc:
                         raise UnknownParent(exc.job_id, exc.position, index) from None
             except (IdempotencyMismatch, UnknownParent):
-                await conn.execute("ROLLBACK TO SAVEPOINT create_many")
-                await conn.execute("RELEASE SAVEPOINT create_many")
-                del self._changes[emitted:]
+                await self._undo(conn, "create_many")
                 raise
             await conn.execute("RELEASE SAVEPOINT create_many")
             return answers
@@ -1044,14 +1037,12 @@ class PostgresStore(Store):
             latest = await conn.fetchval("SELECT max(slot) FROM schedule_slots WHERE schedule = $1", schedule)
             if latest is not None and latest >= slot:
                 return None
-            emitted = len(self._changes)
             await conn.execute("SAVEPOINT fire_slot")  # the job and its slot, or neither
             try:
                 # The slot first: another node that recorded it meanwhile makes this a no-op.
                 if await conn.fetchval("INSERT INTO schedule_slots (schedule, slot) VALUES ($1, $2) "
                                        "ON CONFLICT (schedule, slot) DO NOTHING RETURNING 1", schedule, slot) is None:
-                    await conn.execute("ROLLBACK TO SAVEPOINT fire_slot")
-                    await conn.execute("RELEASE SAVEPOINT fire_slot")
+                    await self._undo(conn, "fire_slot")
                     return None
                 answer: tuple[Job | None, bool] = (None, False) if job is None \
                     else await self._insert_row(conn, job, request_hash)
@@ -1060,9 +1051,7 @@ class PostgresStore(Store):
                                        schedule, slot, answer[0].id)
                 await conn.execute("DELETE FROM schedule_slots WHERE schedule = $1 AND slot < $2", schedule, slot)
             except (IdempotencyMismatch, UnknownParent):
-                await conn.execute("ROLLBACK TO SAVEPOINT fire_slot")
-                await conn.execute("RELEASE SAVEPOINT fire_slot")
-                del self._changes[emitted:]
+                await self._undo(conn, "fire_slot")
                 raise
             await conn.execute("RELEASE SAVEPOINT fire_slot")
             return answer
