@@ -169,6 +169,12 @@ class Cluster:
             node.spawn()
         await asyncio.gather(*(node.start() for node in todo))
 
+    async def pair(self) -> dict[str, Node]:
+        """Nodes "a" and "b", added and started, by name."""
+        by_name = {name: self.add(name) for name in ("a", "b")}
+        await self.start()
+        return by_name
+
     def by_id(self) -> dict[str, Node]:
         return {node.node_id: node for node in self.nodes if node.node_id}
 

@@ -105,9 +105,8 @@ async def test_jobs_submitted_to_one_node_run_on_every_node(pg_schema, cluster, 
 # ---- events across nodes ---------------------------------------------------------------------------
 async def test_websocket_on_one_node_sees_every_event_of_a_job_on_another(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store())
-    a, b = nodes.add("a"), nodes.add("b")
-    await nodes.start()
-    by_name = {"a": a, "b": b}
+    by_name = await nodes.pair()
+    a, b = by_name["a"], by_name["b"]
     async with a.session() as http, Watcher(a) as all_a, Watcher(b) as all_b:
         await all_a.subscribe()
         await all_b.subscribe()
@@ -179,9 +178,8 @@ async def test_a_lost_notification_is_made_up_by_the_poll_and_nothing_follows_a_
 # ---- cancels across nodes ----------------------------------------------------------------------------
 async def test_cancel_on_one_node_stops_the_attempt_on_another(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store())
-    a, b = nodes.add("a"), nodes.add("b")
-    await nodes.start()
-    by_name = {"a": a, "b": b}
+    by_name = await nodes.pair()
+    a, b = by_name["a"], by_name["b"]
     async with a.session() as http:
         job_id = await post(http, "node.work", {"marks": str(nodes.marks), "gate": str(nodes.gate("never"))})
     runner = by_name[(await nodes.started(job_id))["node"]]
@@ -233,9 +231,8 @@ def nodes_of(nodes: Cluster, job_id: str) -> list[str]:
 # ---- crashes and freezes -------------------------------------------------------------------------------
 async def test_a_killed_node_s_running_jobs_finish_on_another_after_its_lease(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store(), processes=2, lease_ms=2000)
-    a, b = nodes.add("a"), nodes.add("b")
-    await nodes.start()
-    by_name = {"a": a, "b": b}
+    by_name = await nodes.pair()
+    a, b = by_name["a"], by_name["b"]
     gate = str(nodes.gate("g"))
     async with a.session() as http:
         ids = [await post(http, "node.work", {"marks": str(nodes.marks), "gate": gate}) for _ in range(4)]
@@ -262,9 +259,8 @@ async def test_a_killed_node_s_running_jobs_finish_on_another_after_its_lease(pg
 
 async def test_a_frozen_node_s_late_completion_is_refused(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store(), lease_ms=2000)
-    a, b = nodes.add("a"), nodes.add("b")
-    await nodes.start()
-    by_name = {"a": a, "b": b}
+    by_name = await nodes.pair()
+    a, b = by_name["a"], by_name["b"]
     data = {"marks": str(nodes.marks), "gate": str(nodes.gate("g")), "file": True, "seed": 7, "size": 5000}
     async with Watcher(a) as all_a, Watcher(b) as all_b:
         await all_a.subscribe()
@@ -307,9 +303,8 @@ async def test_a_frozen_node_s_late_completion_is_refused(pg_schema, cluster) ->
 # ---- results across nodes ------------------------------------------------------------------------------
 async def test_a_result_completed_on_one_node_downloads_byte_identical_through_another(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store())
-    a, b = nodes.add("a"), nodes.add("b")
-    await nodes.start()
-    by_name = {"a": a, "b": b}
+    by_name = await nodes.pair()
+    a, b = by_name["a"], by_name["b"]
     async with a.session() as http:
         job_id = await post(http, "node.work", {"marks": str(nodes.marks), "file": True, "seed": 11, "size": 300_000})
         job = await until(http, job_id, done, "completed")
