@@ -48,6 +48,7 @@ What a backend must guarantee
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -381,6 +382,13 @@ def follow_change(child: Job, parent: Job) -> Change | None:
 class Store(ABC):
     """A job database. `open()` creates or migrates the schema; `close()` flushes and closes."""
 
+    # What a backend's writer queues and is woken by (`_next_batch`): the writes in order,
+    # the latest progress of each job, and whether the store is closing.
+    _ops: list[Any]
+    _progress: dict[str, Any]
+    _wake: asyncio.Event
+    _closing: bool
+
     #: True when one service alone uses this database (an SQLite file): running jobs found
     #: at start were left by its previous run. False for a database shared by nodes, where
     #: only expired leases are taken back.
@@ -707,6 +715,19 @@ class Store(ABC):
         still free for it afterwards (0: done). A backend that reclaims space by itself
         has nothing to do."""
         return 0
+
+    async def _next_batch(self) -> tuple[list[Any], list[tuple[Any, ...]]] | None:
+        """For a backend's write loop: wait until something is queued, then take every write
+        and progress row queued so far; None once the store is closing with nothing left."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ops, self._ops = self._ops, []
+            progress, self._progress = self._progress, {}
+            if ops or progress:
+                return ops, list(progress.values())
+            if self._closing:
+                return None
 
     async def _transition(self, job_id: str, fence: Fence, change: Change | Decide | WithParents) -> Job | None:
         return await self._begin_transition(job_id, fence, change)

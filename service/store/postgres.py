@@ -438,16 +438,8 @@ class PostgresStore(Store):
         return future
 
     async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            progress, self._progress = self._progress, {}
-            if not ops and not progress:
-                if self._closing:
-                    return
-                continue
-            rows = list(progress.values())
+        while (taken := await self._next_batch()) is not None:
+            ops, rows = taken
             started = time.perf_counter()
             try:
                 self._fail_fast()

@@ -475,16 +475,8 @@ class SQLiteStore(Store):
     async def _write_loop(self) -> None:
         db = self._writer
         assert db is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            progress, self._progress = self._progress, {}
-            if not ops and not progress:
-                if self._closing:
-                    return
-                continue
-            rows = list(progress.values())
+        while (taken := await self._next_batch()) is not None:
+            ops, rows = taken
             changes: list[StoreChange] = []
             self._changes = changes
             try:
