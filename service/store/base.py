@@ -762,11 +762,15 @@ class Store(ABC):
         matches `fence`; a job that ends takes its children along (`follow_change`). Queued at once, in order with the writes before
         and after it; the awaitable gives the new row, or None."""
 
-    @abstractmethod
     def _queue_progress(self, job_id: str, fence: Fence, progress: int, message: str | None,
                         on_commit: Callable[[int], None] | None) -> None:
         """Queue a progress write (coalesced per job), applied with the next `seq` if the row
-        matches `fence`, after the transitions queued before it."""
+        matches `fence`, after the transitions queued before it (its place: `len(_ops)`)."""
+        if self._closing:
+            return
+        self._progress.pop(job_id, None)  # re-inserted last: the dict stays in queueing order
+        self._progress[job_id] = (progress, message, job_id, fence, len(self._ops), on_commit)
+        self._wake.set()
 
     @abstractmethod
     async def _fire_slot(self, schedule: str, slot: int, job: Job | None,

@@ -970,14 +970,6 @@ class PostgresStore(Store):
 
         return self._enqueue(op, (job_id,))
 
-    def _queue_progress(self, job_id: str, fence: Fence, progress: int, message: str | None,
-                        on_commit: Callable[[int], None] | None) -> None:
-        if self._closing:
-            return
-        self._progress.pop(job_id, None)  # re-inserted last: the dict stays in queueing order
-        self._progress[job_id] = (progress, message, job_id, fence, len(self._ops), on_commit)
-        self._wake.set()
-
     async def _save_checkpoint(self, job_id: str, fence: Fence, value: Any) -> bool:
         encoded = _encode("checkpoint", value)  # a TypeError here, not inside the batch
 
