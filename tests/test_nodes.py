@@ -179,7 +179,7 @@ async def test_a_lost_notification_is_made_up_by_the_poll_and_nothing_follows_a_
 async def test_cancel_on_one_node_stops_the_attempt_on_another(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store())
     by_name = await nodes.pair()
-    a, b = by_name["a"], by_name["b"]
+    a = by_name["a"]
     async with a.session() as http:
         job_id = await post(http, "node.work", {"marks": str(nodes.marks), "gate": str(nodes.gate("never"))})
     runner = by_name[(await nodes.started(job_id))["node"]]
@@ -232,7 +232,7 @@ def nodes_of(nodes: Cluster, job_id: str) -> list[str]:
 async def test_a_killed_node_s_running_jobs_finish_on_another_after_its_lease(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store(), processes=2, lease_ms=2000)
     by_name = await nodes.pair()
-    a, b = by_name["a"], by_name["b"]
+    a = by_name["a"]
     gate = str(nodes.gate("g"))
     async with a.session() as http:
         ids = [await post(http, "node.work", {"marks": str(nodes.marks), "gate": gate}) for _ in range(4)]
@@ -304,7 +304,7 @@ async def test_a_frozen_node_s_late_completion_is_refused(pg_schema, cluster) ->
 async def test_a_result_completed_on_one_node_downloads_byte_identical_through_another(pg_schema, cluster) -> None:
     nodes: Cluster = cluster(pg_schema.store())
     by_name = await nodes.pair()
-    a, b = by_name["a"], by_name["b"]
+    a = by_name["a"]
     async with a.session() as http:
         job_id = await post(http, "node.work", {"marks": str(nodes.marks), "file": True, "seed": 11, "size": 300_000})
         job = await until(http, job_id, done, "completed")
