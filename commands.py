@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from offload.client import (AsyncClient, NotFound, OffloadClientError, ServiceUnreachable, Unauthorized)
 from offload.job import Event, Job, JobStatus, Progress as ProgressEvent, Snapshot, event_to_wire
 
-if TYPE_CHECKING:  # rich is imported where it is used: `offload serve` never loads it
+if TYPE_CHECKING:  # the client and rich are imported where they are used: `offload serve` loads neither
     from rich.console import Console
+
+    from offload.client import AsyncClient
     from rich.progress import Progress, TaskID
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -118,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("OFFLOAD_TOKEN") or None
     if getattr(args, "output", None) is not None and hasattr(args, "wait"):
         args.wait = True
+    from offload.client import NotFound, OffloadClientError, ServiceUnreachable, Unauthorized
+
     try:
         return asyncio.run(_with_client(args, url, token))
     except KeyboardInterrupt:
@@ -137,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _with_client(args: argparse.Namespace, url: str, token: str | None) -> int:
+    from offload.client import AsyncClient
+
     out = Output()
     async with AsyncClient(url, token, max_reconnect_wait=30.0) as client:
         code: int = await args.run(client, args, out)
@@ -254,6 +259,8 @@ async def _to_the_end(client: AsyncClient, job_id: str, display: ProgressDisplay
         display.update(event)
         if not isinstance(event, ProgressEvent) and event.job.status.terminal:
             return event.job
+    from offload.client import ServiceUnreachable
+
     raise ServiceUnreachable(f"the events of job {job_id} ended before its final status")  # pragma: no cover
 
 

@@ -2,7 +2,8 @@
 
 Starts `offload serve` as a subprocess (the built-in job types only, `--processes` workers),
 waits until every worker runs, and reads `/proc/<pid>/smaps_rollup` of the server, of each
-worker, and of the helpers `multiprocessing` starts (the fork server, the resource tracker).
+worker, and of the helpers (the fork server; under `--start-method spawn`, multiprocessing's
+resource tracker).
 PSS divides each shared page between the processes that map it, so the figures add up to
 what the service costs the machine; RSS counts shared pages again in every process. Then
 one invoice per worker, and the same figures again; then `--jobs` no-op jobs (submitted in

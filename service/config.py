@@ -87,7 +87,8 @@ class WorkersConfig:
     memory_limit_mb: int = 0
     #: Modules with the application's own `@job_type` handlers.
     modules: tuple[str, ...] = ()
-    #: Process start method: forkserver (default: safe with threads, fast), spawn, fork.
+    #: Process start method: forkserver (default: offload's own fork server, `workers/forkserver.py`;
+    #: safe with threads, fast), or multiprocessing's spawn or fork.
     start_method: str = "forkserver"
     #: Seconds a cancelled or timed-out job gets to stop by itself (at its next
     #: `ctx.progress()`) before its process is killed.

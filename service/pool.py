@@ -31,6 +31,7 @@ import orjson
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
+from offload.workers.forkserver import ForkServer
 from offload.workers.registry import BUILTIN_MODULES
 from offload.workers.results import remove_partials
 
@@ -147,12 +148,16 @@ class WorkerPool:
         self.modules = modules
         self.memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self.stop_grace = stop_grace
-        self._ctx: Any = multiprocessing.get_context(start_method)
+        #: The default: offload's own fork server (`workers/forkserver.py`), which loads the job
+        #: types and runs their warm-ups once, so every worker forked from it starts with them
+        #: loaded and warm (`workers/prewarm.py`). `spawn` and `fork` go through multiprocessing.
+        self._forks: ForkServer | None = None
+        self._ctx: Any = None
         if start_method == "forkserver":
-            # Load the job types and run their warm-ups once in the fork server: every worker
-            # forked from it starts with them loaded and warm (`workers/prewarm.py`).
-            self._ctx.set_forkserver_preload(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
-                                              "offload.workers.prewarm"])
+            self._forks = ForkServer(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
+                                      "offload.workers.prewarm"])
+        else:
+            self._ctx = multiprocessing.get_context(start_method)
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.TimerHandle | None = None
@@ -179,19 +184,25 @@ class WorkerPool:
                 self._end(slot, kill=True)
         # Reap them off the loop, so none is left behind as a zombie.
         await asyncio.gather(*(asyncio.to_thread(process.join, 5) for process in processes))
+        if self._forks is not None:
+            await asyncio.to_thread(self._forks.close)
 
     def _spawn(self, slot: Slot) -> None:
         assert self._loop is not None
-        their_jobs, our_jobs = self._ctx.Pipe(duplex=False)
+        if self._forks is not None:
+            process, our_jobs, our_events, slot.cancel_flag = self._forks.start_worker(
+                self.modules, self.memory_limit_bytes)
+        else:
+            their_jobs, our_jobs = self._ctx.Pipe(duplex=False)
+            our_events, their_events = self._ctx.Pipe(duplex=False)
+            slot.cancel_flag = self._ctx.Value("b", 0, lock=False)
+            process = self._ctx.Process(
+                target=runtime.serve, name=f"offload-worker-{slot.index}", daemon=True,
+                args=(their_jobs, their_events, slot.cancel_flag, self.modules, self.memory_limit_bytes))
+            process.start()
+            their_jobs.close()
+            their_events.close()
         slot.inline_send = _enlarge(our_jobs)
-        our_events, their_events = self._ctx.Pipe(duplex=False)
-        slot.cancel_flag = self._ctx.Value("b", 0, lock=False)
-        process = self._ctx.Process(
-            target=runtime.serve, name=f"offload-worker-{slot.index}", daemon=True,
-            args=(their_jobs, their_events, slot.cancel_flag, self.modules, self.memory_limit_bytes))
-        process.start()
-        their_jobs.close()
-        their_events.close()
         slot.process, slot.jobs, slot.events, slot.frames = process, our_jobs, our_events, Frames()
         slot.idle_since = self._loop.time()
         self.started += 1

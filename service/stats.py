@@ -15,18 +15,15 @@ Times come from the service's `Clock`: a test steps it to move the hour and the 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import psutil
 
 from offload.service.config import StatsConfig
 from offload.service.errors import OffloadError
@@ -35,6 +32,9 @@ from offload.service.models import Clock, Job, JobStatus, Priority, iso
 from offload.service.store import Store
 from offload.service.store.base import StoreChange
 
+if TYPE_CHECKING:  # imported at the first read: a service nobody asks for statistics never loads it
+    import psutil
+
 log = logging.getLogger("offload.stats")
 
 MINUTE_MS = 60_000
@@ -42,12 +42,12 @@ DAY_MS = 86_400_000
 FINISHED = (JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
-@functools.cache
 def version() -> str:
-    try:
-        return metadata.version("offload")
-    except metadata.PackageNotFoundError:  # a checkout run without an install
-        return "unknown"
+    """The version `offload --version` prints (read from the package, not from its installed
+    metadata: `importlib.metadata` would cost the service some 16 modules for one string)."""
+    from offload import __version__
+
+    return __version__
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -197,6 +197,8 @@ class ProcessProbe:
         self._processes: dict[int, psutil.Process] = {}
 
     def read(self, pids: list[int]) -> dict[int, tuple[float, int] | None]:
+        import psutil
+
         for gone in set(self._processes) - set(pids):
             del self._processes[gone]
         out: dict[int, tuple[float, int] | None] = {}

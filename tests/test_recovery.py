@@ -41,7 +41,7 @@ async def test_kill_9_reruns_running_jobs_and_runs_pending_ones(tmp_path: Path):
         async def orphans_gone() -> bool:
             return not any(alive(pid) for pid in children)
 
-        await eventually(orphans_gone, 10, "the dead server's worker processes, fork server and resource tracker to exit")
+        await eventually(orphans_gone, 10, "the dead server's worker processes and fork server to exit")
 
         restarted = time.monotonic()
         await server.start()

@@ -1,8 +1,8 @@
-"""What the worker processes share: the fork server imports, before it forks, the modules a
-worker needs to unpickle its start-up arguments (its cancel flag brings ctypes), so that no
-worker imports them on its own; and the renderer imports no networking (xml.sax.saxutils
-would bring urllib.request, http.client and ssl). Read from `/proc/<pid>/maps`: an extension
-module's shared library shows there once it is imported."""
+"""What the worker processes share: everything a worker loads to start and to render an
+invoice, the fork server loaded before it forked (a library loaded after the fork would be
+each worker's own); and the renderer imports no networking (xml.sax.saxutils would bring
+urllib.request, http.client and ssl). Read from `/proc/<pid>/maps`: an extension module's
+shared library shows there once it is imported."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,6 +32,8 @@ async def test_workers_start_from_what_the_fork_server_loaded_and_render_without
             assert job["status"] == "completed"
             fork_server = next(pid for pid in descendants(server.pid)
                                if pid not in workers and "forkserver" in Path(f"/proc/{pid}/cmdline").read_text())
-            assert "_ctypes" in libraries(fork_server)
+            preloaded = libraries(fork_server)
+            for pid in workers:
+                assert libraries(pid) <= preloaded, (pid, libraries(pid) - preloaded)
             for pid in (fork_server, *workers):
                 assert "_ssl" not in libraries(pid), pid

@@ -7,17 +7,10 @@ one. `gc.freeze()` then moves everything loaded so far out of the collector's si
 collection in a worker would otherwise write to (and so copy) every shared page holding an
 object, which is most of them. Nothing else imports this module: the service process never
 runs a warm-up.
-
-The modules a worker needs to unpickle its own start-up arguments (its pipe ends, its
-cancel flag: a `multiprocessing.Value`, which brings ctypes and the shared-memory heap) are
-imported here too: imported after the fork, they cost each worker some 2.5 MB of its own.
 """
 from __future__ import annotations
 
 import gc
-import multiprocessing.heap  # noqa: F401 - see the module docstring
-import multiprocessing.popen_forkserver  # noqa: F401
-import multiprocessing.sharedctypes  # noqa: F401
 import sys
 
 from offload.workers import runtime

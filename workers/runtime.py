@@ -46,9 +46,12 @@ def _write(message: bytes) -> None:
 
 
 def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple[str, ...],
-          memory_limit_bytes: int) -> None:
-    """A worker process's whole life: set up, then run jobs until the service closes the pipe."""
-    initialize(events, cancel_flag, modules, memory_limit_bytes)
+          memory_limit_bytes: int, service_alive: int | None = None) -> None:
+    """A worker process's whole life: set up, then run jobs until the service closes the pipe.
+    `service_alive`: a descriptor that reads as the end of a file once the service process is
+    gone (from offload's fork server); without it, `multiprocessing`'s parent process is
+    watched instead."""
+    initialize(events, cancel_flag, modules, memory_limit_bytes, service_alive)
     while True:
         try:
             job_id, attempt, type, data, settings, results_dir, extras = orjson.loads(jobs.recv_bytes())
@@ -63,12 +66,13 @@ def serve(jobs: Connection, events: Connection, cancel_flag: Any, modules: tuple
         _write(message)
 
 
-def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int) -> None:
+def initialize(events: Connection, cancel_flag: Any, modules: tuple[str, ...], memory_limit_bytes: int,
+               service_alive: int | None = None) -> None:
     """Runs once in each new worker process, before its first job."""
     global _events, _cancel, _types
     _events, _cancel = events.fileno(), cancel_flag
     _keep.append(events)
-    _exit_with_service()
+    _exit_with_service(service_alive)
     # Ctrl-C in a terminal reaches the whole process group; the service decides when
     # workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -106,20 +110,25 @@ def warmed() -> frozenset[str]:
     return frozenset(_warmed)
 
 
-def _exit_with_service() -> None:
+def _exit_with_service(service_alive: int | None) -> None:
     """End this process as soon as the service process is gone (killed, crashed).
 
-    Nothing else would: a job in a CPU loop never looks at its pipe. The fork server and the resource
-    tracker in turn live as long as any worker does. Waiting on the parent's sentinel
-    (readable once the service process has ended, with every start method) costs a
-    blocked thread, no polling; the job the service can no longer record is run again
-    after its restart anyway."""
-    parent = multiprocessing.parent_process()  # the service, also under forkserver
-    if parent is None:
-        return
+    Nothing else would: a job in a CPU loop never looks at its pipe. Waiting on a
+    descriptor that becomes readable once the service process has ended (`service_alive`,
+    or the sentinel of `multiprocessing`'s parent process) costs a blocked thread, no
+    polling; the job the service can no longer record is run again after its restart anyway."""
+    if service_alive is not None:
+        def wait() -> None:
+            while os.read(service_alive, 1):  # nothing is ever written: it reads b"" at the end
+                pass
+    else:
+        parent = multiprocessing.parent_process()  # the service, under spawn and fork
+        if parent is None:
+            return
+        wait = parent.join
 
     def watch() -> None:
-        parent.join()
+        wait()
         os._exit(70)
 
     threading.Thread(target=watch, name="offload-service-watch", daemon=True).start()

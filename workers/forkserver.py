@@ -1,0 +1,342 @@
+"""offload's fork server: one process, started once, that loads the job types, warms them up
+and then forks every worker process the service asks for.
+
+A worker forked from it starts in a few milliseconds with reportlab, its fonts and caches
+already loaded, and shares those pages with the other workers (`prewarm.py` freezes them
+out of the collector's sight). `multiprocessing`'s own fork server does the same, but it
+always starts its resource tracker beside it: one more interpreter, some 7 MB, that tracks
+named semaphores and shared memory, of which offload creates none. This one is small
+because the service asks little of it: one request kind (fork a worker with these four
+descriptors), one answer (its pid, then its exit status).
+
+The protocol, over a `SOCK_SEQPACKET` socket pair (one message per request, descriptors
+attached with `SCM_RIGHTS`):
+
+- request: `[modules, memory_limit_bytes]` as JSON, with the worker's ends of its job pipe
+  and its events pipe, the descriptor of its cancel flag (`CancelFlag`), and the write end
+  of a status pipe;
+- the fork server forks; it writes the new pid (8 bytes) to the status pipe and, once the
+  worker has ended, its exit status (4 bytes, signed: the exit code, or minus the signal
+  that killed it), then closes the pipe. The service's end of that pipe is the worker's
+  sentinel: readable once the worker has ended, or once the fork server is gone.
+
+The fork server ends when the service closes its end of the socket or dies; each worker
+ends when the service dies (`runtime.serve`'s `service_alive`).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import traceback
+import weakref
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the service's side only: the fork server and its workers never load it
+    import subprocess
+
+_PID = 8
+_STATUS = 4
+_MAX_REQUEST = 1 << 16
+
+
+class CancelFlag:
+    """One byte shared between the service and one worker: 1 once the running job must stop.
+    Shared through a descriptor (an anonymous memory file where the system has them), so it
+    crosses to the worker with its pipes; the mapping keeps a descriptor of its own, so the
+    one it was made from can be closed."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, fd: int) -> None:
+        self._map = mmap.mmap(fd, 1)
+
+    @classmethod
+    def new(cls) -> tuple[CancelFlag, int]:
+        """A new flag, at 0, and a descriptor to hand the worker (the caller closes it)."""
+        fd = _anonymous_file()
+        os.ftruncate(fd, 1)
+        return cls(fd), fd
+
+    @property
+    def value(self) -> int:
+        return self._map[0]
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self._map[0] = value
+
+
+def _anonymous_file() -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("offload-cancel-flag")
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="offload-cancel-")
+    os.unlink(path)
+    return fd
+
+
+class ForkedProcess:
+    """A worker the fork server forked: what the pool needs of a `multiprocessing.Process`
+    (`pid`, `sentinel`, `exitcode`, `join`, `kill`)."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self.sentinel = status_fd
+        self._ended = False
+        self._exitcode: int | None = None
+        self._finalizer = weakref.finalize(self, os.close, status_fd)
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while the worker runs, and when its status is unknown: the fork server died,
+        and the worker may still be running (`kill` still reaches it)."""
+        self.join(0)
+        return self._exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the worker has ended, or the fork server is gone."""
+        if self._ended or not self._finalizer.alive:
+            return
+        readable, _, _ = select.select([self.sentinel], [], [], timeout)
+        if readable:
+            data = _read_exactly(self.sentinel, _STATUS)
+            if len(data) == _STATUS:
+                self._exitcode = int.from_bytes(data, "big", signed=True)
+                self._ended = True
+
+    def kill(self) -> None:
+        if self._ended:  # reaped: its pid may belong to another process by now
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class ForkServer:
+    """The service's side: starts the fork server on first use (again if it died) and asks
+    it for workers."""
+
+    def __init__(self, preload: list[str]) -> None:
+        self.preload = preload
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+        #: Never written: the workers and the fork server hold its read end, which reads
+        #: as the end of the file once the service process is gone.
+        self._alive_w: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start_worker(self, modules: tuple[str, ...], memory_limit_bytes: int
+                     ) -> tuple[ForkedProcess, Connection, Connection, CancelFlag]:
+        """A new worker process, with the service's ends of its job pipe and its events pipe,
+        and its cancel flag. Blocks until the fork server has forked it (at the first call,
+        until the fork server has loaded and warmed the job types)."""
+        jobs_r, jobs_w = os.pipe()
+        events_r, events_w = os.pipe()
+        status_r, status_w = os.pipe()
+        flag, flag_fd = CancelFlag.new()
+        request = json.dumps([list(modules), memory_limit_bytes]).encode()
+        try:
+            for tries_left in (1, 0):
+                try:
+                    sock = self._running()
+                    socket.send_fds(sock, [request], [jobs_r, events_w, flag_fd, status_w])
+                    break
+                except OSError:  # it died since: start another one
+                    if not tries_left:
+                        raise
+                    self._forget()
+        except BaseException:
+            for fd in (jobs_w, events_r, status_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (jobs_r, events_w, flag_fd, status_w):
+                os.close(fd)
+        raw = _read_exactly(status_r, _PID)
+        if len(raw) != _PID:
+            for fd in (jobs_w, events_r, status_r):
+                os.close(fd)
+            raise OSError(errno.ECHILD, "the worker fork server ended before it forked a worker")
+        process = ForkedProcess(int.from_bytes(raw, "big"), status_r)
+        return process, Connection(jobs_w, readable=False), Connection(events_r, writable=False), flag
+
+    def _running(self) -> socket.socket:
+        import subprocess
+
+        if self._process is not None and self._process.poll() is None:
+            assert self._socket is not None
+            return self._socket
+        self._forget()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        alive_r, self._alive_w = os.pipe()
+        settings = json.dumps({"socket": theirs.fileno(), "alive": alive_r, "preload": self.preload,
+                               "path": sys.path})
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "from offload.workers.forkserver import main; main()", settings],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), alive_r))
+        finally:
+            theirs.close()
+            os.close(alive_r)
+        self._socket = ours
+        return ours
+
+    def _forget(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._alive_w is not None:
+            os.close(self._alive_w)
+            self._alive_w = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let the fork server end (it does once its socket closes) and reap it. Blocks."""
+        import subprocess
+
+        process = self._process
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._alive_w is not None:
+            os.close(self._alive_w)
+            self._alive_w = None
+        self._process = None
+        if process is not None:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# ---- the fork server process ----------------------------------------------------------------
+def main() -> None:
+    settings = json.loads(sys.argv[1])
+    sys.path[:] = settings["path"]
+    # Ctrl-C in a terminal reaches the whole process group; the service decides when its
+    # workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in settings["preload"]:
+        try:
+            __import__(name)
+        except Exception:  # the worker imports it again, and reports it as its start-up failure
+            traceback.print_exc()
+    _serve(socket.socket(fileno=settings["socket"]), settings["alive"])
+
+
+def _serve(sock: socket.socket, alive: int) -> None:
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the selector below
+    status: dict[int, int] = {}  # the status pipe of each worker still running
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                if key.fileobj == wake_r:
+                    os.read(wake_r, 4096)
+                    _reap(status)
+                    continue
+                try:
+                    request, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 4)
+                except OSError:
+                    request, fds = b"", []
+                if not request:  # the service closed its end, or is gone
+                    return
+                pid = _fork(request, fds, (sock, selector), alive, (wake_r, wake_w), status)
+                status[pid] = fds[3]
+                os.write(fds[3], pid.to_bytes(_PID, "big"))
+                for fd in fds[:3]:
+                    os.close(fd)
+                _reap(status)  # a worker that ended before it was listed
+
+
+def _reap(status: dict[int, int]) -> None:
+    while status:
+        try:
+            pid, code = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        fd = status.pop(pid, None)
+        if fd is not None:
+            try:
+                os.write(fd, os.waitstatus_to_exitcode(code).to_bytes(_STATUS, "big", signed=True))
+            except OSError:  # the service no longer listens
+                pass
+            os.close(fd)
+
+
+def _fork(request: bytes, fds: list[int], own: tuple[socket.socket, selectors.BaseSelector], alive: int,
+          wake: tuple[int, int], status: dict[int, int]) -> int:
+    """Fork one worker: in the child, drop what belongs to the fork server (`own`, `wake`, the
+    other workers' status pipes) and serve jobs; in the fork server, return its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for thing in own:
+            thing.close()
+        for fd in (*wake, *status.values(), fds[3]):
+            os.close(fd)
+        modules, memory_limit_bytes = json.loads(request)
+        flag = CancelFlag(fds[2])
+        os.close(fds[2])
+        from offload.workers import runtime
+
+        runtime.serve(Connection(fds[0], writable=False), Connection(fds[1], readable=False),
+                      flag, tuple(modules), memory_limit_bytes, service_alive=alive)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+
