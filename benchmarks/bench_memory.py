@@ -40,7 +40,15 @@ def rollup(pid: int) -> dict[str, int]:
     return values
 
 
-def name_of(pid: int) -> str:
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def name_of(pid: int, workers: list[int]) -> str:
+    """The fork server is the workers' parent (forked from the server, it shares the
+    server's command line; started anew, it runs `offload.workers.forkserver`)."""
+    if any(parent_of(worker) == pid for worker in workers):
+        return "fork server"
     command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     if "forkserver" in command:
         return "fork server"
@@ -51,7 +59,7 @@ def name_of(pid: int) -> str:
 
 def table(server: int, workers: list[int]) -> None:
     rows = [("server", server), *((f"worker {i + 1}", pid) for i, pid in enumerate(workers))]
-    rows += [(name_of(pid), pid) for pid in descendants(server) if pid not in workers]
+    rows += [(name_of(pid, workers), pid) for pid in descendants(server) if pid not in workers]
     total = 0
     print(f"  {'process':<18} {'pid':>8} {'PSS':>9} {'RSS':>9}")
     for label, pid in rows:

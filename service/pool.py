@@ -31,7 +31,7 @@ import orjson
 from offload.service.endings import Outcome, OutcomeKind, StopReason
 from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
-from offload.workers.forkserver import ForkServer
+from offload.workers.forkserver import ForkServer, discard_early
 from offload.workers.registry import BUILTIN_MODULES
 from offload.workers.results import remove_partials
 
@@ -157,6 +157,7 @@ class WorkerPool:
             self._forks = ForkServer(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
                                       "offload.workers.prewarm"])
         else:
+            discard_early()
             self._ctx = multiprocessing.get_context(start_method)
         self.slots = [Slot(i) for i in range(size)]
         self._loop: asyncio.AbstractEventLoop | None = None

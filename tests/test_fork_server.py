@@ -32,9 +32,9 @@ def parent_of(pid: int) -> int:
 
 
 def fork_servers(server_pid: int) -> list[int]:
-    """The service's children running the fork server (its workers share its command line)."""
-    return [pid for pid in descendants(server_pid)
-            if "offload.workers.forkserver" in command_line(pid) and parent_of(pid) == server_pid]
+    """The service's children: its fork server (forked by `offload serve` at its start, or
+    started anew as `offload.workers.forkserver`), which forks the workers."""
+    return [pid for pid in descendants(server_pid) if parent_of(pid) == server_pid]
 
 
 async def worker_pids(http, count: int) -> list[int]:
@@ -59,6 +59,35 @@ async def test_the_service_starts_its_fork_server_and_workers_and_no_resource_tr
         for pid in workers:  # forked by the fork server, not by the service
             assert parent_of(pid) == fork_server
         assert not [pid for pid in descendants(server.pid) if "resource_tracker" in command_line(pid)]
+
+
+def mapped(pid: int) -> set[str]:
+    with open(f"/proc/{pid}/maps") as fh:
+        return {Path(line.split()[-1]).name for line in fh if ".so" in line}
+
+
+async def test_offload_serve_forks_its_fork_server_from_itself_so_workers_share_its_pages(tmp_path: Path) -> None:
+    """aiohttp's HTTP parser is loaded by the service only: a worker maps it because it is a
+    copy of the service made at its start, sharing those pages, not a new interpreter."""
+    with ServerProcess(tmp_path, processes=2) as server:
+        await server.start()
+        async with server.session() as http:
+            workers = await worker_pids(http, 2)
+        (fork_server,) = fork_servers(server.pid)
+        assert command_line(fork_server) == command_line(server.pid)
+        parser = next(name for name in mapped(server.pid) if name.startswith("_http_parser"))
+        for pid in (fork_server, *workers):
+            assert parser in mapped(pid), pid
+        assert not [name for name in mapped(server.pid) if "_rl_accel" in name]  # the service renders nothing
+
+
+async def test_with_another_start_method_the_early_fork_server_ends_unused(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, processes=1, env={"OFFLOAD_WORKERS_START_METHOD": "spawn"}) as server:
+        await server.start()
+        async with server.session() as http:
+            await worker_pids(http, 1)
+        copies = [pid for pid in descendants(server.pid) if command_line(pid) == command_line(server.pid)]
+        assert copies == []
 
 
 def test_a_cancel_flag_set_by_one_process_is_read_by_the_other() -> None:
@@ -108,7 +137,10 @@ async def test_a_killed_fork_server_is_replaced_and_its_running_worker_stopped(t
             assert job["result"]["value"] == {"after": True}
             (new_worker,) = await worker_pids(http, 1)
             assert new_worker != old_worker
-            assert fork_servers(server.pid) and fork_servers(server.pid) != [old_fork_server]
+            (new_fork_server,) = fork_servers(server.pid)
+            assert new_fork_server != old_fork_server
+            # The service has threads by now: the replacement starts in a new interpreter.
+            assert "offload.workers.forkserver" in command_line(new_fork_server)
             assert (await get(http, spinning))["attempts"] == 1
 
 

@@ -9,9 +9,17 @@ named semaphores and shared memory, of which offload creates none. This one is s
 because the service asks little of it: one request kind (fork a worker with these four
 descriptors), one answer (its pid, then its exit status).
 
+`offload serve` forks it at its very start (`fork_early`), before any thread runs: the
+fork server and its workers then share the service's own pages (the interpreter, the
+standard library, the job types' validation code) instead of holding copies of their own;
+elsewhere (an application calling `create_app`, a replacement for a fork server that died)
+it starts in a new interpreter.
+
 The protocol, over a `SOCK_SEQPACKET` socket pair (one message per request, descriptors
 attached with `SCM_RIGHTS`):
 
+- first message: `{"path": sys.path, "preload": [modules]}`, after which the fork server
+  imports the job types and warms them up (`prewarm.py`);
 - request: `[modules, memory_limit_bytes]` as JSON, with the worker's ends of its job pipe
   and its events pipe, the descriptor of its cancel flag (`CancelFlag`), and the write end
   of a status pipe;
@@ -26,6 +34,7 @@ ends when the service dies (`runtime.serve`'s `service_alive`).
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import mmap
 import os
@@ -34,13 +43,12 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import traceback
 import weakref
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the service's side only: the fork server and its workers never load it
-    import subprocess
+from typing import Any
 
 _PID = 8
 _STATUS = 4
@@ -125,21 +133,126 @@ class ForkedProcess:
         self._finalizer()
 
 
+@dataclass
+class _Started:
+    """A fork server process and the service's ends of its socket and of its alive pipe."""
+
+    process: Any  # subprocess.Popen, or _ForkedChild when this process forked it (`fork_early`)
+    socket: socket.socket
+    #: Never written: the workers and the fork server hold its read end, which reads as the
+    #: end of the file once the service process is gone.
+    alive_w: int
+
+    def close(self) -> None:
+        self.socket.close()
+        os.close(self.alive_w)
+
+
+class _ForkedChild:
+    """What `ForkServer` uses of `subprocess.Popen`, for a fork server this process forked."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._ended = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: ended, status unknown
+                pid, status = self.pid, -1
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status) if status >= 0 else -1
+                os.close(self._ended)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            readable, _, _ = select.select([self._ended], [], [], timeout)
+            if not readable:
+                import subprocess
+
+                raise subprocess.TimeoutExpired("offload fork server", timeout or 0)
+        while self.poll() is None:  # readable: it has ended, the status is there
+            pass
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+#: The fork server `fork_early` forked, until a `ForkServer` adopts it.
+_early: _Started | None = None
+
+
+def fork_early() -> None:
+    """Fork this process's fork server now, while the process runs one thread (so forking
+    is safe) and holds the modules it has imported so far: the fork server, and every worker
+    it forks, then share those pages with the service instead of loading their own copies
+    in a new interpreter. `offload serve` calls it before anything starts a thread. The
+    first `ForkServer` of the process adopts it; if nothing does, it ends with the service
+    (its socket closes). Where a process cannot be watched through a descriptor (no
+    `os.pidfd_open`), or a thread already runs, nothing is forked: `ForkServer` starts a
+    fork server in a new interpreter instead."""
+    global _early
+    if _early is not None or threading.active_count() > 1 or not hasattr(os, "pidfd_open"):
+        return
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    alive_r, alive_w = os.pipe()
+    # What is loaded now lives as long as the service: its collections need not look at it,
+    # and by not looking they leave its pages shared with the fork server and the workers.
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            os.close(alive_w)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            _run(theirs, alive_r)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            _flush()
+            os._exit(code)
+    theirs.close()
+    os.close(alive_r)
+    try:
+        child = _ForkedChild(pid)
+    except OSError:  # the kernel has no pidfd: let it go (it ends as its socket closes)
+        ours.close()
+        os.close(alive_w)
+        os.waitpid(pid, 0)
+        return
+    _early = _Started(child, ours, alive_w)
+
+
+def discard_early() -> None:
+    """Let the fork server `fork_early` forked end unused (the workers start another way)."""
+    global _early
+    started, _early = _early, None
+    if started is not None:
+        started.close()
+        started.process.wait()
+
+
 class ForkServer:
     """The service's side: starts the fork server on first use (again if it died) and asks
-    it for workers."""
+    it for workers. The first one adopts the fork server `fork_early` forked, if any; the
+    others, and any replacement, run in a new interpreter."""
 
     def __init__(self, preload: list[str]) -> None:
         self.preload = preload
-        self._process: subprocess.Popen[bytes] | None = None
-        self._socket: socket.socket | None = None
-        #: Never written: the workers and the fork server hold its read end, which reads
-        #: as the end of the file once the service process is gone.
-        self._alive_w: int | None = None
+        self._started: _Started | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._started.process.pid if self._started is not None else None
 
     def start_worker(self, modules: tuple[str, ...], memory_limit_bytes: int
                      ) -> tuple[ForkedProcess, Connection, Connection, CancelFlag]:
@@ -177,57 +290,61 @@ class ForkServer:
         return process, Connection(jobs_w, readable=False), Connection(events_r, writable=False), flag
 
     def _running(self) -> socket.socket:
+        global _early
+        if self._started is not None and self._started.process.poll() is None:
+            return self._started.socket
+        self._forget()
+        started, _early = _early, None
+        if started is None or started.process.poll() is not None:
+            if started is not None:
+                started.close()
+            started = self._spawn()
+        self._started = started
+        # The fork server's first message: where to import from, and what to load.
+        started.socket.send(json.dumps({"path": sys.path, "preload": self.preload}).encode())
+        return started.socket
+
+    @staticmethod
+    def _spawn() -> _Started:
         import subprocess
 
-        if self._process is not None and self._process.poll() is None:
-            assert self._socket is not None
-            return self._socket
-        self._forget()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        alive_r, self._alive_w = os.pipe()
-        settings = json.dumps({"socket": theirs.fileno(), "alive": alive_r, "preload": self.preload,
-                               "path": sys.path})
+        alive_r, alive_w = os.pipe()
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", "from offload.workers.forkserver import main; main()", settings],
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from offload.workers.forkserver import main; main()",
+                 json.dumps({"socket": theirs.fileno(), "alive": alive_r})],
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), alive_r))
+        except BaseException:
+            ours.close()
+            os.close(alive_w)
+            raise
         finally:
             theirs.close()
             os.close(alive_r)
-        self._socket = ours
-        return ours
+        return _Started(process, ours, alive_w)
 
     def _forget(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        if self._alive_w is not None:
-            os.close(self._alive_w)
-            self._alive_w = None
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.kill()
-            self._process.wait()
-            self._process = None
+        started, self._started = self._started, None
+        if started is not None:
+            started.close()
+            if started.process.poll() is None:
+                started.process.kill()
+            started.process.wait()
 
     def close(self, timeout: float = 5.0) -> None:
         """Let the fork server end (it does once its socket closes) and reap it. Blocks."""
         import subprocess
 
-        process = self._process
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-        if self._alive_w is not None:
-            os.close(self._alive_w)
-            self._alive_w = None
-        self._process = None
-        if process is not None:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        started, self._started = self._started, None
+        if started is None:
+            return
+        started.close()
+        try:
+            started.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            started.process.kill()
+            started.process.wait()
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -242,7 +359,18 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 # ---- the fork server process ----------------------------------------------------------------
 def main() -> None:
-    settings = json.loads(sys.argv[1])
+    """The fork server in a new interpreter: its socket and alive pipe are named in argv."""
+    descriptors = json.loads(sys.argv[1])
+    _run(socket.socket(fileno=descriptors["socket"]), descriptors["alive"])
+
+
+def _run(sock: socket.socket, alive: int) -> None:
+    """The fork server's life: its first message says where to import from and what to load;
+    it loads that, then forks workers until its socket closes."""
+    first = sock.recv(_MAX_REQUEST)
+    if not first:  # the service went away, or never needed it (another start method)
+        return
+    settings = json.loads(first)
     sys.path[:] = settings["path"]
     # Ctrl-C in a terminal reaches the whole process group; the service decides when its
     # workers stop.
@@ -252,7 +380,7 @@ def main() -> None:
             __import__(name)
         except Exception:  # the worker imports it again, and reports it as its start-up failure
             traceback.print_exc()
-    _serve(socket.socket(fileno=settings["socket"]), settings["alive"])
+    _serve(sock, alive)
 
 
 def _serve(sock: socket.socket, alive: int) -> None:
