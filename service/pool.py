@@ -154,7 +154,7 @@ class WorkerPool:
         self._forks: ForkServer | None = None
         self._ctx: Any = None
         if start_method == "forkserver":
-            self._forks = ForkServer(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
+            self._forks = ForkServer.shared(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
                                       "offload.workers.prewarm"])
         else:
             discard_early()
@@ -185,8 +185,6 @@ class WorkerPool:
                 self._end(slot, kill=True)
         # Reap them off the loop, so none is left behind as a zombie.
         await asyncio.gather(*(asyncio.to_thread(process.join, 5) for process in processes))
-        if self._forks is not None:
-            await asyncio.to_thread(self._forks.close)
 
     def _spawn(self, slot: Slot) -> None:
         assert self._loop is not None

@@ -1,6 +1,8 @@
 """Graceful shutdown of the real server process on SIGTERM and Ctrl-C (SIGINT)."""
 from __future__ import annotations
 
+import asyncio
+
 import signal
 import sqlite3
 import time
@@ -36,8 +38,14 @@ async def test_signal_refuses_new_jobs_drains_running_ones_and_exits_0(tmp_path:
                 await until(http, job_id, lambda j: j["status"] == "running", "to run")
             ws = await http.ws_connect("/api/ws")
             await ws.send_json({"op": "subscribe", "all": True})
-            snapshots = [await ws.receive_json() for _ in range(2)]
-            assert {e["job"]["id"] for e in snapshots} == {finishing, stuck}
+            # Each job's snapshot, then its live events: the finishing job's last progress
+            # report may come between the two snapshots.
+            snapshots: dict[str, Any] = {}
+            while len(snapshots) < 2:
+                event = await asyncio.wait_for(ws.receive_json(), 10)
+                if event["event"] == "snapshot":
+                    snapshots[event["job"]["id"]] = event
+            assert set(snapshots) == {finishing, stuck}
 
             server.send(sig, group=sig == signal.SIGINT)  # Ctrl-C reaches the workers too
             signalled = time.monotonic()

@@ -174,9 +174,10 @@ class _ForkedChild:
                 import subprocess
 
                 raise subprocess.TimeoutExpired("offload fork server", timeout or 0)
-        while self.poll() is None:  # readable: it has ended, the status is there
-            pass
-        return self.returncode
+        code = self.poll()
+        while code is None:  # readable: it has ended, its status is there
+            code = self.poll()
+        return code
 
     def kill(self) -> None:
         if self.returncode is None:
@@ -185,6 +186,8 @@ class _ForkedChild:
 
 #: The fork server `fork_early` forked, until a `ForkServer` adopts it.
 _early: _Started | None = None
+#: `ForkServer.shared`'s fork servers, by what they preload.
+_shared: dict[tuple[str, ...], ForkServer] = {}
 
 
 def fork_early() -> None:
@@ -249,6 +252,18 @@ class ForkServer:
     def __init__(self, preload: list[str]) -> None:
         self.preload = preload
         self._started: _Started | None = None
+
+    @classmethod
+    def shared(cls, preload: list[str]) -> ForkServer:
+        """The process's fork server for `preload`, started at its first worker and kept for
+        the life of the process (as `multiprocessing` keeps its own): a service started again
+        in the same process, as tests do, forks its workers at once instead of loading and
+        warming the job types again. It ends with the process, whose end closes its socket."""
+        key = tuple(preload)
+        found = _shared.get(key)
+        if found is None:
+            found = _shared[key] = cls(preload)
+        return found
 
     @property
     def pid(self) -> int | None:
@@ -330,20 +345,6 @@ class ForkServer:
             started.close()
             if started.process.poll() is None:
                 started.process.kill()
-            started.process.wait()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Let the fork server end (it does once its socket closes) and reap it. Blocks."""
-        import subprocess
-
-        started, self._started = self._started, None
-        if started is None:
-            return
-        started.close()
-        try:
-            started.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            started.process.kill()
             started.process.wait()
 
 
