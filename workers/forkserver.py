@@ -33,6 +33,7 @@ ends when the service dies (`runtime.serve`'s `service_alive`).
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import gc
 import json
@@ -262,6 +263,8 @@ class ForkServer:
         key = tuple(preload)
         found = _shared.get(key)
         if found is None:
+            if not _shared:
+                atexit.register(_close_shared)
             found = _shared[key] = cls(preload)
         return found
 
@@ -345,6 +348,22 @@ class ForkServer:
             started.close()
             if started.process.poll() is None:
                 started.process.kill()
+            started.process.wait()
+
+
+def _close_shared(timeout: float = 5.0) -> None:
+    """At the process's exit: let every shared fork server end, and reap it."""
+    import subprocess
+
+    for server in _shared.values():
+        started, server._started = server._started, None
+        if started is None:
+            continue
+        started.close()
+        try:
+            started.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            started.process.kill()
             started.process.wait()
 
 
