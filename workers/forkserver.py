@@ -387,14 +387,14 @@ def main() -> None:
 def _run(sock: socket.socket, alive: int) -> None:
     """The fork server's life: its first message says where to import from and what to load;
     it loads that, then forks workers until its socket closes."""
+    # Ctrl-C in a terminal reaches the whole process group; the service decides when its
+    # workers stop (and, while it starts, whether it starts at all).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     first = sock.recv(_MAX_REQUEST)
     if not first:  # the service went away, or never needed it (another start method)
         return
     settings = json.loads(first)
     sys.path[:] = settings["path"]
-    # Ctrl-C in a terminal reaches the whole process group; the service decides when its
-    # workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in settings["preload"]:
         try:
             __import__(name)
