@@ -35,9 +35,9 @@ from offload.job import Event, Job, JobStatus, Progress as ProgressEvent, Snapsh
 
 if TYPE_CHECKING:  # the client and rich are imported where they are used: `offload serve` loads neither
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
     from offload.client import AsyncClient
-    from rich.progress import Progress, TaskID
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 OK, FAILED, USAGE, CANCELLED, INTERRUPTED = 0, 1, 2, 3, 130

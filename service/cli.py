@@ -19,9 +19,9 @@ from offload.service.access_log import RedactingAccessLogger
 from offload.service.app import create_app
 from offload.service.config import Config, ConfigError, load_config
 from offload.service.errors import OffloadError
+from offload.service.forks import fork_early
 from offload.service.keys import SCHEDULER
 from offload.service.logs import LOG_FORMATS, setup_logging
-from offload.workers import forkserver
 from offload.workers.registry import ModuleLoadError
 
 log = logging.getLogger("offload.cli")
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands.run(args)
 
     # Before anything starts a thread (the log writer is the first): the worker processes are
-    # forked from a copy of this process as it is now (`workers/forkserver.py`).
-    forkserver.fork_early()
+    # forked from a copy of this process as it is now (`service/forks.py`).
+    fork_early()
     # Set up before the configuration is read (its warnings are logged), in the flag's format
     # or text; then in the configured one.
     logs = setup_logging(args.log_level, args.log_format or "text")

@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 
 from offload.service.endings import Outcome, OutcomeKind, StopReason
+from offload.service.forks import ForkServer, discard_early
 from offload.service.runners import ProgressSink, hold_free, release
 from offload.workers import runtime
-from offload.workers.forkserver import ForkServer, discard_early
 from offload.workers.registry import BUILTIN_MODULES
 from offload.workers.results import remove_partials
 
@@ -148,14 +148,14 @@ class WorkerPool:
         self.modules = modules
         self.memory_limit_bytes = memory_limit_mb * 1024 * 1024
         self.stop_grace = stop_grace
-        #: The default: offload's own fork server (`workers/forkserver.py`), which loads the job
+        #: The default: offload's own fork server (`service/forks.py`), which loads the job
         #: types and runs their warm-ups once, so every worker forked from it starts with them
         #: loaded and warm (`workers/prewarm.py`). `spawn` and `fork` go through multiprocessing.
         self._forks: ForkServer | None = None
         self._ctx: Any = None
         if start_method == "forkserver":
             self._forks = ForkServer.shared(["offload.workers.runtime", *BUILTIN_MODULES, *modules,
-                                      "offload.workers.prewarm"])
+                                             "offload.workers.prewarm"])
         else:
             discard_early()
             self._ctx = multiprocessing.get_context(start_method)
