@@ -52,8 +52,7 @@ class ForkedProcess:
         """Wait until the worker has ended, or the fork server is gone."""
         if self._ended or not self._finalizer.alive:
             return
-        readable, _, _ = select.select([self.sentinel], [], [], timeout)
-        if readable:
+        if _ready(self.sentinel, timeout):
             data = read_exactly(self.sentinel, STATUS_BYTES)
             if len(data) == STATUS_BYTES:
                 self._exitcode = int.from_bytes(data, "big", signed=True)
@@ -66,6 +65,15 @@ class ForkedProcess:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _ready(fd: int, timeout: float | None) -> bool:
+    """Whether `fd` is readable (or at its end) within `timeout` seconds. `poll`, not
+    `select`: a service with a thousand WebSockets open gives a new worker's pipes numbers
+    above `select`'s limit of 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 @dataclass
@@ -104,8 +112,7 @@ class _ForkedChild:
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            readable, _, _ = select.select([self._ended], [], [], timeout)
-            if not readable:
+            if not _ready(self._ended, timeout):
                 import subprocess
 
                 raise subprocess.TimeoutExpired("offload fork server", timeout or 0)

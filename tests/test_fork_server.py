@@ -172,3 +172,33 @@ def test_the_package_version_is_the_installed_one() -> None:
     version the project declares."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert __version__ == declared
+
+
+def test_a_worker_sentinel_numbered_above_1024_is_read() -> None:
+    """A busy service (a thousand WebSockets) gives a replacement worker's status pipe a
+    number above `select`'s limit: its end must still be noticed."""
+    import resource
+
+    from offload.service.forks import ForkedProcess
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while True:
+            status_r, status_w = os.pipe()
+            if status_r > 1024:
+                break
+            held += [status_r, status_w]
+        process = ForkedProcess(os.getpid(), status_r)
+        assert process.exitcode is None  # nothing written yet: still running
+        os.write(status_w, (-9).to_bytes(4, "big", signed=True))
+        process.join(5)
+        assert process.exitcode == -9
+        os.close(status_w)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
