@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import errno
 import gc
+import importlib
 import json
 import os
 import select
@@ -23,6 +24,7 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -132,18 +134,21 @@ _early: _Started | None = None
 _shared: dict[tuple[str, ...], ForkServer] = {}
 
 
-def fork_early() -> None:
+def fork_early(shared: Iterable[str] = ()) -> None:
     """Fork this process's fork server now, while the process runs one thread (so forking
-    is safe) and holds the modules it has imported so far: the fork server, and every worker
-    it forks, then share those pages with the service instead of loading their own copies
-    in a new interpreter. `offload serve` calls it before anything starts a thread. The
-    first `ForkServer` of the process adopts it; if nothing does, it ends with the service
-    (its socket closes). Where a process cannot be watched through a descriptor (no
-    `os.pidfd_open`), or a thread already runs, nothing is forked: `ForkServer` starts a
-    fork server in a new interpreter instead."""
+    is safe), after importing `shared`: the modules both sides use. The fork server, and
+    every worker it forks, then share those pages (and the interpreter's) with the service
+    instead of loading their own copies in a new interpreter; what the service imports
+    afterwards is its own. `offload serve` calls it before anything starts a thread and
+    before it imports the HTTP side. The first `ForkServer` of the process adopts it; if
+    nothing does, it ends with the service (its socket closes). Where a process cannot be
+    watched through a descriptor (no `os.pidfd_open`), or a thread already runs, nothing is
+    forked: `ForkServer` starts a fork server in a new interpreter instead."""
     global _early
     if _early is not None or threading.active_count() > 1 or not hasattr(os, "pidfd_open"):
         return
+    for name in shared:
+        importlib.import_module(name)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     alive_r, alive_w = os.pipe()
     # What is loaded now lives as long as the service: its collections need not look at it,
