@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _workers_skip_the_script() -> None:
     """Started as the `offload` console script, the service's `__main__` is that script, and
-    every worker process would import it again (multiprocessing re-imports the parent's main
-    module by path), and with it the whole service: aiohttp, the store, the CLI, some 20 MB
-    per worker that no job uses. Named as the package's `__main__`, as `python -m offload`
-    names it, it is left alone, and workers hold only what the fork server loaded."""
+    under `start_method = "spawn"` every worker process would import it again
+    (multiprocessing re-imports the parent's main module by path), and with it the whole
+    service: aiohttp, the store, the CLI, some 20 MB per worker that no job uses. Named as
+    the package's `__main__`, as `python -m offload` names it, it is left alone. (offload's
+    own fork server, the default, imports no main module.)"""
     main = sys.modules.get("__main__")
     if main is not None and getattr(main, "__spec__", None) is None:
         main.__spec__ = importlib.util.find_spec("offload.__main__")
@@ -100,9 +101,9 @@ def _workers_skip_the_script() -> None:
 def on_import_path(folder: Path) -> None:
     """Put the config file's folder first on the import path (as Celery and RQ do with the
     working directory), so `[workers] modules = ["myapp.jobs"]` finds `myapp/` beside
-    `config.toml` with no PYTHONPATH. Worker processes see the same path: forked ones
-    inherit it, and spawned ones, like the fork server that forks the others, are given
-    the parent's `sys.path` when they start, which is after this."""
+    `config.toml` with no PYTHONPATH. Worker processes see the same path: the fork server is
+    sent the service's `sys.path` with its first request, which comes after this, and
+    spawned workers are given it when they start."""
     entry = str(folder)
     if entry in sys.path:
         sys.path.remove(entry)
