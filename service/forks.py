@@ -92,6 +92,18 @@ class _Started:
         self.socket.close()
         os.close(self.alive_w)
 
+    def stop(self, timeout: float = 0.0) -> None:
+        """Close the service's ends (a fork server ends once its socket closes), give it
+        `timeout` seconds to end by itself, kill it if it has not, and reap it. Blocks."""
+        import subprocess
+
+        self.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
 
 class _ForkedChild:
     """What `ForkServer` uses of `subprocess.Popen`, for a fork server this process forked."""
@@ -187,8 +199,7 @@ def discard_early() -> None:
     global _early
     started, _early = _early, None
     if started is not None:
-        started.close()
-        started.process.wait()
+        started.stop(timeout=5.0)
 
 
 class ForkServer:
@@ -257,7 +268,7 @@ class ForkServer:
         started, _early = _early, None
         if started is None or started.process.poll() is not None:
             if started is not None:
-                started.close()
+                started.stop()
             started = self._spawn()
         self._started = started
         # The fork server's first message: where to import from, and what to load.
@@ -287,23 +298,12 @@ class ForkServer:
     def _forget(self) -> None:
         started, self._started = self._started, None
         if started is not None:
-            started.close()
-            if started.process.poll() is None:
-                started.process.kill()
-            started.process.wait()
+            started.stop()
 
 
-def _close_shared(timeout: float = 5.0) -> None:
+def _close_shared() -> None:
     """At the process's exit: let every shared fork server end, and reap it."""
-    import subprocess
-
     for server in _shared.values():
         started, server._started = server._started, None
-        if started is None:
-            continue
-        started.close()
-        try:
-            started.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            started.process.kill()
-            started.process.wait()
+        if started is not None:
+            started.stop(timeout=5.0)

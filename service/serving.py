@@ -17,7 +17,7 @@ from offload.service.errors import OffloadError
 from offload.service.keys import SCHEDULER
 from offload.workers.registry import ModuleLoadError
 
-log = logging.getLogger("offload.cli")
+log = logging.getLogger("offload.cli")  # the name its lines had before this module was split from cli.py
 
 
 async def serve(config: Config) -> int:
