@@ -28,7 +28,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.sample import make_invoice  # noqa: E402
 from tests.conftest import eventually  # noqa: E402
-from tests.server_process import ServerProcess, descendants, post, until  # noqa: E402
+from tests.server_process import ServerProcess, descendants, parent_of, post, until  # noqa: E402
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -38,10 +38,6 @@ def rollup(pid: int) -> dict[str, int]:
         key, _, rest = line.partition(":")
         values[key] = int(rest.split()[0])
     return values
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 def name_of(pid: int, workers: list[int]) -> str:

@@ -100,6 +100,37 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def parent_of(pid: int) -> int:
+    """The pid of `pid`'s parent (Linux /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def libraries(pid: int) -> set[str]:
+    """The shared libraries `pid` maps, by name up to the first dot (`_ssl`, `_http_parser`):
+    an extension module shows there once it is imported."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return {Path(line.split()[-1]).name.split(".")[0] for line in fh if ".so" in line}
+
+
+async def worker_pids(http: aiohttp.ClientSession, count: int) -> list[int]:
+    """The workers' pids from /api/health (as the operator: single-user mode), once there
+    are `count` of them."""
+    async def check() -> list[int] | None:
+        async with http.get("/api/health") as response:
+            pids = (await response.json())["workers"]["pids"]
+        return pids if len(pids) == count and all(pids) else None
+
+    return await eventually(check, 30, f"{count} worker processes")
+
+
+def polled(check: Any, *args: Any) -> Any:
+    """`check(*args)` as the coroutine `eventually` polls."""
+    async def poll() -> Any:
+        return check(*args)
+
+    return poll
+
+
 def integrity_check(db: Path) -> str:
     """`PRAGMA integrity_check` on a read-only connection, which leaves the WAL for the next
     server to recover. When the WAL index needs a recovery that a read-only connection may

@@ -17,7 +17,8 @@ import pytest
 from offload import __version__
 from offload.workers.forkserver import CancelFlag
 from tests.conftest import eventually
-from tests.server_process import ROOT, ServerProcess, alive, descendants, get, post, until
+from tests.server_process import (ROOT, ServerProcess, alive, descendants, get, libraries, parent_of, polled, post,
+                                  until, worker_pids)
 
 
 def command_line(pid: int) -> str:
@@ -27,23 +28,10 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
 def fork_servers(server_pid: int) -> list[int]:
     """The service's children: its fork server (forked by `offload serve` at its start, or
     started anew as `offload.workers.forkserver`), which forks the workers."""
     return [pid for pid in descendants(server_pid) if parent_of(pid) == server_pid]
-
-
-async def worker_pids(http, count: int) -> list[int]:
-    async def check() -> list[int] | None:
-        async with http.get("/api/health") as response:
-            pids = (await response.json())["workers"]["pids"]
-        return pids if len(pids) == count and all(pids) else None
-
-    return await eventually(check, 30, f"{count} worker processes")
 
 
 async def test_the_service_starts_its_fork_server_and_workers_and_no_resource_tracker(tmp_path: Path) -> None:
@@ -61,11 +49,6 @@ async def test_the_service_starts_its_fork_server_and_workers_and_no_resource_tr
         assert not [pid for pid in descendants(server.pid) if "resource_tracker" in command_line(pid)]
 
 
-def mapped(pid: int) -> set[str]:
-    with open(f"/proc/{pid}/maps") as fh:
-        return {Path(line.split()[-1]).name for line in fh if ".so" in line}
-
-
 async def test_offload_serve_forks_its_fork_server_from_itself_before_the_http_side(tmp_path: Path) -> None:
     """asyncio's accelerator is loaded by the service's command line, and by no job type: a
     worker maps it because it is a copy of the service made at its start, sharing those
@@ -77,11 +60,11 @@ async def test_offload_serve_forks_its_fork_server_from_itself_before_the_http_s
             workers = await worker_pids(http, 2)
         (fork_server,) = fork_servers(server.pid)
         assert command_line(fork_server) == command_line(server.pid)
-        assert any(name.startswith("_http_parser") for name in mapped(server.pid))
+        assert "_http_parser" in libraries(server.pid)
         for pid in (fork_server, *workers):
-            assert any(name.startswith("_asyncio") for name in mapped(pid)), pid
-            assert not any(name.startswith("_http_parser") for name in mapped(pid)), pid
-        assert not [name for name in mapped(server.pid) if "_rl_accel" in name]  # the service renders nothing
+            assert "_asyncio" in libraries(pid), pid
+            assert "_http_parser" not in libraries(pid), pid
+        assert "_rl_accel" not in libraries(server.pid)  # the service renders nothing
 
 
 async def test_with_another_start_method_the_early_fork_server_ends_unused(tmp_path: Path) -> None:
@@ -127,13 +110,13 @@ async def test_a_killed_fork_server_is_replaced_and_its_running_worker_stopped(t
             (old_fork_server,) = fork_servers(server.pid)
             spinning = await post(http, "test.spin", {"started": str(started)}, maxRetries=0)
             await until(http, spinning, lambda j: j["status"] == "running", "to run")
-            await eventually(_async(started.exists), 20, "the spinning job to start")
+            await eventually(polled(started.exists), 20, "the spinning job to start")
             os.kill(old_fork_server, signal.SIGKILL)
 
             failed = await until(http, spinning, lambda j: j["status"] == "failed", "to fail")
             assert failed["error"]["type"] == "WorkerCrashed", failed["error"]
             # The worker the dead fork server left behind is stopped, not left spinning.
-            await eventually(_async(lambda: not alive(old_worker)), 20, "the orphaned worker to be stopped")
+            await eventually(polled(lambda: not alive(old_worker)), 20, "the orphaned worker to be stopped")
 
             job = await until(http, await post(http, "test.echo", {"after": True}),
                               lambda j: j["status"] == "completed", "a new job to complete")
@@ -145,13 +128,6 @@ async def test_a_killed_fork_server_is_replaced_and_its_running_worker_stopped(t
             # The service has threads by now: the replacement starts in a new interpreter.
             assert "offload.workers.forkserver" in command_line(new_fork_server)
             assert (await get(http, spinning))["attempts"] == 1
-
-
-def _async(check):
-    async def poll():
-        return check() or None
-
-    return poll
 
 
 @pytest.mark.parametrize("module", ["offload.client", "importlib.metadata", "psutil"])

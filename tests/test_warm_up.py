@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import eventually, invoice
-from tests.server_process import ROOT, ServerProcess, descendants, post, until
+from tests.server_process import ROOT, ServerProcess, descendants, polled, post, until, worker_pids
 
 #: Substrings of the paths in /proc/<pid>/maps that mean "reportlab is imported".
 REPORTLAB = ("_rl_accel", "/reportlab/")
@@ -32,23 +32,6 @@ def serve(tmp_path: Path, start_method: str) -> ServerProcess:
                          env={"OFFLOAD_WORKERS_START_METHOD": start_method})
 
 
-def _async(check: Any, *args: Any) -> Any:
-    async def poll() -> Any:
-        return check(*args)
-
-    return poll
-
-
-async def worker_pids(http: aiohttp.ClientSession) -> list[int]:
-    """The pids of both workers, from /api/health as the operator (single-user mode)."""
-    async def check() -> list[int] | None:
-        async with http.get("/api/health") as response:
-            pids = (await response.json())["workers"]["pids"]
-        return pids if len(pids) == 2 and all(pids) else None
-
-    return await eventually(check, 30, "two worker processes")
-
-
 async def result_of(http: aiohttp.ClientSession, type: str, data: Any) -> Any:
     job = await until(http, await post(http, type, data), lambda job: job["status"] in ("completed", "failed"),
                       "finished")
@@ -62,10 +45,10 @@ async def test_the_service_process_never_loads_reportlab_while_its_workers_do(tm
     with serve(tmp_path, start_method) as server:
         await server.start()
         async with server.session() as http:
-            workers = await worker_pids(http)
+            workers = await worker_pids(http, 2)
             assert maps_reportlab(server.pid) == []
             for pid in workers:  # by its warm-up, before any job (under spawn, while it starts)
-                await eventually(_async(maps_reportlab, pid), 30, f"reportlab loaded in worker {pid}")
+                await eventually(polled(maps_reportlab, pid), 30, f"reportlab loaded in worker {pid}")
 
             async with http.post("/api/jobs", json={"type": "pdf", "data": {**invoice(), "items": [{}]}}) as response:
                 assert response.status == 422  # validated in the service, without reportlab
@@ -82,7 +65,7 @@ async def test_warm_up_runs_once_in_the_fork_server_before_the_workers_fork(tmp_
     with serve(tmp_path, "forkserver") as server:
         await server.start()
         async with server.session() as http:
-            workers = await worker_pids(http)
+            workers = await worker_pids(http, 2)
             seen = await result_of(http, "test.warm", {})
             fork_server = seen["parent"]
             assert seen["pid"] in workers and fork_server != server.pid
@@ -99,7 +82,7 @@ async def test_warm_up_runs_in_each_worker_before_its_first_job(tmp_path: Path, 
     with serve(tmp_path, start_method) as server:
         await server.start()
         async with server.session() as http:
-            workers = await worker_pids(http)
+            workers = await worker_pids(http, 2)
             seen = await result_of(http, "test.warm", {})
             assert seen["pid"] in workers and seen["parent"] == server.pid
             assert seen["warmedIn"] == seen["pid"] and seen["jobsBeforeWarmUp"] == 0

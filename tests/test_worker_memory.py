@@ -10,29 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import eventually, invoice
-from tests.server_process import ROOT, ServerProcess, descendants, post, until
-
-
-def libraries(pid: int) -> set[str]:
-    with open(f"/proc/{pid}/maps") as fh:
-        return {Path(line.split()[-1]).name.split(".")[0] for line in fh if ".so" in line}
-
-
-def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+from tests.conftest import invoice
+from tests.server_process import ROOT, ServerProcess, descendants, libraries, parent_of, post, until, worker_pids
 
 
 async def test_workers_load_nothing_the_fork_server_had_not_loaded(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, processes=2, modules=("benchmarks.noop",)) as server:
         await server.start()
         async with server.session() as http:
-            async def pids() -> list[int] | None:
-                async with http.get("/api/health") as response:
-                    found = (await response.json())["workers"]["pids"]
-                return found if len(found) == 2 and all(found) else None
-
-            workers = await eventually(pids, 30, "two worker processes")
+            workers = await worker_pids(http, 2)
             job = await until(http, await post(http, "pdf", {"order": {"number": "1", "customer": {"name": "A"}},
                                                              "items": [{"name": "x", "quantity": 1, "unitPrice": 1}]}),
                               lambda j: j["status"] == "completed", "completed")
